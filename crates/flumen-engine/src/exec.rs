@@ -1,0 +1,442 @@
+//! The micro-batch loop: one task per query.
+//!
+//! Per trigger: ask the source for the end of the next batch; write `offsets/N` (write-ahead);
+//! fetch exactly that range; run it through the query's physical plan; hand the result to the
+//! sink with batch id N; write `commits/N`. On restart, a batch with offsets but no commit is
+//! re-run with identical offsets and batch id, so an idempotent sink sees it exactly once.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use chrono::{SecondsFormat, TimeZone, Utc};
+use datafusion::arrow::array::RecordBatch;
+use datafusion::physical_plan::collect;
+use serde_json::Value;
+use tracing::Instrument;
+
+use crate::checkpoint::{Checkpoint, CommitEntry, MIN_BATCHES_TO_RETAIN, OffsetEntry, OffsetMetadata};
+use crate::error::{FlumenError, Result};
+use crate::functions::BATCH_TIMESTAMP_MS;
+use crate::plan::QueryPlan;
+use crate::progress::{SinkProgress, SourceProgress, StreamingQueryProgress, rate};
+use crate::query::{OutputMode, QueryShared, Trigger};
+use crate::sink::StreamSink;
+use crate::source::{ReadLimit, SourceOffset, SourceReader};
+
+/// How long an idle query waits between looks for new data, at most.
+const MAX_IDLE_POLL: Duration = Duration::from_millis(100);
+/// How often an idle query reports progress (Spark's `noDataProgressEventInterval`).
+const IDLE_PROGRESS_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Everything the loop needs, assembled by `DataStreamWriter::start`.
+pub(crate) struct Execution {
+    pub shared: Arc<QueryShared>,
+    pub plan: QueryPlan,
+    pub sink: Box<dyn StreamSink>,
+    pub checkpoint: Checkpoint,
+    pub mode: OutputMode,
+    pub trigger: Trigger,
+    pub read_limit: ReadLimit,
+    pub conf: BTreeMap<String, String>,
+}
+
+/// Timings of one trigger, by Spark's phase names.
+#[derive(Default)]
+struct Phases(BTreeMap<String, u64>);
+
+impl Phases {
+    fn record(&mut self, phase: &str, since: Instant) {
+        *self.0.entry(phase.to_string()).or_default() += since.elapsed().as_millis() as u64;
+    }
+}
+
+impl Execution {
+    /// Runs the query until it is stopped, its trigger is done, or it fails; records the outcome
+    /// in the shared state.
+    pub async fn run(mut self) {
+        let span = tracing::info_span!("query", id = %self.shared.id, run_id = %self.shared.run_id, name = ?self.shared.name);
+        let shared = Arc::clone(&self.shared);
+        let outcome = self.run_loop().instrument(span).await;
+        if let Err(e) = &outcome {
+            tracing::error!(query = %shared.id, error = %e, "streaming query failed");
+        } else if self.checkpoint.is_temporary()
+            && let Err(e) = self.checkpoint.remove()
+        {
+            tracing::warn!(error = %e, "could not remove the temporary checkpoint");
+        }
+        shared.update(|s| {
+            s.terminated = true;
+            s.status.message = "Stopped".into();
+            s.status.is_trigger_active = false;
+            if let Err(e) = outcome {
+                s.error = Some(Arc::new(e));
+            }
+        });
+    }
+
+    async fn run_loop(&mut self) -> Result<()> {
+        let source = Arc::clone(&self.plan.source);
+        let mut reader = source.open().await?;
+        self.check_conf_unchanged()?;
+
+        // Recover: where does the next batch start, and is there an uncommitted batch to re-run?
+        let mut start: SourceOffset;
+        let mut next_batch: u64;
+        let mut watermark_ms = 0i64;
+        match self.checkpoint.latest_offsets()? {
+            None => {
+                start = match self.checkpoint.source_initial_offset(0)? {
+                    Some(offset) => offset,
+                    None => {
+                        let offset = reader.initial_offset().await?;
+                        self.checkpoint.write_source_initial_offset(0, &offset)?;
+                        offset
+                    }
+                };
+                next_batch = 0;
+            }
+            Some((n, entry)) => {
+                let end = entry.offsets.first().cloned().ok_or_else(|| {
+                    FlumenError::checkpoint(
+                        self.checkpoint.root().join("offsets").join(n.to_string()),
+                        "has no source offsets; restore it or start a new checkpoint location",
+                    )
+                })?;
+                let committed = self.checkpoint.latest_commit()?;
+                if let Some((_, commit)) = &committed {
+                    watermark_ms = commit.next_batch_watermark_ms;
+                }
+                if committed.as_ref().is_some_and(|(c, _)| *c >= n) {
+                    start = end;
+                    next_batch = n + 1;
+                } else {
+                    let batch_start = self.batch_start(n)?;
+                    tracing::info!(batch = n, "re-running the uncommitted batch with its logged offsets");
+                    let mut phases = Phases::default();
+                    let trigger_start = Instant::now();
+                    self.run_batch(
+                        &mut *reader,
+                        n,
+                        &batch_start,
+                        &end,
+                        &end,
+                        entry.metadata.batch_timestamp_ms,
+                        watermark_ms,
+                        &mut phases,
+                        trigger_start,
+                    )
+                    .await?;
+                    start = end;
+                    next_batch = n + 1;
+                }
+            }
+        }
+
+        // For available-now / once: the offsets available at start are the target.
+        let target = match self.trigger {
+            Trigger::AvailableNow | Trigger::Once => {
+                Some(reader.latest_offset(&start, ReadLimit::All, None).await?)
+            }
+            _ => None,
+        };
+        let mut idle_wait = Duration::from_millis(1);
+        let mut last_idle_progress = Instant::now();
+        let mut last_trigger = Instant::now();
+        let mut first_trigger = true;
+        loop {
+            if self.shared.stop_requested() {
+                return Ok(());
+            }
+            if let Trigger::ProcessingTime(interval) = self.trigger
+                && !first_trigger
+            {
+                let due = last_trigger + interval;
+                if self.sleep_until_or_stop(due).await {
+                    return Ok(());
+                }
+            }
+            first_trigger = false;
+            let trigger_start = Instant::now();
+            last_trigger = trigger_start;
+            let idle_ticket = self.shared.idle_requested.load(Ordering::SeqCst);
+            let mut phases = Phases::default();
+
+            let t = Instant::now();
+            let limit = match self.trigger {
+                Trigger::Once => ReadLimit::All,
+                _ => self.read_limit,
+            };
+            let end = reader.latest_offset(&start, limit, target.as_ref()).await?;
+            phases.record("latestOffset", t);
+
+            if end == start {
+                // No new data: everything available when `idle_ticket` was read is committed.
+                self.shared.idle_answered.fetch_max(idle_ticket, Ordering::SeqCst);
+                if target.is_some() {
+                    return Ok(());
+                }
+                self.shared.set_status("Waiting for data to arrive", false, false);
+                if last_idle_progress.elapsed() >= IDLE_PROGRESS_INTERVAL {
+                    last_idle_progress = Instant::now();
+                    self.report_idle(next_batch, &start, &end, &*reader);
+                }
+                if !matches!(self.trigger, Trigger::ProcessingTime(_)) {
+                    if self.sleep_until_or_stop(Instant::now() + idle_wait).await {
+                        return Ok(());
+                    }
+                    idle_wait = (idle_wait * 2).min(MAX_IDLE_POLL);
+                }
+                continue;
+            }
+            idle_wait = Duration::from_millis(1);
+
+            let batch_timestamp_ms = Utc::now().timestamp_millis();
+            let t = Instant::now();
+            self.checkpoint.write_offsets(
+                next_batch,
+                &OffsetEntry {
+                    metadata: OffsetMetadata {
+                        batch_watermark_ms: watermark_ms,
+                        batch_timestamp_ms,
+                        conf: self.conf.clone(),
+                    },
+                    offsets: vec![end.clone()],
+                },
+            )?;
+            phases.record("walCommit", t);
+
+            let latest = end.clone();
+            self.run_batch(
+                &mut *reader,
+                next_batch,
+                &start,
+                &end,
+                &latest,
+                batch_timestamp_ms,
+                watermark_ms,
+                &mut phases,
+                trigger_start,
+            )
+            .await?;
+            if next_batch >= MIN_BATCHES_TO_RETAIN {
+                self.checkpoint
+                    .purge_before(next_batch + 1 - MIN_BATCHES_TO_RETAIN)?;
+            }
+            start = end;
+            next_batch += 1;
+            if self.trigger == Trigger::Once {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Where batch `n` starts: the end of batch n-1, or the source's initial offsets.
+    fn batch_start(&self, n: u64) -> Result<SourceOffset> {
+        if n == 0 {
+            return self.checkpoint.source_initial_offset(0)?.ok_or_else(|| {
+                FlumenError::checkpoint(
+                    self.checkpoint.root().join("sources/0/0"),
+                    "is missing, so batch 0 cannot be re-run; restore it or start a new checkpoint location",
+                )
+            });
+        }
+        let previous = self.checkpoint.offsets(n - 1).map_err(|e| match e {
+            FlumenError::Io { path, .. } => FlumenError::checkpoint(
+                path,
+                format!("is missing: batch {} doesn't exist, so batch {n} cannot be re-run; restore it or start a new checkpoint location", n - 1),
+            ),
+            other => other,
+        })?;
+        previous.offsets.into_iter().next().ok_or_else(|| {
+            FlumenError::checkpoint(
+                self.checkpoint.root().join("offsets").join((n - 1).to_string()),
+                "has no source offsets; restore it or start a new checkpoint location",
+            )
+        })
+    }
+
+    /// Fails when settings recorded in the last offset log differ from this run's.
+    fn check_conf_unchanged(&self) -> Result<()> {
+        let Some((n, entry)) = self.checkpoint.latest_offsets()? else {
+            return Ok(());
+        };
+        for (key, value) in &self.conf {
+            if let Some(old) = entry.metadata.conf.get(key)
+                && old != value
+            {
+                return Err(FlumenError::checkpoint(
+                    self.checkpoint.root().join("offsets").join(n.to_string()),
+                    format!(
+                        "was written with {key} = {old}, but this query has {value}; \
+                         this cannot change for an existing checkpoint: restore the original setting or start a new checkpoint location"
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Sleeps until `due`; returns true when a stop was requested meanwhile.
+    async fn sleep_until_or_stop(&self, due: Instant) -> bool {
+        let mut stop = self.shared.stop.subscribe();
+        if *stop.borrow() {
+            return true;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep_until(due.into()) => self.shared.stop_requested(),
+            _ = stop.wait_for(|s| *s) => true,
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn run_batch(
+        &mut self,
+        reader: &mut dyn SourceReader,
+        batch_id: u64,
+        start: &SourceOffset,
+        end: &SourceOffset,
+        latest: &SourceOffset,
+        batch_timestamp_ms: i64,
+        watermark_ms: i64,
+        phases: &mut Phases,
+        trigger_start: Instant,
+    ) -> Result<()> {
+        let span = tracing::info_span!("batch", batch_id);
+        async {
+            self.shared.set_status("Processing new data", true, true);
+            let t = Instant::now();
+            let input = reader
+                .get_batch(start, end, self.plan.projection.as_deref())
+                .await?;
+            phases.record("getBatch", t);
+            let input_rows: u64 = input.iter().map(|b| b.num_rows() as u64).sum();
+
+            let t = Instant::now();
+            let output = self.execute_plan(input, batch_timestamp_ms).await?;
+            let output_rows: i64 = output.iter().map(|b| b.num_rows() as i64).sum();
+            self.sink
+                .add_batch(batch_id, &self.plan.output_schema, output, self.mode)
+                .await?;
+            phases.record("addBatch", t);
+
+            let t = Instant::now();
+            self.checkpoint.write_commit(
+                batch_id,
+                &CommitEntry {
+                    next_batch_watermark_ms: watermark_ms,
+                },
+            )?;
+            reader.commit(end).await?;
+            phases.record("commitOffsets", t);
+            phases.record("triggerExecution", trigger_start);
+
+            let progress = self.progress(
+                batch_id,
+                input_rows,
+                output_rows,
+                phases,
+                Some(start),
+                end,
+                latest,
+                reader,
+            );
+            self.shared.push_progress(progress);
+            self.shared.set_status("Waiting for next trigger", true, false);
+            Ok(())
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn execute_plan(
+        &self,
+        input: Vec<RecordBatch>,
+        batch_timestamp_ms: i64,
+    ) -> Result<Vec<RecordBatch>> {
+        *self
+            .plan
+            .slot
+            .lock()
+            .map_err(|_| FlumenError::IllegalState("input slot poisoned".into()))? = Some(input);
+        let plan = Arc::clone(&self.plan.physical);
+        let ctx = Arc::clone(&self.plan.task_ctx);
+        let output = BATCH_TIMESTAMP_MS
+            .scope(batch_timestamp_ms, collect(plan, ctx))
+            .await?;
+        Ok(output)
+    }
+
+    fn report_idle(
+        &self,
+        batch_id: u64,
+        start: &SourceOffset,
+        latest: &SourceOffset,
+        reader: &dyn SourceReader,
+    ) {
+        let mut phases = Phases::default();
+        phases.0.insert("triggerExecution".into(), 0);
+        let progress = self.progress(batch_id, 0, 0, &phases, Some(start), start, latest, reader);
+        self.shared.push_progress(progress);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn progress(
+        &self,
+        batch_id: u64,
+        input_rows: u64,
+        output_rows: i64,
+        phases: &Phases,
+        start: Option<&SourceOffset>,
+        end: &SourceOffset,
+        latest: &SourceOffset,
+        reader: &dyn SourceReader,
+    ) -> StreamingQueryProgress {
+        let trigger_ms = phases.0.get("triggerExecution").copied().unwrap_or(0);
+        let since_previous_ms = self
+            .shared
+            .state
+            .lock()
+            .ok()
+            .and_then(|s| s.recent.back().map(|p| p.timestamp.clone()))
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok())
+            .map(|t| (Utc::now() - t.with_timezone(&Utc)).num_milliseconds() as f64);
+        let now = Utc::now();
+        let timestamp = Utc
+            .timestamp_millis_opt(now.timestamp_millis() - trigger_ms as i64)
+            .single()
+            .unwrap_or(now)
+            .to_rfc3339_opts(SecondsFormat::Millis, true);
+        let input_rate = since_previous_ms.and_then(|ms| rate(input_rows, ms));
+        let processed_rate = rate(input_rows, trigger_ms as f64);
+        StreamingQueryProgress {
+            id: self.shared.id.clone(),
+            run_id: self.shared.run_id.clone(),
+            name: self.shared.name.clone(),
+            timestamp,
+            batch_id,
+            batch_duration: trigger_ms,
+            num_input_rows: input_rows,
+            input_rows_per_second: input_rate,
+            processed_rows_per_second: processed_rate,
+            duration_ms: phases.0.clone(),
+            event_time: BTreeMap::new(),
+            state_operators: Vec::new(),
+            sources: vec![SourceProgress {
+                description: self.plan.source.description(),
+                start_offset: start.cloned().unwrap_or(Value::Null),
+                end_offset: end.clone(),
+                latest_offset: latest.clone(),
+                num_input_rows: input_rows,
+                input_rows_per_second: input_rate,
+                processed_rows_per_second: processed_rate,
+                metrics: reader.metrics(latest, end),
+            }],
+            sink: SinkProgress {
+                description: self.sink.description(),
+                num_output_rows: output_rows,
+            },
+        }
+    }
+}

@@ -1,0 +1,299 @@
+//! [`StreamFrame`]: a DataFrame that may read a stream, with Spark's transformation vocabulary.
+//!
+//! Transformations build a DataFusion logical plan; nothing runs until `write_stream().start()`
+//! (streaming) or `collect()` (static). Like Spark's DataFrame, one type covers both: a frame
+//! reading a stream rejects batch actions with Spark's message, and a static frame rejects
+//! `write_stream().start()`.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::common::{Column, DFSchema};
+use datafusion::dataframe::DataFrame;
+use datafusion::datasource::ViewTable;
+use datafusion::functions::core::expr_fn::get_field;
+use datafusion::logical_expr::{Expr, JoinType, col};
+use regex::Regex;
+
+use crate::error::{FlumenError, Result};
+use crate::plan::stream_sources;
+use crate::session::StreamSession;
+use crate::writer::DataStreamWriter;
+
+const LEFT: &str = "__flumen_left";
+const RIGHT: &str = "__flumen_right";
+
+/// A (possibly streaming) DataFrame.
+#[derive(Clone)]
+pub struct StreamFrame {
+    session: StreamSession,
+    df: DataFrame,
+}
+
+impl std::fmt::Debug for StreamFrame {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamFrame")
+            .field("streaming", &self.is_streaming())
+            .field("columns", &self.columns())
+            .finish()
+    }
+}
+
+impl StreamFrame {
+    pub(crate) fn new(session: StreamSession, df: DataFrame) -> Self {
+        Self { session, df }
+    }
+
+    fn with_df(&self, df: DataFrame) -> Self {
+        Self {
+            session: self.session.clone(),
+            df,
+        }
+    }
+
+    /// The session this frame belongs to.
+    pub fn session(&self) -> &StreamSession {
+        &self.session
+    }
+
+    /// Whether the frame reads a stream (Spark's `isStreaming`).
+    pub fn is_streaming(&self) -> bool {
+        !stream_sources(self.df.logical_plan()).is_empty()
+    }
+
+    /// The output schema.
+    pub fn schema(&self) -> SchemaRef {
+        Arc::new(self.df.schema().as_arrow().clone())
+    }
+
+    /// The column names, in order.
+    pub fn columns(&self) -> Vec<String> {
+        self.df
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect()
+    }
+
+    /// The underlying DataFusion DataFrame (its logical plan, for inspection or extension).
+    pub fn dataframe(&self) -> &DataFrame {
+        &self.df
+    }
+
+    /// Projects expressions.
+    pub fn select(&self, exprs: impl IntoIterator<Item = Expr>) -> Result<Self> {
+        Ok(self.with_df(self.df.clone().select(exprs)?))
+    }
+
+    /// Projects columns by name.
+    pub fn select_columns(&self, columns: &[&str]) -> Result<Self> {
+        Ok(self.with_df(self.df.clone().select_columns(columns)?))
+    }
+
+    /// Projects SQL expressions, as Spark's `selectExpr`: `"CAST(value AS STRING) AS json"`,
+    /// `"data.*"` (the fields of a struct column), `"to_json(struct(*)) AS value"` (`*` inside
+    /// `struct(...)` is every column of this frame).
+    pub fn select_expr<S: AsRef<str>>(&self, exprs: impl IntoIterator<Item = S>) -> Result<Self> {
+        let schema = self.df.schema().clone();
+        let mut projected = Vec::new();
+        for text in exprs {
+            let text = text.as_ref();
+            if let Some(expanded) = expand_star(text, &schema)? {
+                projected.extend(expanded);
+                continue;
+            }
+            let rewritten = expand_struct_star(text, &schema);
+            projected.push(self.df.parse_sql_expr(&rewritten)?);
+        }
+        self.select(projected)
+    }
+
+    /// Adds a column, or replaces the column of that name (Spark's `withColumn`).
+    pub fn with_column(&self, name: &str, expr: Expr) -> Result<Self> {
+        Ok(self.with_df(self.df.clone().with_column(name, expr)?))
+    }
+
+    /// Renames a column; a no-op when it does not exist (as Spark).
+    pub fn with_column_renamed(&self, old: &str, new: &str) -> Result<Self> {
+        Ok(self.with_df(self.df.clone().with_column_renamed(old, new)?))
+    }
+
+    /// Keeps rows where `predicate` is true (Spark's `filter`/`where`).
+    pub fn filter(&self, predicate: Expr) -> Result<Self> {
+        Ok(self.with_df(self.df.clone().filter(predicate)?))
+    }
+
+    /// Keeps rows where the SQL predicate is true: `filter_expr("Age >= 18")`.
+    pub fn filter_expr(&self, predicate: &str) -> Result<Self> {
+        let expr = self.df.parse_sql_expr(predicate)?;
+        self.filter(expr)
+    }
+
+    /// Drops columns by name; names that do not exist are ignored (as Spark).
+    pub fn drop(&self, columns: &[&str]) -> Result<Self> {
+        Ok(self.with_df(self.df.clone().drop_columns(columns)?))
+    }
+
+    /// Joins with a static DataFrame on columns present on both sides with the same names
+    /// (Spark's `join(other, on=[...], how=...)`): the join columns appear once, first,
+    /// followed by this frame's other columns and then `right`'s.
+    ///
+    /// With a stream on the left, inner, left outer, left semi and left anti joins are supported;
+    /// the static side's hash table is built once per query, not per batch.
+    pub fn join(&self, right: DataFrame, how: JoinType, on: &[&str]) -> Result<Self> {
+        let left_names = self.columns();
+        let right_names: Vec<String> = right
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
+        for key in on {
+            if !left_names.iter().any(|n| n == key) || !right_names.iter().any(|n| n == key) {
+                return Err(FlumenError::invalid_option(
+                    "on",
+                    format!(
+                        "join column '{key}' must exist on both sides (left: {left_names:?}, right: {right_names:?})"
+                    ),
+                ));
+            }
+        }
+        let left = self.df.clone().alias(LEFT)?;
+        let right = right.alias(RIGHT)?;
+        let joined = left.join(right, how, on, on, None)?;
+        let qualified = |side: &str, name: &str| col(Column::new(Some(side), name)).alias(name);
+        let mut exprs = Vec::new();
+        let semi_or_anti = matches!(
+            how,
+            JoinType::LeftSemi | JoinType::LeftAnti | JoinType::RightSemi | JoinType::RightAnti
+        );
+        if semi_or_anti {
+            let (side, names) = match how {
+                JoinType::LeftSemi | JoinType::LeftAnti => (LEFT, &left_names),
+                _ => (RIGHT, &right_names),
+            };
+            exprs.extend(names.iter().map(|n| qualified(side, n)));
+        } else {
+            for key in on {
+                exprs.push(match how {
+                    JoinType::Right => qualified(RIGHT, key),
+                    JoinType::Full => datafusion::functions::expr_fn::coalesce(vec![
+                        col(Column::new(Some(LEFT), *key)),
+                        col(Column::new(Some(RIGHT), *key)),
+                    ])
+                    .alias(*key),
+                    _ => qualified(LEFT, key),
+                });
+            }
+            let not_key = |n: &&String| !on.contains(&n.as_str());
+            exprs.extend(left_names.iter().filter(not_key).map(|n| qualified(LEFT, n)));
+            exprs.extend(right_names.iter().filter(not_key).map(|n| qualified(RIGHT, n)));
+        }
+        Ok(self.with_df(joined.select(exprs)?))
+    }
+
+    /// Joins with a static DataFrame on differently named columns, keeping every column of both
+    /// sides (names must then be unique across the sides).
+    pub fn join_on(
+        &self,
+        right: DataFrame,
+        how: JoinType,
+        left_columns: &[&str],
+        right_columns: &[&str],
+    ) -> Result<Self> {
+        Ok(self.with_df(self.df.clone().join(
+            right,
+            how,
+            left_columns,
+            right_columns,
+            None,
+        )?))
+    }
+
+    /// Registers the frame under `name` for SQL: `session.sql("SELECT ... FROM name")` then
+    /// reads it (as a stream when this frame is one).
+    pub fn create_or_replace_temp_view(&self, name: &str) -> Result<()> {
+        let ctx = self.session.context();
+        ctx.deregister_table(name)?;
+        let view = ViewTable::new(self.df.logical_plan().clone(), None);
+        ctx.register_table(name, Arc::new(view))?;
+        Ok(())
+    }
+
+    /// Starts describing a streaming query over this frame.
+    pub fn write_stream(&self) -> DataStreamWriter {
+        DataStreamWriter::new(self.clone())
+    }
+
+    /// Runs a static frame and returns its rows. A streaming frame fails with Spark's message.
+    pub async fn collect(&self) -> Result<Vec<RecordBatch>> {
+        Ok(self.clone().into_dataframe()?.collect().await?)
+    }
+
+    /// The frame as a plain DataFusion DataFrame (static frames only).
+    pub fn into_dataframe(self) -> Result<DataFrame> {
+        if self.is_streaming() {
+            return Err(FlumenError::Unsupported(
+                "Queries with streaming sources must be executed with writeStream.start()".into(),
+            ));
+        }
+        Ok(self.df)
+    }
+}
+
+/// `name.*` where `name` is a struct column → one expression per field; `*` → every column.
+fn expand_star(text: &str, schema: &DFSchema) -> Result<Option<Vec<Expr>>> {
+    let trimmed = text.trim();
+    if trimmed == "*" {
+        return Ok(Some(
+            schema
+                .columns()
+                .into_iter()
+                .map(Expr::Column)
+                .collect(),
+        ));
+    }
+    let Some(name) = trimmed.strip_suffix(".*") else {
+        return Ok(None);
+    };
+    let name = name.trim().trim_matches('`').trim_matches('"');
+    let Some((qualifier, field)) = schema
+        .iter()
+        .find(|(_, f)| f.name() == name)
+    else {
+        return Ok(None);
+    };
+    let DataType::Struct(children) = field.data_type() else {
+        return Err(FlumenError::invalid_option(
+            "select_expr",
+            format!("'{text}': {name} is not a struct column, so it has no fields to expand"),
+        ));
+    };
+    let column = Expr::Column(Column::new(qualifier.cloned(), name));
+    Ok(Some(
+        children
+            .iter()
+            .map(|child| get_field(column.clone(), child.name().as_str()).alias(child.name()))
+            .collect(),
+    ))
+}
+
+/// Rewrites `struct(*)` into `struct("a", "b", ...)` over the frame's columns.
+fn expand_struct_star(text: &str, schema: &DFSchema) -> String {
+    static PATTERN: std::sync::OnceLock<Regex> = std::sync::OnceLock::new();
+    let pattern = PATTERN.get_or_init(|| {
+        Regex::new(r"(?i)\bstruct\s*\(\s*\*\s*\)").unwrap_or_else(|_| unreachable!())
+    });
+    if !pattern.is_match(text) {
+        return text.to_string();
+    }
+    let columns: Vec<String> = schema
+        .fields()
+        .iter()
+        .map(|f| format!("\"{}\"", f.name().replace('"', "\"\"")))
+        .collect();
+    let replacement = format!("struct({})", columns.join(", "));
+    pattern.replace_all(text, replacement.as_str()).into_owned()
+}

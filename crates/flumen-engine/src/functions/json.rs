@@ -1,0 +1,525 @@
+//! `from_json` and `to_json`: JSON text ⇄ Arrow structs, with Spark's PERMISSIVE semantics.
+//!
+//! `from_json` decodes a whole column at once with arrow-json's `Decoder` (no per-record
+//! `serde_json::Value`). Each record is fed separately and the decoder's row count is checked
+//! after every record, so a record that is not exactly one JSON value can never shift rows.
+//! If anything in the batch is malformed, the batch falls back to decoding record by record:
+//! good records keep their values, a malformed one becomes a struct whose fields are all null
+//! (Spark 3's behaviour) and, when the schema has a corrupt-record column, its raw text is kept
+//! there. A null or blank input gives a null struct.
+
+use std::sync::Arc;
+
+use arrow_json::ReaderBuilder;
+use arrow_json::writer::{LineDelimited, WriterBuilder};
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, RecordBatch, StringArray, StringBuilder, StructArray, UInt32Array,
+    new_null_array,
+};
+use datafusion::arrow::buffer::NullBuffer;
+use datafusion::arrow::compute::{concat_batches, take};
+use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Fields, Schema, SchemaRef};
+use datafusion::common::{ScalarValue, exec_err, plan_err};
+use datafusion::error::{DataFusionError, Result as DFResult};
+use datafusion::logical_expr::{
+    ColumnarValue, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDFImpl, Signature, Volatility,
+};
+
+use super::ddl::parse_ddl_schema;
+
+/// The column name Spark uses for the raw text of malformed records.
+pub const DEFAULT_CORRUPT_RECORD_COLUMN: &str = "_corrupt_record";
+
+/// How `from_json` treats malformed records (Spark's `mode` option).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum ParseMode {
+    /// A malformed record becomes a struct of nulls (and its text goes to the corrupt-record
+    /// column when the schema has one). The default.
+    #[default]
+    Permissive,
+    /// A malformed record fails the query, naming the record.
+    FailFast,
+}
+
+impl ParseMode {
+    /// Parses Spark's mode names (case-insensitive).
+    pub fn parse(text: &str) -> crate::Result<Self> {
+        match text.to_ascii_uppercase().as_str() {
+            "PERMISSIVE" => Ok(Self::Permissive),
+            "FAILFAST" => Ok(Self::FailFast),
+            "DROPMALFORMED" => Err(crate::FlumenError::invalid_option(
+                "mode",
+                "from_json() doesn't support the DROPMALFORMED mode. Acceptable modes are PERMISSIVE and FAILFAST.",
+            )),
+            other => Err(crate::FlumenError::invalid_option(
+                "mode",
+                format!("unknown parse mode {other}; use PERMISSIVE or FAILFAST"),
+            )),
+        }
+    }
+}
+
+/// Options of `from_json` (Spark's JSON options that apply to a single column).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct JsonOptions {
+    /// What to do with malformed records.
+    pub mode: ParseMode,
+    /// The string field of the schema that receives a malformed record's raw text
+    /// (default `_corrupt_record`); ignored when the schema has no such field.
+    pub corrupt_record_column: String,
+}
+
+impl Default for JsonOptions {
+    fn default() -> Self {
+        Self {
+            mode: ParseMode::Permissive,
+            corrupt_record_column: DEFAULT_CORRUPT_RECORD_COLUMN.to_string(),
+        }
+    }
+}
+
+/// The `from_json(text, schema)` scalar function.
+///
+/// Built with a fixed schema from the Rust API ([`crate::functions::from_json`]), or registered
+/// under the name `from_json` for SQL, where the schema is the second argument as a DDL string
+/// literal: `from_json(json, 'a INT, b STRING')`.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct FromJson {
+    signature: Signature,
+    schema: Option<SchemaRef>,
+    options: JsonOptions,
+}
+
+impl FromJson {
+    /// A `from_json` bound to `schema`, taking one argument (the JSON text).
+    pub fn with_schema(schema: SchemaRef, options: JsonOptions) -> Self {
+        Self {
+            signature: Signature::any(1, Volatility::Immutable),
+            schema: Some(schema),
+            options,
+        }
+    }
+
+    /// The SQL form: `from_json(text, 'ddl schema')`.
+    pub fn sql() -> Self {
+        Self {
+            signature: Signature::any(2, Volatility::Immutable),
+            schema: None,
+            options: JsonOptions::default(),
+        }
+    }
+
+    fn schema_from_args(&self, scalar: Option<&ScalarValue>) -> DFResult<SchemaRef> {
+        if let Some(schema) = &self.schema {
+            return Ok(Arc::clone(schema));
+        }
+        match scalar {
+            Some(ScalarValue::Utf8(Some(ddl)))
+            | Some(ScalarValue::LargeUtf8(Some(ddl)))
+            | Some(ScalarValue::Utf8View(Some(ddl))) => parse_ddl_schema(ddl)
+                .map(Arc::new)
+                .map_err(|e| DataFusionError::Plan(e.to_string())),
+            _ => plan_err!(
+                "from_json needs its schema as a string literal, e.g. from_json(json, 'a INT, b STRING')"
+            ),
+        }
+    }
+}
+
+impl ScalarUDFImpl for FromJson {
+    fn name(&self) -> &str {
+        "from_json"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> DFResult<DataType> {
+        // return_field_from_args is used instead; this is only reached with a fixed schema.
+        match &self.schema {
+            Some(schema) => Ok(DataType::Struct(schema.fields().clone())),
+            None => plan_err!("from_json's return type depends on its schema argument"),
+        }
+    }
+
+    fn return_field_from_args(&self, args: ReturnFieldArgs) -> DFResult<FieldRef> {
+        let schema = self.schema_from_args(args.scalar_arguments.get(1).copied().flatten())?;
+        Ok(Arc::new(Field::new(
+            self.name(),
+            DataType::Struct(nullable_fields(schema.fields())),
+            true,
+        )))
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DFResult<ColumnarValue> {
+        let DataType::Struct(fields) = args.return_field.data_type().clone() else {
+            return exec_err!("from_json: return type is not a struct");
+        };
+        let rows = args.number_rows;
+        let input = args
+            .args
+            .first()
+            .ok_or_else(|| DataFusionError::Execution("from_json needs an argument".into()))?
+            .to_array(rows)?;
+        let result = decode_json_column(&input, &fields, &self.options)?;
+        Ok(ColumnarValue::Array(Arc::new(result)))
+    }
+}
+
+fn nullable_fields(fields: &Fields) -> Fields {
+    fields
+        .iter()
+        .map(|f| f.as_ref().clone().with_nullable(true))
+        .collect()
+}
+
+/// Text of each row of a string column, whatever its string encoding; `None` for nulls.
+fn string_values(array: &ArrayRef) -> DFResult<Vec<Option<&str>>> {
+    Ok(match array.data_type() {
+        DataType::Utf8 => array.as_string::<i32>().iter().collect(),
+        DataType::LargeUtf8 => array.as_string::<i64>().iter().collect(),
+        DataType::Utf8View => array.as_string_view().iter().collect(),
+        DataType::Null => vec![None; array.len()],
+        other => {
+            return exec_err!(
+                "from_json expects a string column, got {other}; cast binary with CAST(value AS STRING)"
+            );
+        }
+    })
+}
+
+/// Decodes a column of JSON texts into a struct column with `fields` (see the module docs).
+pub fn decode_json_column(
+    input: &ArrayRef,
+    fields: &Fields,
+    options: &JsonOptions,
+) -> DFResult<StructArray> {
+    let texts = string_values(input)?;
+    let corrupt_index = fields.iter().position(|f| {
+        f.name() == &options.corrupt_record_column && f.data_type() == &DataType::Utf8
+    });
+    let decode_fields: Fields = fields
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| Some(*i) != corrupt_index)
+        .map(|(_, f)| Arc::clone(f))
+        .collect();
+    let decode_schema = Arc::new(Schema::new(decode_fields));
+
+    let present = |t: &Option<&str>| t.is_some_and(|s| !s.trim().is_empty());
+    let decoded = match decode_all_at_once(&texts, &decode_schema, present)? {
+        Some(batch) => Decoded {
+            batch,
+            row_of_input: texts
+                .iter()
+                .scan(0u32, |next, t| {
+                    Some(present(t).then(|| {
+                        *next += 1;
+                        *next - 1
+                    }))
+                })
+                .collect(),
+            malformed: vec![false; texts.len()],
+        },
+        None => decode_one_by_one(&texts, &decode_schema, present)?,
+    };
+
+    if options.mode == ParseMode::FailFast
+        && let Some(i) = decoded.malformed.iter().position(|m| *m)
+    {
+        return exec_err!(
+            "Malformed records are detected in record parsing. Parse Mode: FAILFAST. Record: {}",
+            texts[i].unwrap_or_default()
+        );
+    }
+    assemble(&texts, decoded, fields, corrupt_index, present)
+}
+
+struct Decoded {
+    /// Decoded rows; when any record was malformed its last row is an all-null row.
+    batch: RecordBatch,
+    /// For each input row, the decoded row it maps to; `None` for null/blank inputs.
+    row_of_input: Vec<Option<u32>>,
+    /// Whether each input row was malformed.
+    malformed: Vec<bool>,
+}
+
+/// The fast path: every present record through one decoder. `None` when any record is not
+/// exactly one well-formed JSON object of the schema's types.
+fn decode_all_at_once(
+    texts: &[Option<&str>],
+    schema: &SchemaRef,
+    present: impl Fn(&Option<&str>) -> bool,
+) -> DFResult<Option<RecordBatch>> {
+    let mut decoder = ReaderBuilder::new(Arc::clone(schema))
+        .with_batch_size(texts.len().max(1))
+        .build_decoder()?;
+    let mut expected = 0usize;
+    for text in texts.iter().filter(|t| present(t)) {
+        let Some(text) = text else { continue };
+        if !feed_one(&mut decoder, text.as_bytes(), expected) {
+            return Ok(None);
+        }
+        expected += 1;
+    }
+    match decoder.flush() {
+        Ok(Some(batch)) if batch.num_rows() == expected => Ok(Some(batch)),
+        Ok(None) if expected == 0 => Ok(Some(RecordBatch::new_empty(Arc::clone(schema)))),
+        _ => Ok(None),
+    }
+}
+
+/// Feeds one record; true when the decoder then holds exactly `before + 1` complete rows.
+fn feed_one(decoder: &mut arrow_json::reader::Decoder, bytes: &[u8], before: usize) -> bool {
+    match decoder.decode(bytes) {
+        Ok(n) if n == bytes.len() => {}
+        _ => return false,
+    }
+    // A bare number at the end of a record is only complete once a delimiter follows.
+    if decoder.has_partial_record() && (decoder.decode(b"\n").is_err() || decoder.has_partial_record())
+    {
+        return false;
+    }
+    decoder.len() == before + 1
+}
+
+/// The slow path: each record alone, so one bad record cannot affect the others.
+fn decode_one_by_one(
+    texts: &[Option<&str>],
+    schema: &SchemaRef,
+    present: impl Fn(&Option<&str>) -> bool,
+) -> DFResult<Decoded> {
+    let mut good = Vec::new();
+    let mut row_of_input = Vec::with_capacity(texts.len());
+    let mut malformed = vec![false; texts.len()];
+    let mut malformed_rows = Vec::new();
+    for (i, text) in texts.iter().enumerate() {
+        let Some(text) = text.filter(|_| present(text)) else {
+            row_of_input.push(None);
+            continue;
+        };
+        let mut decoder = ReaderBuilder::new(Arc::clone(schema))
+            .with_batch_size(1)
+            .build_decoder()?;
+        let row = if feed_one(&mut decoder, text.as_bytes(), 0) {
+            decoder.flush().ok().flatten().filter(|b| b.num_rows() == 1)
+        } else {
+            None
+        };
+        match row {
+            Some(batch) => {
+                row_of_input.push(Some(good.len() as u32));
+                good.push(batch);
+            }
+            None => {
+                malformed[i] = true;
+                malformed_rows.push(i);
+                row_of_input.push(None);
+            }
+        }
+    }
+    // One all-null row at the end stands for every malformed record.
+    let null_row = good.len() as u32;
+    for i in malformed_rows {
+        row_of_input[i] = Some(null_row);
+    }
+    let null_columns: Vec<ArrayRef> = schema
+        .fields()
+        .iter()
+        .map(|f| new_null_array(f.data_type(), 1))
+        .collect();
+    good.push(RecordBatch::try_new(Arc::clone(schema), null_columns)?);
+    let batch = concat_batches(schema, &good)?;
+    Ok(Decoded {
+        batch,
+        row_of_input,
+        malformed,
+    })
+}
+
+fn assemble(
+    texts: &[Option<&str>],
+    decoded: Decoded,
+    fields: &Fields,
+    corrupt_index: Option<usize>,
+    present: impl Fn(&Option<&str>) -> bool,
+) -> DFResult<StructArray> {
+    let rows = texts.len();
+    let identity = decoded.batch.num_rows() == rows
+        && decoded
+            .row_of_input
+            .iter()
+            .enumerate()
+            .all(|(i, r)| *r == Some(i as u32));
+    let mut columns: Vec<ArrayRef> = if identity {
+        decoded.batch.columns().to_vec()
+    } else {
+        let indices: UInt32Array = decoded.row_of_input.iter().copied().collect();
+        decoded
+            .batch
+            .columns()
+            .iter()
+            .map(|c| take(c.as_ref(), &indices, None))
+            .collect::<Result<_, _>>()?
+    };
+    if let Some(at) = corrupt_index {
+        let corrupt: StringArray = texts
+            .iter()
+            .zip(&decoded.malformed)
+            .map(|(t, bad)| if *bad { *t } else { None })
+            .collect();
+        columns.insert(at, Arc::new(corrupt));
+    }
+    let validity: NullBuffer = texts.iter().map(&present).collect::<Vec<bool>>().into();
+    let nulls = (validity.null_count() > 0).then_some(validity);
+    let fields = nullable_fields(fields);
+    Ok(StructArray::try_new(fields, columns, nulls)?)
+}
+
+/// The `to_json(struct)` scalar function: one JSON object per row, null fields omitted
+/// (Spark's `ignoreNullFields=true`), a null struct gives null.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct ToJson {
+    signature: Signature,
+}
+
+impl Default for ToJson {
+    fn default() -> Self {
+        Self {
+            signature: Signature::any(1, Volatility::Immutable),
+        }
+    }
+}
+
+impl ScalarUDFImpl for ToJson {
+    fn name(&self) -> &str {
+        "to_json"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, arg_types: &[DataType]) -> DFResult<DataType> {
+        match arg_types.first() {
+            Some(DataType::Struct(_)) => Ok(DataType::Utf8),
+            other => plan_err!(
+                "to_json expects a struct, got {other:?}; wrap columns with struct(...) or struct(*)"
+            ),
+        }
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DFResult<ColumnarValue> {
+        let rows = args.number_rows;
+        let input = args
+            .args
+            .first()
+            .ok_or_else(|| DataFusionError::Execution("to_json needs an argument".into()))?
+            .to_array(rows)?;
+        Ok(ColumnarValue::Array(Arc::new(encode_json_column(
+            input.as_struct(),
+        )?)))
+    }
+}
+
+/// Encodes each row of a struct column as one compact JSON object, omitting null fields.
+pub fn encode_json_column(input: &StructArray) -> DFResult<StringArray> {
+    let batch = RecordBatch::from(input.clone());
+    let mut buffer = Vec::with_capacity(input.len() * 64);
+    {
+        let mut writer = WriterBuilder::new()
+            .with_explicit_nulls(false)
+            .build::<_, LineDelimited>(&mut buffer);
+        writer.write(&batch)?;
+        writer.finish()?;
+    }
+    let text = std::str::from_utf8(&buffer)
+        .map_err(|e| DataFusionError::Execution(format!("to_json produced invalid UTF-8: {e}")))?;
+    let mut out = StringBuilder::with_capacity(input.len(), buffer.len());
+    let mut lines = text.split_terminator('\n');
+    for row in 0..input.len() {
+        let line = lines.next().unwrap_or("{}");
+        if input.is_null(row) {
+            out.append_null();
+        } else {
+            out.append_value(line);
+        }
+    }
+    Ok(out.finish())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::{Float64Array, Int64Array};
+
+    fn schema() -> Fields {
+        Fields::from(vec![
+            Field::new("id", DataType::Int64, true),
+            Field::new("age", DataType::Float64, true),
+            Field::new(DEFAULT_CORRUPT_RECORD_COLUMN, DataType::Utf8, true),
+        ])
+    }
+
+    fn decode(rows: Vec<Option<&str>>) -> StructArray {
+        let input: ArrayRef = Arc::new(StringArray::from(rows));
+        decode_json_column(&input, &schema(), &JsonOptions::default()).unwrap()
+    }
+
+    #[test]
+    fn well_formed_rows_decode_in_one_pass() {
+        let out = decode(vec![Some(r#"{"id":1,"age":22.0}"#), Some(r#"{"id":2}"#)]);
+        let ids = out.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
+        assert_eq!(ids.values(), &[1, 2]);
+        let ages = out.column(1).as_any().downcast_ref::<Float64Array>().unwrap();
+        assert_eq!(ages.value(0), 22.0);
+        assert!(ages.is_null(1));
+        assert_eq!(out.column(2).null_count(), 2);
+    }
+
+    #[test]
+    fn malformed_rows_become_null_structs_with_corrupt_text() {
+        let out = decode(vec![
+            Some(r#"{"id":1}"#),
+            Some(r#"{"id" 2}"#),
+            None,
+            Some(r#"{"id":3}{"id":4}"#),
+            Some("5"),
+            Some(r#"{"id":"x"}"#),
+            Some(r#"{"id":6}"#),
+        ]);
+        assert_eq!(out.len(), 7);
+        let ids = out.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
+        let corrupt = out.column(2).as_string::<i32>();
+        assert_eq!(ids.value(0), 1);
+        assert_eq!(ids.value(6), 6);
+        for bad in [1, 3, 4, 5] {
+            assert!(out.is_valid(bad), "row {bad} is an all-null struct, not null");
+            assert!(ids.is_null(bad));
+            assert!(corrupt.is_valid(bad));
+        }
+        assert_eq!(corrupt.value(1), r#"{"id" 2}"#);
+        assert!(out.is_null(2));
+        assert!(corrupt.is_null(0) && corrupt.is_null(6));
+    }
+
+    #[test]
+    fn failfast_names_the_record() {
+        let input: ArrayRef = Arc::new(StringArray::from(vec![Some("{oops")]));
+        let options = JsonOptions {
+            mode: ParseMode::FailFast,
+            ..Default::default()
+        };
+        let err = decode_json_column(&input, &schema(), &options).unwrap_err();
+        assert!(err.to_string().contains("Parse Mode: FAILFAST. Record: {oops"));
+    }
+
+    #[test]
+    fn to_json_omits_nulls() {
+        let decoded = decode(vec![Some(r#"{"id":1}"#), None]);
+        let json = encode_json_column(&decoded).unwrap();
+        assert_eq!(json.value(0), r#"{"id":1}"#);
+        assert!(json.is_null(1));
+    }
+}

@@ -1,0 +1,76 @@
+//! Flumen's engine: stream frames, micro-batch execution over one long-lived DataFusion plan,
+//! checkpoints, and the console, memory and `foreach_batch` sinks.
+//!
+//! Most users depend on the `flumen` facade crate, which adds the Kafka connector. This crate
+//! runs on its own with the in-process [`MemoryStream`] source:
+//!
+//! ```
+//! # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+//! # async fn main() -> flumen_engine::Result<()> {
+//! use std::sync::Arc;
+//! use datafusion::arrow::array::{RecordBatch, StringArray};
+//! use datafusion::arrow::datatypes::{DataType, Field, Schema};
+//! use flumen_engine::prelude::*;
+//!
+//! let session = StreamSession::new();
+//! let schema = Arc::new(Schema::new(vec![Field::new("value", DataType::Utf8, true)]));
+//! let input = MemoryStream::new("words", schema.clone());
+//! input.add_batch(RecordBatch::try_new(schema, vec![Arc::new(StringArray::from(vec!["a", "b"]))])?)?;
+//!
+//! let query = session
+//!     .stream(Arc::new(input))?
+//!     .with_column("tagged", concat([lit("[processed] "), col("value")]))?
+//!     .write_stream()
+//!     .memory()
+//!     .query_name("tagged")
+//!     .start()
+//!     .await?;
+//! query.process_all_available().await?;
+//! query.stop().await?;
+//!
+//! let rows = session.sql("SELECT tagged FROM tagged ORDER BY tagged").await?.collect().await?;
+//! let text = datafusion::arrow::util::pretty::pretty_format_batches(&rows)?.to_string();
+//! assert!(text.contains("[processed] a") && text.contains("[processed] b"));
+//! # Ok(()) }
+//! ```
+
+pub mod checkpoint;
+mod error;
+mod exec;
+mod frame;
+pub mod functions;
+mod memory_stream;
+pub mod options;
+mod plan;
+pub mod progress;
+mod query;
+mod reader;
+mod session;
+pub mod sink;
+pub mod source;
+mod writer;
+
+pub use error::{FlumenError, Result};
+pub use frame::StreamFrame;
+pub use memory_stream::MemoryStream;
+pub use plan::StreamTable;
+pub use progress::{SinkProgress, SourceProgress, StreamingQueryProgress, StreamingQueryStatus};
+pub use query::{OutputMode, RECENT_PROGRESS_RETAINED, StreamingQuery, Trigger};
+pub use reader::DataStreamReader;
+pub use session::StreamSession;
+pub use writer::DataStreamWriter;
+
+/// Re-exports of DataFusion and Arrow, at the versions Flumen is built with.
+pub use datafusion;
+
+/// The names most programs need: `use flumen_engine::prelude::*;`.
+pub mod prelude {
+    pub use crate::functions::{
+        cast, cast_string, col, concat, current_timestamp, from_json, from_json_with_options,
+        interval, lit, struct_, to_json, when,
+    };
+    pub use crate::{
+        MemoryStream, OutputMode, StreamFrame, StreamSession, StreamingQuery, Trigger,
+    };
+    pub use datafusion::logical_expr::JoinType;
+}

@@ -1,0 +1,444 @@
+//! From a stream frame's logical plan to one physical plan per query.
+//!
+//! At `start()` the logical plan is checked for shapes streaming cannot run (with Spark's
+//! messages), each stream scan is replaced by an [`InputExec`] reading from a per-query slot,
+//! and the plan is optimized and planned once. Each micro-batch then puts its rows in the slot
+//! and re-executes the same physical plan: no SQL planning on the hot path. Hash joins keep the
+//! static side as the build side, which DataFusion collects once and reuses on every
+//! re-execution.
+
+use std::fmt;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::catalog::Session;
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
+use datafusion::datasource::{TableProvider, TableType, provider_as_source, source_as_provider};
+use datafusion::error::Result as DFResult;
+use datafusion::execution::TaskContext;
+use datafusion::logical_expr::{Expr, JoinType, LogicalPlan, TableScanBuilder};
+use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_plan::execution_plan::{
+    Boundedness, ChildrenPropertiesMode, EmissionType, ReplaceChildrenOptions,
+};
+use datafusion::physical_plan::joins::{HashJoinExec, PartitionMode};
+use datafusion::physical_plan::memory::MemoryStream;
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
+    SendableRecordBatchStream,
+};
+
+use crate::error::{FlumenError, Result};
+use crate::query::OutputMode;
+use crate::source::SourceRef;
+
+macro_rules! unsupported {
+    ($($arg:tt)*) => {
+        return Err(FlumenError::Unsupported(format!($($arg)*)))
+    };
+}
+
+/// The table a stream frame scans: a source definition, registered under a name or anonymous.
+#[derive(Debug)]
+pub struct StreamTable {
+    source: SourceRef,
+}
+
+impl StreamTable {
+    /// A table over `source`.
+    pub fn new(source: SourceRef) -> Self {
+        Self { source }
+    }
+
+    /// The source definition.
+    pub fn source(&self) -> &SourceRef {
+        &self.source
+    }
+}
+
+#[async_trait]
+impl TableProvider for StreamTable {
+    fn schema(&self) -> SchemaRef {
+        self.source.schema()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    async fn scan(
+        &self,
+        _state: &dyn Session,
+        _projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> DFResult<Arc<dyn ExecutionPlan>> {
+        datafusion::common::plan_err!(
+            "Queries with streaming sources must be executed with writeStream.start()"
+        )
+    }
+}
+
+/// Rows handed to a query's plan for one micro-batch.
+pub(crate) type InputSlot = Arc<Mutex<Option<Vec<RecordBatch>>>>;
+
+/// The per-query stand-in for a stream scan: scans whatever is in its slot.
+#[derive(Debug)]
+struct InputTable {
+    schema: SchemaRef,
+    slot: InputSlot,
+}
+
+#[async_trait]
+impl TableProvider for InputTable {
+    fn schema(&self) -> SchemaRef {
+        Arc::clone(&self.schema)
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    async fn scan(
+        &self,
+        _state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> DFResult<Arc<dyn ExecutionPlan>> {
+        let schema = match projection {
+            Some(p) => Arc::new(self.schema.project(p)?),
+            None => Arc::clone(&self.schema),
+        };
+        Ok(Arc::new(InputExec {
+            properties: Arc::new(PlanProperties::new(
+                EquivalenceProperties::new(Arc::clone(&schema)),
+                Partitioning::UnknownPartitioning(1),
+                EmissionType::Incremental,
+                Boundedness::Bounded,
+            )),
+            schema,
+            projection: projection.cloned(),
+            slot: Arc::clone(&self.slot),
+        }))
+    }
+}
+
+/// Leaf of a query's physical plan: yields the current micro-batch's rows.
+#[derive(Debug)]
+pub(crate) struct InputExec {
+    schema: SchemaRef,
+    projection: Option<Vec<usize>>,
+    slot: InputSlot,
+    properties: Arc<PlanProperties>,
+}
+
+impl InputExec {
+    /// The columns of the source schema this scan needs (`None` = all).
+    pub(crate) fn projection(&self) -> Option<&[usize]> {
+        self.projection.as_deref()
+    }
+}
+
+impl DisplayAs for InputExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "MicroBatchInputExec: projection={:?}", self.projection)
+    }
+}
+
+impl ExecutionPlan for InputExec {
+    fn name(&self) -> &str {
+        "MicroBatchInputExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![]
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> DFResult<TreeNodeRecursion>,
+    ) -> DFResult<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn replace_children(
+        self: Arc<Self>,
+        _children: Vec<Arc<dyn ExecutionPlan>>,
+        _options: ReplaceChildrenOptions,
+    ) -> DFResult<Arc<dyn ExecutionPlan>> {
+        Ok(self)
+    }
+
+    #[allow(deprecated)]
+    fn with_new_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> DFResult<Arc<dyn ExecutionPlan>> {
+        self.replace_children(
+            children,
+            ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute),
+        )
+    }
+
+    fn execute(
+        &self,
+        _partition: usize,
+        _context: Arc<TaskContext>,
+    ) -> DFResult<SendableRecordBatchStream> {
+        // The source already applied the projection when it fetched the batch.
+        let batches = self
+            .slot
+            .lock()
+            .map_err(|_| datafusion::error::DataFusionError::Internal("input slot poisoned".into()))?
+            .take()
+            .unwrap_or_default();
+        Ok(Box::pin(MemoryStream::try_new(
+            batches,
+            Arc::clone(&self.schema),
+            None,
+        )?))
+    }
+}
+
+/// The stream scans of a plan, in plan order.
+pub(crate) fn stream_sources(plan: &LogicalPlan) -> Vec<SourceRef> {
+    let mut sources = Vec::new();
+    let _ = plan.apply_with_subqueries(|node| {
+        if let Some(table) = stream_table(node) {
+            sources.push(Arc::clone(table.source()));
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    sources
+}
+
+fn stream_table(node: &LogicalPlan) -> Option<Arc<StreamTable>> {
+    let LogicalPlan::TableScan(scan) = node else {
+        return None;
+    };
+    let provider = source_as_provider(&scan.source).ok()?;
+    let any: Arc<dyn std::any::Any + Send + Sync> = provider;
+    any.downcast::<StreamTable>().ok()
+}
+
+fn is_streaming(plan: &LogicalPlan) -> bool {
+    !stream_sources(plan).is_empty()
+}
+
+/// Spark's `UnsupportedOperationChecker`, for what this engine runs: fails with the operation's
+/// name when the plan cannot run as a stream in `mode`.
+pub(crate) fn check_supported(plan: &LogicalPlan, mode: OutputMode) -> Result<()> {
+    let sources = stream_sources(plan);
+    if sources.is_empty() {
+        unsupported!("Queries without streaming sources cannot be executed with writeStream.start()");
+    }
+    if sources.len() > 1 {
+        unsupported!(
+            "Queries that read more than one stream are not supported yet (found {}: {}); run one query per stream",
+            sources.len(),
+            sources
+                .iter()
+                .map(|s| s.description())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    if mode == OutputMode::Complete {
+        unsupported!(
+            "Complete output mode not supported when there are no streaming aggregations on streaming DataFrames/Datasets"
+        );
+    }
+    let mut error = None;
+    plan.apply_with_subqueries(|node| {
+        if !is_streaming(node) {
+            return Ok(TreeNodeRecursion::Jump);
+        }
+        error = match node {
+            LogicalPlan::Aggregate(_) => Some(
+                "Streaming aggregations (group_by/agg/count) are not supported yet; \
+                 aggregate each micro-batch with foreach_batch instead"
+                    .to_string(),
+            ),
+            LogicalPlan::Distinct(_) => Some(
+                "Distinct is not supported on streaming DataFrames/Datasets yet (it needs state across micro-batches)".into(),
+            ),
+            LogicalPlan::Sort(_) => Some(
+                "Sorting is not supported on streaming DataFrames/Datasets, unless it is on aggregated DataFrame/Dataset in Complete output mode".into(),
+            ),
+            LogicalPlan::Limit(_) => Some(
+                "Limit is not supported on streaming DataFrames/Datasets yet (it needs state across micro-batches)".into(),
+            ),
+            LogicalPlan::Window(_) => Some(
+                "Non-time-based windows are not supported on streaming DataFrames/Datasets".into(),
+            ),
+            LogicalPlan::Union(u) if u.inputs.iter().any(|i| !is_streaming(i)) => Some(
+                "Union between streaming and batch DataFrames/Datasets is not supported".into(),
+            ),
+            LogicalPlan::Join(join) => check_join(
+                is_streaming(&join.left),
+                is_streaming(&join.right),
+                join.join_type,
+            ),
+            LogicalPlan::Extension(e) => Some(format!(
+                "{} is not supported on streaming DataFrames/Datasets",
+                e.node.name()
+            )),
+            LogicalPlan::RecursiveQuery(_) => Some(
+                "Recursive queries are not supported on streaming DataFrames/Datasets".into(),
+            ),
+            _ => None,
+        };
+        Ok(if error.is_some() {
+            TreeNodeRecursion::Stop
+        } else {
+            TreeNodeRecursion::Continue
+        })
+    })?;
+    match error {
+        Some(message) => Err(FlumenError::Unsupported(message)),
+        None => Ok(()),
+    }
+}
+
+fn check_join(left: bool, right: bool, join_type: JoinType) -> Option<String> {
+    use JoinType::*;
+    match (left, right) {
+        (true, true) => Some(
+            "Join between two streaming DataFrames/Datasets is not supported yet; join a stream with a static DataFrame".into(),
+        ),
+        (true, false) => match join_type {
+            Inner | Left | LeftSemi | LeftAnti | LeftMark => None,
+            Right | RightSemi | RightAnti | RightMark => Some(
+                "RightOuter join with a streaming DataFrame/Dataset on the left and a static DataFrame/DataSet on the right not supported".into(),
+            ),
+            Full => Some(
+                "FullOuter joins with streaming DataFrames/Datasets on the left and a static DataFrame/Dataset on the right is not supported".into(),
+            ),
+        },
+        (false, true) => match join_type {
+            Inner | Right | RightSemi | RightAnti | RightMark => None,
+            Left | LeftMark => Some(
+                "LeftOuter join with a streaming DataFrame/Dataset on the right and a static DataFrame/Dataset on the left is not supported".into(),
+            ),
+            LeftSemi => Some(
+                "LeftSemi join with a streaming DataFrame/Dataset on the right and a static DataFrame/Dataset on the left is not supported".into(),
+            ),
+            LeftAnti => Some(
+                "LeftAnti joins with a streaming DataFrame/Dataset on the right are not supported".into(),
+            ),
+            Full => Some(
+                "FullOuter joins with streaming DataFrames/Datasets on the right and a static DataFrame/Dataset on the left is not supported".into(),
+            ),
+        },
+        (false, false) => None,
+    }
+}
+
+/// A query's planned form: one physical plan and the slot its micro-batches go into.
+pub(crate) struct QueryPlan {
+    pub physical: Arc<dyn ExecutionPlan>,
+    pub task_ctx: Arc<TaskContext>,
+    pub slot: InputSlot,
+    /// Columns of the source the plan reads (`None` = all), so the source decodes only those.
+    pub projection: Option<Vec<usize>>,
+    pub source: SourceRef,
+    pub output_schema: SchemaRef,
+}
+
+impl fmt::Debug for QueryPlan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("QueryPlan")
+            .field("source", &self.source.description())
+            .finish()
+    }
+}
+
+/// Checks and plans `plan` for a streaming query in `mode`.
+pub(crate) async fn plan_query(
+    state: &datafusion::execution::SessionState,
+    plan: &LogicalPlan,
+    mode: OutputMode,
+) -> Result<QueryPlan> {
+    check_supported(plan, mode)?;
+    let slot: InputSlot = Arc::new(Mutex::new(None));
+    let mut source = None;
+    let rewritten = plan
+        .clone()
+        .transform_up_with_subqueries(|node| {
+            let Some(table) = stream_table(&node) else {
+                return Ok(Transformed::no(node));
+            };
+            let LogicalPlan::TableScan(scan) = node else {
+                return Ok(Transformed::no(node));
+            };
+            source = Some(Arc::clone(table.source()));
+            let input = Arc::new(InputTable {
+                schema: table.source().schema(),
+                slot: Arc::clone(&slot),
+            });
+            let replaced = TableScanBuilder::new(scan.table_name.clone(), provider_as_source(input))
+                .with_projection(scan.projection.clone())
+                .with_filters(scan.filters.clone())
+                .with_fetch(scan.fetch)
+                .build()?;
+            Ok(Transformed::yes(LogicalPlan::TableScan(replaced)))
+        })?
+        .data;
+    let source = source.ok_or_else(|| {
+        FlumenError::Unsupported(
+            "Queries without streaming sources cannot be executed with writeStream.start()".into(),
+        )
+    })?;
+    let physical = state.create_physical_plan(&rewritten).await?;
+    let physical = keep_stream_on_probe_side(physical)?;
+    let projection = find_input(&physical).and_then(|i| i.projection().map(<[usize]>::to_vec));
+    let output_schema = physical.schema();
+    Ok(QueryPlan {
+        physical,
+        task_ctx: Arc::new(TaskContext::from(state)),
+        slot,
+        projection,
+        source,
+        output_schema,
+    })
+}
+
+fn find_input(plan: &Arc<dyn ExecutionPlan>) -> Option<&InputExec> {
+    if let Some(input) = plan.as_ref().downcast_ref::<InputExec>() {
+        return Some(input);
+    }
+    plan.children().into_iter().find_map(find_input)
+}
+
+fn contains_input(plan: &Arc<dyn ExecutionPlan>) -> bool {
+    find_input(plan).is_some()
+}
+
+/// Makes sure no join buffers the stream as its build side: the build side is collected once
+/// and cached across re-executions, which is right for a static table and wrong for a stream.
+fn keep_stream_on_probe_side(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
+    let result = plan.transform_up(|node| {
+        let Some(join) = node.as_ref().downcast_ref::<HashJoinExec>() else {
+            let buffers_left = matches!(node.name(), "NestedLoopJoinExec" | "CrossJoinExec");
+            if buffers_left && node.children().first().is_some_and(|l| contains_input(l)) {
+                return datafusion::common::not_impl_err!(
+                    "a join without equality keys that buffers the stream ({}) is not supported; join a stream on equal keys",
+                    node.name()
+                );
+            }
+            return Ok(Transformed::no(node));
+        };
+        if contains_input(join.left()) && !contains_input(join.right()) {
+            return Ok(Transformed::yes(join.swap_inputs(PartitionMode::CollectLeft)?));
+        }
+        Ok(Transformed::no(node))
+    })?;
+    Ok(result.data)
+}

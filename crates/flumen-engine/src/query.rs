@@ -1,0 +1,284 @@
+//! Output modes, triggers and the [`StreamingQuery`] handle.
+
+use std::collections::VecDeque;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::error::{FlumenError, Result};
+use crate::options::parse_interval;
+use crate::progress::{StreamingQueryProgress, StreamingQueryStatus};
+
+/// Which rows of the result table a trigger writes (Spark's output modes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum OutputMode {
+    /// Only new rows; each row is written once. The default.
+    #[default]
+    Append,
+    /// Only rows that changed in this trigger; without aggregation the same as append.
+    Update,
+    /// The whole result table every trigger; aggregation queries only.
+    Complete,
+}
+
+impl FromStr for OutputMode {
+    type Err = FlumenError;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "append" => Ok(Self::Append),
+            "update" => Ok(Self::Update),
+            "complete" => Ok(Self::Complete),
+            _ => Err(FlumenError::invalid_option(
+                "outputMode",
+                format!("unknown output mode '{s}'; accepted output modes are 'append', 'complete', 'update'"),
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for OutputMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Append => "Append",
+            Self::Update => "Update",
+            Self::Complete => "Complete",
+        })
+    }
+}
+
+/// When micro-batches run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Trigger {
+    /// The next batch starts as soon as the previous one ends and data is available. The default.
+    #[default]
+    AsFastAsPossible,
+    /// A batch every interval; an overrunning batch is followed at once by the next.
+    ProcessingTime(Duration),
+    /// Everything available at start, in as many batches as rate limits need, then stop.
+    AvailableNow,
+    /// Everything available at start in one batch, then stop (deprecated in Spark; kept for
+    /// parity).
+    Once,
+}
+
+impl Trigger {
+    /// A fixed-interval trigger from Spark's text form, e.g. `"2 seconds"`.
+    pub fn processing_time(interval: &str) -> Result<Self> {
+        Ok(Self::ProcessingTime(parse_interval(interval)?))
+    }
+}
+
+/// The mutable part of a query's shared state.
+#[derive(Debug)]
+pub(crate) struct QueryState {
+    pub status: StreamingQueryStatus,
+    pub recent: VecDeque<StreamingQueryProgress>,
+    pub error: Option<Arc<FlumenError>>,
+    pub terminated: bool,
+}
+
+/// How many progress reports a query keeps (Spark's `numRecentProgressUpdates`).
+pub const RECENT_PROGRESS_RETAINED: usize = 100;
+
+/// State shared between a query's handle(s) and its execution task.
+#[derive(Debug)]
+pub(crate) struct QueryShared {
+    pub id: String,
+    pub run_id: String,
+    pub name: Option<String>,
+    pub state: Mutex<QueryState>,
+    /// Bumped on every state change; waiters watch it.
+    pub changed: watch::Sender<u64>,
+    /// Set to true to ask the execution task to stop.
+    pub stop: watch::Sender<bool>,
+    /// `process_all_available` requests issued / answered (see [`StreamingQuery::process_all_available`]).
+    pub idle_requested: AtomicU64,
+    pub idle_answered: AtomicU64,
+    pub task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl QueryShared {
+    pub(crate) fn new(id: String, name: Option<String>) -> Self {
+        Self {
+            id,
+            run_id: uuid::Uuid::new_v4().to_string(),
+            name,
+            state: Mutex::new(QueryState {
+                status: StreamingQueryStatus::new("Initializing sources", false, false),
+                recent: VecDeque::new(),
+                error: None,
+                terminated: false,
+            }),
+            changed: watch::channel(0).0,
+            stop: watch::channel(false).0,
+            idle_requested: AtomicU64::new(0),
+            idle_answered: AtomicU64::new(0),
+            task: Mutex::new(None),
+        }
+    }
+
+    pub(crate) fn update(&self, f: impl FnOnce(&mut QueryState)) {
+        if let Ok(mut state) = self.state.lock() {
+            f(&mut state);
+        }
+        self.changed.send_modify(|v| *v += 1);
+    }
+
+    pub(crate) fn set_status(&self, message: &str, data: bool, active: bool) {
+        self.update(|s| s.status = StreamingQueryStatus::new(message, data, active));
+    }
+
+    pub(crate) fn push_progress(&self, progress: StreamingQueryProgress) {
+        tracing::info!(target: "flumen::progress", query = %self.id, batch = progress.batch_id, rows = progress.num_input_rows, "{}", progress.json());
+        self.update(|s| {
+            if s.recent.len() == RECENT_PROGRESS_RETAINED {
+                s.recent.pop_front();
+            }
+            s.recent.push_back(progress);
+        });
+    }
+
+    pub(crate) fn stop_requested(&self) -> bool {
+        *self.stop.borrow()
+    }
+
+    fn failure(&self) -> Option<FlumenError> {
+        let state = self.state.lock().ok()?;
+        state.error.as_ref().map(|cause| FlumenError::QueryFailed {
+            name: self.name.clone().unwrap_or_else(|| "<unnamed>".into()),
+            id: self.id.clone(),
+            run_id: self.run_id.clone(),
+            cause: Arc::clone(cause),
+        })
+    }
+
+    fn terminated(&self) -> bool {
+        self.state.lock().map(|s| s.terminated).unwrap_or(true)
+    }
+}
+
+/// A handle to a running (or finished) streaming query. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct StreamingQuery {
+    pub(crate) shared: Arc<QueryShared>,
+}
+
+impl StreamingQuery {
+    /// The query id: stored in the checkpoint, the same across restarts.
+    pub fn id(&self) -> &str {
+        &self.shared.id
+    }
+
+    /// The id of this run: new at every start.
+    pub fn run_id(&self) -> &str {
+        &self.shared.run_id
+    }
+
+    /// The query name (`query_name`), if set.
+    pub fn name(&self) -> Option<&str> {
+        self.shared.name.as_deref()
+    }
+
+    /// What the query is doing now.
+    pub fn status(&self) -> StreamingQueryStatus {
+        self.shared
+            .state
+            .lock()
+            .map(|s| s.status.clone())
+            .unwrap_or_else(|_| StreamingQueryStatus::new("Unknown", false, false))
+    }
+
+    /// Whether the query is still running.
+    pub fn is_active(&self) -> bool {
+        !self.shared.terminated()
+    }
+
+    /// The most recent progress report.
+    pub fn last_progress(&self) -> Option<StreamingQueryProgress> {
+        self.shared
+            .state
+            .lock()
+            .ok()
+            .and_then(|s| s.recent.back().cloned())
+    }
+
+    /// Up to the last 100 progress reports, oldest first.
+    pub fn recent_progress(&self) -> Vec<StreamingQueryProgress> {
+        self.shared
+            .state
+            .lock()
+            .map(|s| s.recent.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// The error that ended the query, if it failed.
+    pub fn exception(&self) -> Option<Arc<FlumenError>> {
+        self.shared.state.lock().ok().and_then(|s| s.error.clone())
+    }
+
+    /// Waits for the query to end. With a timeout, returns `Ok(false)` if it is still running
+    /// when the timeout passes. Returns the query's error if it failed (also when it had already
+    /// ended).
+    pub async fn await_termination(&self, timeout: Option<Duration>) -> Result<bool> {
+        let mut changes = self.shared.changed.subscribe();
+        let wait = async {
+            loop {
+                if self.shared.terminated() {
+                    return;
+                }
+                if changes.changed().await.is_err() {
+                    return;
+                }
+            }
+        };
+        let ended = match timeout {
+            Some(t) => tokio::time::timeout(t, wait).await.is_ok(),
+            None => {
+                wait.await;
+                true
+            }
+        };
+        match self.shared.failure() {
+            Some(e) if ended => Err(e),
+            _ => Ok(ended),
+        }
+    }
+
+    /// Blocks until every record available in the sources when it was called has been processed
+    /// and committed (Spark's `processAllAvailable`, meant for tests and examples). Returns the
+    /// query's error if it fails meanwhile.
+    pub async fn process_all_available(&self) -> Result<()> {
+        let ticket = self.shared.idle_requested.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut changes = self.shared.changed.subscribe();
+        loop {
+            if let Some(e) = self.shared.failure() {
+                return Err(e);
+            }
+            if self.shared.idle_answered.load(Ordering::SeqCst) >= ticket {
+                return Ok(());
+            }
+            if self.shared.terminated() {
+                return Ok(());
+            }
+            if changes.changed().await.is_err() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Stops the query after its current batch (a batch is never left half-written) and waits
+    /// for it to end.
+    pub async fn stop(&self) -> Result<()> {
+        self.shared.stop.send_replace(true);
+        let task = self.shared.task.lock().ok().and_then(|mut t| t.take());
+        if let Some(task) = task {
+            task.await
+                .map_err(|e| FlumenError::IllegalState(format!("query task panicked: {e}")))?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,171 @@
+//! [`StreamSession`]: the entry point, wrapping a DataFusion `SessionContext` configured for
+//! micro-batch execution and Spark-compatible functions.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::dataframe::DataFrame;
+use datafusion::execution::SessionStateBuilder;
+use datafusion::execution::SessionStateDefaults;
+use datafusion::prelude::{CsvReadOptions, SessionConfig, SessionContext};
+
+use crate::error::Result;
+use crate::frame::StreamFrame;
+use crate::functions::{self, LenientBinaryCast, SparkStructPlanner};
+use crate::plan::StreamTable;
+use crate::query::StreamingQuery;
+use crate::reader::DataStreamReader;
+use crate::source::SourceRef;
+
+/// A session: static DataFrames and SQL as in DataFusion, plus streams and streaming queries.
+///
+/// Cheap to clone; clones share the catalog and the list of queries.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> flumen_engine::Result<()> {
+/// use flumen_engine::StreamSession;
+/// let session = StreamSession::new();
+/// let df = session.sql("SELECT concat('a', NULL) AS x").await?.collect().await?;
+/// assert_eq!(df[0].column(0).null_count(), 1); // Spark's concat: null in, null out
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct StreamSession {
+    inner: Arc<SessionInner>,
+}
+
+struct SessionInner {
+    ctx: SessionContext,
+    queries: Mutex<Vec<StreamingQuery>>,
+}
+
+impl std::fmt::Debug for StreamSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamSession")
+            .field("session_id", &self.inner.ctx.session_id())
+            .finish()
+    }
+}
+
+impl Default for StreamSession {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl StreamSession {
+    /// A session with Flumen's defaults: one partition per micro-batch plan, case-sensitive
+    /// identifiers (column names are matched as written, e.g. `PassengerId`), no dynamic join
+    /// filters, and the Spark-compatible functions registered.
+    pub fn new() -> Self {
+        Self::with_config(SessionConfig::new())
+    }
+
+    /// A session from a DataFusion config; Flumen's required settings are applied on top.
+    pub fn with_config(config: SessionConfig) -> Self {
+        let config = config
+            .with_target_partitions(1)
+            .set_bool("datafusion.sql_parser.enable_ident_normalization", false)
+            .set_bool("datafusion.optimizer.enable_dynamic_filter_pushdown", false)
+            .set_bool("datafusion.optimizer.enable_join_dynamic_filter_pushdown", false)
+            .set_bool("datafusion.execution.coalesce_batches", false);
+        let mut planners = vec![Arc::new(SparkStructPlanner) as _];
+        planners.extend(SessionStateDefaults::default_expr_planners());
+        let state = SessionStateBuilder::new()
+            .with_config(config)
+            .with_default_features()
+            .with_expr_planners(planners)
+            .build();
+        let ctx = SessionContext::new_with_state(state);
+        ctx.add_analyzer_rule(Arc::new(LenientBinaryCast));
+        functions::register(&ctx);
+        Self {
+            inner: Arc::new(SessionInner {
+                ctx,
+                queries: Mutex::new(Vec::new()),
+            }),
+        }
+    }
+
+    /// The DataFusion context: register tables, run batch SQL, read files as usual.
+    pub fn context(&self) -> &SessionContext {
+        &self.inner.ctx
+    }
+
+    /// Starts describing a streaming source (`read_stream().kafka()...load()` with the Kafka
+    /// connector).
+    pub fn read_stream(&self) -> DataStreamReader {
+        DataStreamReader::new(self.clone())
+    }
+
+    /// A stream frame over a source definition (used by connectors).
+    pub fn stream(&self, source: SourceRef) -> Result<StreamFrame> {
+        let df = self.inner.ctx.read_table(Arc::new(StreamTable::new(source)))?;
+        Ok(StreamFrame::new(self.clone(), df))
+    }
+
+    /// Runs SQL. The result is a streaming frame when the query reads a registered stream (see
+    /// [`StreamFrame::create_or_replace_temp_view`]), a static one otherwise.
+    pub async fn sql(&self, sql: &str) -> Result<StreamFrame> {
+        let df = self.inner.ctx.sql(sql).await?;
+        Ok(StreamFrame::new(self.clone(), df))
+    }
+
+    /// Reads a CSV file with a header row and inferred column types (Spark's
+    /// `read.csv(path, header=True, inferSchema=True)`); empty fields are null.
+    pub async fn read_csv(&self, path: impl AsRef<Path>) -> Result<DataFrame> {
+        let path = path.as_ref();
+        let path_text = path.to_str().ok_or_else(|| {
+            crate::FlumenError::invalid_option("path", format!("{} is not valid UTF-8", path.display()))
+        })?;
+        if !path.exists() {
+            return Err(crate::FlumenError::io(
+                path,
+                std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
+            ));
+        }
+        let options = CsvReadOptions::new()
+            .has_header(true)
+            .null_regex(Some("^$".to_string()));
+        Ok(self.inner.ctx.read_csv(path_text, options).await?)
+    }
+
+    /// A static DataFrame from record batches.
+    pub fn create_data_frame(&self, batch: RecordBatch) -> Result<DataFrame> {
+        Ok(self.inner.ctx.read_batch(batch)?)
+    }
+
+    /// The queries started in this session that are still running.
+    pub fn active_queries(&self) -> Vec<StreamingQuery> {
+        self.inner
+            .queries
+            .lock()
+            .map(|q| q.iter().filter(|q| q.is_active()).cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Every query started in this session, running or not.
+    pub fn queries(&self) -> Vec<StreamingQuery> {
+        self.inner
+            .queries
+            .lock()
+            .map(|q| q.clone())
+            .unwrap_or_default()
+    }
+
+    pub(crate) fn add_query(&self, query: StreamingQuery) {
+        if let Ok(mut queries) = self.inner.queries.lock() {
+            queries.push(query);
+        }
+    }
+
+    /// Stops every running query of the session.
+    pub async fn stop_all(&self) -> Result<()> {
+        for query in self.active_queries() {
+            query.stop().await?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,98 @@
+//! The contract between the engine and a streaming source.
+//!
+//! A [`StreamSource`] is a source *definition* (what `read_stream()...load()` returns); each
+//! query opens its own [`SourceReader`]. Offsets are opaque JSON to the engine: the engine stores
+//! them in the checkpoint's offset log and hands them back verbatim, so a restart re-reads
+//! exactly the same range. For Kafka they are Spark's `{"topic":{"partition":offset}}` maps, with
+//! the end offset exclusive.
+
+use std::fmt::Debug;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::SchemaRef;
+use serde_json::Value;
+
+use crate::error::Result;
+
+/// A position in a source, as JSON (stored verbatim in `offsets/N`).
+pub type SourceOffset = Value;
+
+/// How much a trigger may read (Spark's `ReadLimit`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadLimit {
+    /// Everything available.
+    All,
+    /// At most this many records, summed over partitions.
+    MaxRows(u64),
+}
+
+/// A streaming source definition: a fixed schema, and a way to open a reader per query.
+#[async_trait]
+pub trait StreamSource: Debug + Send + Sync {
+    /// The schema of the rows this source produces (fixed, like Spark's Kafka schema).
+    fn schema(&self) -> SchemaRef;
+
+    /// A description for progress reports, e.g. `KafkaV2[Subscribe[demo-topic]]`.
+    fn description(&self) -> String;
+
+    /// A fingerprint of the settings that must not change across restarts of one checkpoint
+    /// (e.g. the subscribed topics). Stored in the offset log and compared on restart.
+    fn fingerprint(&self) -> String {
+        self.description()
+    }
+
+    /// How much one trigger may read (e.g. Kafka's `maxOffsetsPerTrigger`); everything by default.
+    fn read_limit(&self) -> ReadLimit {
+        ReadLimit::All
+    }
+
+    /// Opens a reader for one query run.
+    async fn open(&self) -> Result<Box<dyn SourceReader>>;
+}
+
+/// One query run's connection to a source.
+#[async_trait]
+pub trait SourceReader: Send + Sync {
+    /// Where a brand-new query starts (from the source's starting options).
+    async fn initial_offset(&mut self) -> Result<SourceOffset>;
+
+    /// The end offset of the next batch starting at `start`: as far as the data available now,
+    /// but no further than `limit` allows or than `cap` (the target of an available-now trigger).
+    /// Equal to `start` when there is no new data.
+    async fn latest_offset(
+        &mut self,
+        start: &SourceOffset,
+        limit: ReadLimit,
+        cap: Option<&SourceOffset>,
+    ) -> Result<SourceOffset>;
+
+    /// The rows in `[start, end)`, exactly; calling it again with the same range yields the
+    /// same rows (as long as the source still retains them).
+    async fn get_batch(
+        &mut self,
+        start: &SourceOffset,
+        end: &SourceOffset,
+        projection: Option<&[usize]>,
+    ) -> Result<Vec<RecordBatch>>;
+
+    /// Called after batch ending at `end` is committed; sources may release data or commit
+    /// offsets for monitoring. The default does nothing.
+    async fn commit(&mut self, _end: &SourceOffset) -> Result<()> {
+        Ok(())
+    }
+
+    /// Source-specific metrics for progress (e.g. Kafka lag), as a JSON object of strings.
+    fn metrics(&self, _latest: &SourceOffset, _end: &SourceOffset) -> serde_json::Map<String, Value> {
+        serde_json::Map::new()
+    }
+
+    /// Counts rows between two offsets when the source can tell without reading (Kafka can).
+    fn count_between(&self, _start: &SourceOffset, _end: &SourceOffset) -> Option<u64> {
+        None
+    }
+}
+
+/// A source shared between frames and queries.
+pub type SourceRef = Arc<dyn StreamSource>;

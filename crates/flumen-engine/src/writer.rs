@@ -1,0 +1,288 @@
+//! [`DataStreamWriter`]: `frame.write_stream()` — sink, output mode, trigger, query name and
+//! checkpoint, then `start()`.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::dataframe::DataFrame;
+
+use crate::checkpoint::Checkpoint;
+use crate::error::{FlumenError, Result};
+use crate::exec::Execution;
+use crate::frame::StreamFrame;
+use crate::options::Options;
+use crate::plan::plan_query;
+use crate::query::{OutputMode, QueryShared, StreamingQuery, Trigger};
+use crate::sink::console::SharedWriter;
+use crate::sink::{ConsoleOptions, ConsoleSink, ForeachBatchSink, MemorySink, StreamSink};
+
+type SinkFactory =
+    Box<dyn FnOnce(&StreamFrame, &SchemaRef, &Options) -> Result<Box<dyn StreamSink>> + Send>;
+
+enum SinkChoice {
+    None,
+    Console(Option<SharedWriter>),
+    Memory,
+    Factory(SinkFactory),
+}
+
+/// Builder for a streaming query.
+pub struct DataStreamWriter {
+    frame: StreamFrame,
+    options: Options,
+    output_mode: Option<OutputMode>,
+    trigger: Trigger,
+    query_name: Option<String>,
+    sink: SinkChoice,
+    error: Option<FlumenError>,
+}
+
+impl std::fmt::Debug for DataStreamWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DataStreamWriter")
+            .field("options", &self.options)
+            .field("output_mode", &self.output_mode)
+            .field("trigger", &self.trigger)
+            .field("query_name", &self.query_name)
+            .finish()
+    }
+}
+
+impl DataStreamWriter {
+    pub(crate) fn new(frame: StreamFrame) -> Self {
+        Self {
+            frame,
+            options: Options::new(),
+            output_mode: None,
+            trigger: Trigger::default(),
+            query_name: None,
+            sink: SinkChoice::None,
+            error: None,
+        }
+    }
+
+    /// The frame being written.
+    pub fn frame(&self) -> &StreamFrame {
+        &self.frame
+    }
+
+    /// Sets a Spark-style option (`checkpointLocation`, `queryName`, `outputMode`, `numRows`,
+    /// `truncate`, ...). Keys are case-insensitive.
+    #[must_use]
+    pub fn option(mut self, key: impl Into<String>, value: impl ToString) -> Self {
+        self.options.set(key, value.to_string());
+        self
+    }
+
+    /// The options set so far.
+    pub fn get_options(&self) -> &Options {
+        &self.options
+    }
+
+    /// The output mode. Default: append.
+    #[must_use]
+    pub fn output_mode(mut self, mode: OutputMode) -> Self {
+        self.output_mode = Some(mode);
+        self
+    }
+
+    /// The output mode from Spark's names (`append`, `update`, `complete`).
+    #[must_use]
+    pub fn output_mode_str(mut self, mode: &str) -> Self {
+        match mode.parse() {
+            Ok(mode) => self.output_mode = Some(mode),
+            Err(e) => self.error = Some(e),
+        }
+        self
+    }
+
+    /// When batches run. Default: as fast as possible.
+    #[must_use]
+    pub fn trigger(mut self, trigger: Trigger) -> Self {
+        self.trigger = trigger;
+        self
+    }
+
+    /// The query's name; for the memory sink, also the name of its table. Default: none.
+    #[must_use]
+    pub fn query_name(mut self, name: impl Into<String>) -> Self {
+        self.query_name = Some(name.into());
+        self
+    }
+
+    /// Where offsets and commits are kept. Required except for console and memory sinks, which
+    /// default to a temporary directory removed after a clean stop.
+    #[must_use]
+    pub fn checkpoint_location(mut self, path: impl Into<PathBuf>) -> Self {
+        self.options
+            .set("checkpointLocation", path.into().to_string_lossy().to_string());
+        self
+    }
+
+    /// Chooses a built-in sink by Spark's format name: `console` or `memory`.
+    #[must_use]
+    pub fn format(mut self, format: &str) -> Self {
+        match format.to_ascii_lowercase().as_str() {
+            "console" => self.sink = SinkChoice::Console(None),
+            "memory" => self.sink = SinkChoice::Memory,
+            other => {
+                self.error = Some(FlumenError::invalid_option(
+                    "format",
+                    format!("unknown sink format '{other}'; use console, memory, .kafka() or .foreach_batch(...)"),
+                ))
+            }
+        }
+        self
+    }
+
+    /// Prints each batch to standard output (options `numRows`, default 20, and `truncate`,
+    /// default true).
+    #[must_use]
+    pub fn console(self) -> Self {
+        self.format("console")
+    }
+
+    /// Prints each batch to `out` instead of standard output.
+    #[must_use]
+    pub fn console_to(mut self, out: SharedWriter) -> Self {
+        self.sink = SinkChoice::Console(Some(out));
+        self
+    }
+
+    /// Keeps the results in a table named after the query (`query_name` is required).
+    #[must_use]
+    pub fn memory(self) -> Self {
+        self.format("memory")
+    }
+
+    /// Calls `f(batch, batch_id)` with each micro-batch as a DataFusion DataFrame.
+    #[must_use]
+    pub fn foreach_batch<F, Fut>(mut self, f: F) -> Self
+    where
+        F: FnMut(DataFrame, u64) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<()>> + Send + 'static,
+    {
+        self.sink = SinkChoice::Factory(Box::new(move |frame, _, _| {
+            Ok(Box::new(ForeachBatchSink::new(
+                frame.session().context().clone(),
+                f,
+            )))
+        }));
+        self
+    }
+
+    /// Uses a sink built at `start()` from the frame, the query's output schema and the options
+    /// (how connectors plug in their sinks).
+    #[must_use]
+    pub fn sink_factory(
+        mut self,
+        factory: impl FnOnce(&StreamFrame, &SchemaRef, &Options) -> Result<Box<dyn StreamSink>>
+        + Send
+        + 'static,
+    ) -> Self {
+        self.sink = SinkChoice::Factory(Box::new(factory));
+        self
+    }
+
+    /// Starts the query: checks and plans it, opens the checkpoint, and runs micro-batches in a
+    /// background task. Errors in the query's shape, options or checkpoint are reported here.
+    pub async fn start(self) -> Result<StreamingQuery> {
+        if let Some(e) = self.error {
+            return Err(e);
+        }
+        let session = self.frame.session().clone();
+        let mode = match (self.output_mode, self.options.get("outputMode")) {
+            (Some(mode), _) => mode,
+            (None, Some(text)) => text.parse()?,
+            (None, None) => OutputMode::Append,
+        };
+        let name = self
+            .query_name
+            .or_else(|| self.options.get("queryName").map(str::to_string));
+        if let Some(name) = &name
+            && session
+                .active_queries()
+                .iter()
+                .any(|q| q.name() == Some(name.as_str()))
+        {
+            return Err(FlumenError::IllegalState(format!(
+                "Cannot start query with name {name} as a query with that name is already active in this session"
+            )));
+        }
+
+        let state = self.frame.dataframe().clone().into_parts().0;
+        let plan = plan_query(&state, self.frame.dataframe().logical_plan(), mode).await?;
+        let schema = Arc::clone(&plan.output_schema);
+
+        let sink: Box<dyn StreamSink> = match self.sink {
+            SinkChoice::None => {
+                return Err(FlumenError::invalid_option(
+                    "format",
+                    "no sink chosen; call .console(), .memory(), .foreach_batch(...) or .kafka() before start()",
+                ));
+            }
+            SinkChoice::Console(out) => {
+                let options = ConsoleOptions::from_options(&self.options)?;
+                Box::new(match out {
+                    Some(out) => ConsoleSink::to_writer(options, out),
+                    None => ConsoleSink::new(options),
+                })
+            }
+            SinkChoice::Memory => {
+                let Some(name) = &name else {
+                    return Err(FlumenError::invalid_option(
+                        "queryName",
+                        "queryName must be specified for memory sink",
+                    ));
+                };
+                Box::new(MemorySink::register(session.context(), name, Arc::clone(&schema)).await?)
+            }
+            SinkChoice::Factory(factory) => factory(&self.frame, &schema, &self.options)?,
+        };
+        sink.validate(&schema, mode)?;
+
+        let checkpoint = match self.options.get("checkpointLocation") {
+            Some(path) => Checkpoint::open(path)?,
+            None if sink.allows_temporary_checkpoint() => Checkpoint::temporary()?,
+            None => {
+                return Err(FlumenError::invalid_option(
+                    "checkpointLocation",
+                    "checkpointLocation must be specified either through option(\"checkpointLocation\", ...) or .checkpoint_location(...)",
+                ));
+            }
+        };
+        let id = checkpoint.query_id()?;
+        if session.active_queries().iter().any(|q| q.id() == id) {
+            return Err(FlumenError::IllegalState(format!(
+                "Cannot start query with id {id} as another query with same id is already active. \
+                 Perhaps you are attempting to restart a query from checkpoint that is already active."
+            )));
+        }
+
+        let mut conf = BTreeMap::new();
+        conf.insert("flumen.source".to_string(), plan.source.fingerprint());
+        let read_limit = plan.source.read_limit();
+        let shared = Arc::new(QueryShared::new(id, name));
+        let execution = Execution {
+            shared: Arc::clone(&shared),
+            plan,
+            sink,
+            checkpoint,
+            mode,
+            trigger: self.trigger,
+            read_limit,
+            conf,
+        };
+        let task = tokio::spawn(execution.run());
+        if let Ok(mut slot) = shared.task.lock() {
+            *slot = Some(task);
+        }
+        let query = StreamingQuery { shared };
+        session.add_query(query.clone());
+        tracing::info!(id = %query.id(), run_id = %query.run_id(), name = ?query.name(), "started streaming query");
+        Ok(query)
+    }
+}
