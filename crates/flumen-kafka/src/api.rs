@@ -1,0 +1,323 @@
+//! Typed builders in Spark's vocabulary: `read_stream().kafka()`, `write_stream().kafka()`,
+//! `session.read_kafka()` (bounded batch read) and `write_kafka()` (batch write).
+//!
+//! Every typed setter writes the Spark option it stands for, so `.subscribe(["t"])` and
+//! `.option("subscribe", "t")` are the same thing and go through the same validation.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use flumen_engine::datafusion::dataframe::DataFrame;
+use flumen_engine::options::Options;
+use flumen_engine::{
+    DataStreamReader, DataStreamWriter, OutputMode, Result, StreamFrame, StreamSession,
+    StreamingQuery, Trigger,
+};
+
+use crate::batch::{read_range, write_dataframe};
+use crate::options::{SourceConfig, StartingOffsets};
+use crate::sink::KafkaSink;
+use crate::source::KafkaSource;
+
+/// Adds `.kafka()` to `session.read_stream()`.
+pub trait KafkaReadStreamExt {
+    /// Reads a Kafka topic as a stream.
+    fn kafka(self) -> KafkaStreamReader;
+}
+
+impl KafkaReadStreamExt for DataStreamReader {
+    fn kafka(self) -> KafkaStreamReader {
+        KafkaStreamReader { reader: self }
+    }
+}
+
+/// Builder of a Kafka stream; see the Spark option names on each setter.
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct KafkaStreamReader {
+    reader: DataStreamReader,
+}
+
+macro_rules! source_setters {
+    ($ty:ident, $field:ident) => {
+        impl $ty {
+            /// `kafka.bootstrap.servers`: `host:port[,host:port...]`. Required.
+            pub fn bootstrap_servers(self, servers: impl AsRef<str>) -> Self {
+                self.option("kafka.bootstrap.servers", servers.as_ref())
+            }
+
+            /// `subscribe`: read these topics (all partitions, including ones added later).
+            pub fn subscribe<S: AsRef<str>>(self, topics: impl IntoIterator<Item = S>) -> Self {
+                let list: Vec<String> = topics.into_iter().map(|t| t.as_ref().to_string()).collect();
+                self.option("subscribe", list.join(","))
+            }
+
+            /// `subscribePattern`: read every topic matching this regex, including new ones.
+            pub fn subscribe_pattern(self, pattern: impl AsRef<str>) -> Self {
+                self.option("subscribePattern", pattern.as_ref())
+            }
+
+            /// `assign`: read exactly these partitions, e.g. `[("t", vec![0, 1])]`.
+            pub fn assign<S: AsRef<str>>(self, partitions: impl IntoIterator<Item = (S, Vec<i32>)>) -> Self {
+                let map: serde_json::Map<String, serde_json::Value> = partitions
+                    .into_iter()
+                    .map(|(t, ps)| (t.as_ref().to_string(), serde_json::Value::from(ps)))
+                    .collect();
+                self.option("assign", serde_json::Value::Object(map).to_string())
+            }
+
+            /// `startingOffsets`: where a new query starts. Default: latest for streams,
+            /// earliest for batch reads. Ignored when restarting from a checkpoint.
+            pub fn starting_offsets(self, offsets: StartingOffsets) -> Self {
+                self.option("startingOffsets", String::from(offsets))
+            }
+
+            /// `startingTimestamp`: start at the first offset at or after this time (ms since
+            /// the epoch) in every partition; overrides `startingOffsets`.
+            pub fn starting_timestamp(self, millis: i64) -> Self {
+                self.option("startingTimestamp", millis.to_string())
+            }
+
+            /// `failOnDataLoss`: fail when data may have been lost (default true).
+            pub fn fail_on_data_loss(self, fail: bool) -> Self {
+                self.option("failOnDataLoss", fail.to_string())
+            }
+
+            /// `includeHeaders`: add the `headers` column (default false).
+            pub fn include_headers(self, include: bool) -> Self {
+                self.option("includeHeaders", include.to_string())
+            }
+
+            /// A Spark-style option (`kafka.*` properties pass through to librdkafka).
+            pub fn option(mut self, key: impl Into<String>, value: impl ToString) -> Self {
+                self.$field = self.$field.option(key, value);
+                self
+            }
+        }
+    };
+}
+
+source_setters!(KafkaStreamReader, reader);
+
+impl KafkaStreamReader {
+    /// `maxOffsetsPerTrigger`: at most this many records per micro-batch, split over
+    /// partitions by backlog. Default: no limit.
+    pub fn max_offsets_per_trigger(self, records: u64) -> Self {
+        self.option("maxOffsetsPerTrigger", records.to_string())
+    }
+
+    /// Validates the options and returns the stream (no connection is made yet).
+    pub fn load(self) -> Result<StreamFrame> {
+        let config = SourceConfig::from_options(self.reader.get_options(), true)?;
+        self.reader.load_source(Arc::new(KafkaSource::new(config)))
+    }
+}
+
+/// Adds `.kafka()` to `frame.write_stream()`.
+pub trait KafkaWriteStreamExt {
+    /// Writes the stream to Kafka.
+    fn kafka(self) -> KafkaStreamWriter;
+}
+
+impl KafkaWriteStreamExt for DataStreamWriter {
+    fn kafka(self) -> KafkaStreamWriter {
+        KafkaStreamWriter { writer: self }
+    }
+}
+
+/// Builder of a streaming query writing to Kafka.
+#[derive(Debug)]
+#[must_use]
+pub struct KafkaStreamWriter {
+    writer: DataStreamWriter,
+}
+
+impl KafkaStreamWriter {
+    /// `kafka.bootstrap.servers`. Required.
+    pub fn bootstrap_servers(self, servers: impl AsRef<str>) -> Self {
+        self.option("kafka.bootstrap.servers", servers.as_ref())
+    }
+
+    /// `topic`: the topic for every row; overrides a `topic` column.
+    pub fn topic(self, topic: impl AsRef<str>) -> Self {
+        self.option("topic", topic.as_ref())
+    }
+
+    /// A Spark-style option (`kafka.*` producer properties pass through to librdkafka).
+    pub fn option(mut self, key: impl Into<String>, value: impl ToString) -> Self {
+        self.writer = self.writer.option(key, value);
+        self
+    }
+
+    /// See [`DataStreamWriter::output_mode`].
+    pub fn output_mode(mut self, mode: OutputMode) -> Self {
+        self.writer = self.writer.output_mode(mode);
+        self
+    }
+
+    /// See [`DataStreamWriter::trigger`].
+    pub fn trigger(mut self, trigger: Trigger) -> Self {
+        self.writer = self.writer.trigger(trigger);
+        self
+    }
+
+    /// See [`DataStreamWriter::query_name`].
+    pub fn query_name(mut self, name: impl Into<String>) -> Self {
+        self.writer = self.writer.query_name(name);
+        self
+    }
+
+    /// See [`DataStreamWriter::checkpoint_location`]. Required for the Kafka sink.
+    pub fn checkpoint_location(mut self, path: impl Into<PathBuf>) -> Self {
+        self.writer = self.writer.checkpoint_location(path);
+        self
+    }
+
+    /// Validates and starts the query.
+    pub async fn start(self) -> Result<StreamingQuery> {
+        self.writer
+            .sink_factory(|_, schema, options| Ok(Box::new(KafkaSink::new(schema, options)?)))
+            .start()
+            .await
+    }
+}
+
+/// Adds `session.read_kafka()`: a bounded read of Kafka as a static DataFrame.
+pub trait KafkaSessionExt {
+    /// Reads a range of Kafka (default: earliest to latest) as a DataFrame.
+    fn read_kafka(&self) -> KafkaBatchReader;
+}
+
+impl KafkaSessionExt for StreamSession {
+    fn read_kafka(&self) -> KafkaBatchReader {
+        KafkaBatchReader {
+            session: self.clone(),
+            options: Options::new(),
+        }
+    }
+}
+
+/// Builder of a bounded Kafka read (Spark's `spark.read.format("kafka")`).
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct KafkaBatchReader {
+    session: StreamSession,
+    options: Options,
+}
+
+impl KafkaBatchReader {
+    fn set(mut self, key: impl Into<String>, value: impl ToString) -> Self {
+        self.options.set(key, value.to_string());
+        self
+    }
+}
+
+/// Mirror of the streaming reader's setters for the batch reader.
+mod batch_setters {
+    use super::*;
+
+    impl KafkaBatchReader {
+        /// `kafka.bootstrap.servers`. Required.
+        pub fn bootstrap_servers(self, servers: impl AsRef<str>) -> Self {
+            self.set("kafka.bootstrap.servers", servers.as_ref())
+        }
+
+        /// `subscribe`: these topics.
+        pub fn subscribe<S: AsRef<str>>(self, topics: impl IntoIterator<Item = S>) -> Self {
+            let list: Vec<String> = topics.into_iter().map(|t| t.as_ref().to_string()).collect();
+            self.set("subscribe", list.join(","))
+        }
+
+        /// `subscribePattern`: every topic matching this regex.
+        pub fn subscribe_pattern(self, pattern: impl AsRef<str>) -> Self {
+            self.set("subscribePattern", pattern.as_ref())
+        }
+
+        /// `startingOffsets` (default earliest; latest is not allowed).
+        pub fn starting_offsets(self, offsets: StartingOffsets) -> Self {
+            self.set("startingOffsets", String::from(offsets))
+        }
+
+        /// `endingOffsets` (default latest; exclusive).
+        pub fn ending_offsets(self, offsets: StartingOffsets) -> Self {
+            self.set("endingOffsets", String::from(offsets))
+        }
+
+        /// `includeHeaders` (default false).
+        pub fn include_headers(self, include: bool) -> Self {
+            self.set("includeHeaders", include.to_string())
+        }
+
+        /// A Spark-style option.
+        pub fn option(self, key: impl Into<String>, value: impl ToString) -> Self {
+            self.set(key, value)
+        }
+
+        /// Reads the range and returns it as a DataFrame with the Kafka schema.
+        pub async fn load(self) -> Result<DataFrame> {
+            let config = SourceConfig::from_options(&self.options, false)?;
+            let batch = read_range(config).await?;
+            self.session.create_data_frame(batch)
+        }
+    }
+}
+
+/// Adds `.write_kafka()` to static DataFrames: Spark's `df.write.format("kafka").save()`.
+pub trait KafkaDataFrameExt {
+    /// Writes every row to Kafka.
+    fn write_kafka(self) -> KafkaBatchWriter;
+}
+
+impl KafkaDataFrameExt for DataFrame {
+    fn write_kafka(self) -> KafkaBatchWriter {
+        KafkaBatchWriter {
+            df: Ok(self),
+            options: Options::new(),
+        }
+    }
+}
+
+impl KafkaDataFrameExt for StreamFrame {
+    fn write_kafka(self) -> KafkaBatchWriter {
+        KafkaBatchWriter {
+            df: self.into_dataframe(),
+            options: Options::new(),
+        }
+    }
+}
+
+/// Builder of a batch write to Kafka.
+#[must_use]
+pub struct KafkaBatchWriter {
+    df: Result<DataFrame>,
+    options: Options,
+}
+
+impl std::fmt::Debug for KafkaBatchWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaBatchWriter").field("options", &self.options).finish()
+    }
+}
+
+impl KafkaBatchWriter {
+    /// `kafka.bootstrap.servers`. Required.
+    pub fn bootstrap_servers(self, servers: impl AsRef<str>) -> Self {
+        self.option("kafka.bootstrap.servers", servers.as_ref())
+    }
+
+    /// `topic`: the topic for every row; overrides a `topic` column.
+    pub fn topic(self, topic: impl AsRef<str>) -> Self {
+        self.option("topic", topic.as_ref())
+    }
+
+    /// A Spark-style option (`kafka.*` producer properties pass through).
+    pub fn option(mut self, key: impl Into<String>, value: impl ToString) -> Self {
+        self.options.set(key, value.to_string());
+        self
+    }
+
+    /// Writes every row and waits until each is acknowledged; returns the number of rows.
+    pub async fn save(self) -> Result<u64> {
+        write_dataframe(self.df?, &self.options).await
+    }
+}

@@ -1,0 +1,466 @@
+//! Blocking Kafka consumer operations: partition discovery, offset lookup and exact-range
+//! fetches into Arrow. Everything here blocks, so callers run it on tokio's blocking pool
+//! (see [`blocking`]), never on a runtime worker thread.
+//!
+//! Partitions are `assign`ed (no consumer-group protocol): the checkpoint owns the offsets.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use flumen_engine::datafusion::arrow::array::RecordBatch;
+use flumen_engine::{FlumenError, Result};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Headers, Message, Timestamp};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use regex::Regex;
+
+use crate::offsets::PartitionOffsets;
+use crate::options::{SourceConfig, Subscription};
+use crate::schema::{KafkaRowsBuilder, RecordView};
+
+/// Runs blocking Kafka work on tokio's blocking pool.
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| FlumenError::IllegalState(format!("Kafka worker thread failed: {e}")))?
+}
+
+/// Offset lookups: earliest, latest, or the first offset at/after a timestamp.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum OffsetSpec {
+    Earliest,
+    Latest,
+    Timestamp(i64),
+}
+
+/// A record copied out of librdkafka, kept when it was fetched past the end of a batch.
+struct OwnedRecord {
+    key: Option<Vec<u8>>,
+    value: Option<Vec<u8>>,
+    offset: i64,
+    timestamp: Option<i64>,
+    timestamp_type: i32,
+    headers: Option<Vec<(String, Option<Vec<u8>>)>>,
+}
+
+type TopicPartition = (String, i32);
+
+/// A consumer positioned by the engine, plus what it fetched beyond the last batch.
+pub(crate) struct KafkaFetcher {
+    consumer: BaseConsumer,
+    description: String,
+    bootstrap: String,
+    timeout: Duration,
+    include_headers: bool,
+    fail_on_data_loss: bool,
+    /// The next offset the consumer will deliver, per assigned partition.
+    positions: HashMap<TopicPartition, i64>,
+    /// Records fetched past the end of the previous batch, per partition.
+    pending: HashMap<TopicPartition, VecDeque<OwnedRecord>>,
+}
+
+impl KafkaFetcher {
+    /// Creates the consumer (no network traffic yet).
+    pub fn new(config: &SourceConfig, description: String) -> Result<Self> {
+        let mut client = ClientConfig::new();
+        client
+            .set("bootstrap.servers", &config.bootstrap_servers)
+            .set(
+                "group.id",
+                config
+                    .group_id
+                    .clone()
+                    .unwrap_or_else(|| format!("flumen-kafka-source-{}", uuid_like())),
+            )
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "error")
+            .set("fetch.wait.max.ms", "10")
+            .set("enable.partition.eof", "false");
+        for (k, v) in &config.client {
+            client.set(k, v);
+        }
+        let consumer: BaseConsumer = client.create().map_err(|e| FlumenError::Source {
+            source_name: description.clone(),
+            message: format!("cannot create the Kafka consumer: {e}; check the kafka.* options"),
+        })?;
+        Ok(Self {
+            consumer,
+            description,
+            bootstrap: config.bootstrap_servers.clone(),
+            timeout: config.poll_timeout,
+            include_headers: config.include_headers,
+            fail_on_data_loss: config.fail_on_data_loss,
+            positions: HashMap::new(),
+            pending: HashMap::new(),
+        })
+    }
+
+    fn error(&self, message: String) -> FlumenError {
+        FlumenError::Source {
+            source_name: self.description.clone(),
+            message,
+        }
+    }
+
+    fn unreachable(&self, what: &str, e: &KafkaError) -> FlumenError {
+        self.error(format!(
+            "cannot {what} from Kafka at {} within {:?} ({e}); check kafka.bootstrap.servers and that the broker is running \
+             (the wait is set by the kafkaConsumer.pollTimeoutMs option)",
+            self.bootstrap, self.timeout
+        ))
+    }
+
+    /// The partitions `subscription` covers now. Topics that do not exist yet have none
+    /// (subscribe and pattern wait for them); assigned partitions must exist.
+    pub fn partitions(&self, subscription: &Subscription) -> Result<Vec<TopicPartition>> {
+        let metadata = self
+            .consumer
+            .fetch_metadata(None, self.timeout)
+            .map_err(|e| self.unreachable("read topic metadata", &e))?;
+        let mut existing: BTreeMap<String, Vec<i32>> = BTreeMap::new();
+        for topic in metadata.topics() {
+            if topic.error().is_none() {
+                existing.insert(
+                    topic.name().to_string(),
+                    topic.partitions().iter().map(|p| p.id()).collect(),
+                );
+            }
+        }
+        let mut result = Vec::new();
+        match subscription {
+            Subscription::Subscribe(topics) => {
+                for t in topics {
+                    for p in existing.get(t).into_iter().flatten() {
+                        result.push((t.clone(), *p));
+                    }
+                }
+            }
+            Subscription::Pattern(pattern) => {
+                let regex = Regex::new(&format!("^(?:{pattern})$"))
+                    .map_err(|e| self.error(format!("invalid subscribePattern: {e}")))?;
+                for (t, parts) in &existing {
+                    if regex.is_match(t) && !t.starts_with("__") {
+                        result.extend(parts.iter().map(|p| (t.clone(), *p)));
+                    }
+                }
+            }
+            Subscription::Assign(assign) => {
+                for (t, parts) in assign {
+                    let have = existing.get(t);
+                    for p in parts {
+                        if !have.is_some_and(|h| h.contains(p)) {
+                            return Err(self.error(format!(
+                                "assigned partition {t}-{p} does not exist; create the topic or fix the assign option"
+                            )));
+                        }
+                        result.push((t.clone(), *p));
+                    }
+                }
+            }
+        }
+        result.sort();
+        Ok(result)
+    }
+
+    /// Looks up offsets for `partitions` in one request.
+    pub fn list_offsets(
+        &self,
+        partitions: &[TopicPartition],
+        spec: OffsetSpec,
+    ) -> Result<PartitionOffsets> {
+        let mut out = PartitionOffsets::new();
+        if partitions.is_empty() {
+            return Ok(out);
+        }
+        let mut tpl = TopicPartitionList::new();
+        let raw = match spec {
+            OffsetSpec::Earliest => Offset::Beginning,
+            OffsetSpec::Latest => Offset::End,
+            OffsetSpec::Timestamp(ts) => Offset::Offset(ts),
+        };
+        for (t, p) in partitions {
+            tpl.add_partition_offset(t, *p, raw)
+                .map_err(|e| self.error(format!("bad partition {t}-{p}: {e}")))?;
+        }
+        let result = self
+            .consumer
+            .offsets_for_times(tpl, self.timeout)
+            .map_err(|e| self.unreachable("read partition offsets", &e))?;
+        for elem in result.elements() {
+            if let Err(e) = elem.error() {
+                return Err(self.error(format!(
+                    "cannot read the offsets of {}-{}: {e}",
+                    elem.topic(),
+                    elem.partition()
+                )));
+            }
+            let offset = match elem.offset() {
+                Offset::Offset(o) => o,
+                Offset::End if matches!(spec, OffsetSpec::Timestamp(_)) => {
+                    let OffsetSpec::Timestamp(ts) = spec else { unreachable!() };
+                    return Err(self.error(format!(
+                        "No offset matched from request of topic-partition {}-{} and timestamp {ts}",
+                        elem.topic(),
+                        elem.partition()
+                    )));
+                }
+                other => {
+                    return Err(self.error(format!(
+                        "unexpected offset {other:?} for {}-{}",
+                        elem.topic(),
+                        elem.partition()
+                    )));
+                }
+            };
+            out.entry(elem.topic().to_string())
+                .or_default()
+                .insert(elem.partition(), offset);
+        }
+        Ok(out)
+    }
+
+    /// Reads exactly the records in `[from, to)` of each partition, as one record batch.
+    pub fn fetch(&mut self, ranges: &[(TopicPartition, i64, i64)]) -> Result<RecordBatch> {
+        let total: i64 = ranges.iter().map(|(_, f, t)| (t - f).max(0)).sum();
+        let mut rows = KafkaRowsBuilder::new(self.include_headers, total as usize);
+        // Per partition: the next offset wanted and the end.
+        let mut wanted: HashMap<TopicPartition, (i64, i64)> = HashMap::new();
+        for (tp, from, to) in ranges {
+            if from < to {
+                wanted.insert(tp.clone(), (*from, *to));
+            }
+        }
+        // Serve what an earlier fetch already brought in.
+        for (tp, (next, to)) in wanted.iter_mut() {
+            let Some(queue) = self.pending.get_mut(tp) else { continue };
+            while queue.front().is_some_and(|r| r.offset < *next) {
+                queue.pop_front();
+            }
+            if queue.front().is_some_and(|r| r.offset != *next) {
+                // A gap between what we hold and what we need: refetch from the broker.
+                queue.clear();
+                continue;
+            }
+            while let Some(record) = queue.front() {
+                if record.offset >= *to {
+                    break;
+                }
+                if let Some(record) = queue.pop_front() {
+                    append_owned(&mut rows, &tp.0, tp.1, &record);
+                    *next = record.offset + 1;
+                }
+            }
+        }
+        wanted.retain(|_, (next, to)| next < to);
+        if wanted.is_empty() {
+            return rows.finish();
+        }
+        self.position_consumer(&wanted)?;
+
+        let mut last_progress = Instant::now();
+        while !wanted.is_empty() {
+            match self.consumer.poll(Duration::from_millis(100)) {
+                Some(Ok(msg)) => {
+                    let tp = (msg.topic().to_string(), msg.partition());
+                    let offset = msg.offset();
+                    self.positions.insert(tp.clone(), offset + 1);
+                    let Some((next, to)) = wanted.get_mut(&tp) else {
+                        // A partition this batch does not need (already complete): keep it.
+                        self.pending.entry(tp).or_default().push_back(own(&msg));
+                        continue;
+                    };
+                    if offset < *next {
+                        continue;
+                    }
+                    if offset > *next {
+                        self.data_loss(&tp, *next, offset)?;
+                    }
+                    if offset >= *to {
+                        self.pending.entry(tp.clone()).or_default().push_back(own(&msg));
+                        wanted.remove(&tp);
+                        continue;
+                    }
+                    let (timestamp, timestamp_type) = timestamp_of(msg.timestamp());
+                    let headers = msg.headers().map(|h| {
+                        h.iter().map(|h| (h.key, h.value))
+                    });
+                    rows.append(
+                        &RecordView {
+                            key: msg.key(),
+                            value: msg.payload(),
+                            topic: &tp.0,
+                            partition: tp.1,
+                            offset,
+                            timestamp,
+                            timestamp_type,
+                        },
+                        headers,
+                    );
+                    *next = offset + 1;
+                    if *next >= *to {
+                        wanted.remove(&tp);
+                    }
+                    last_progress = Instant::now();
+                }
+                Some(Err(KafkaError::PartitionEOF(_))) => {}
+                Some(Err(e)) => {
+                    let text = e.to_string();
+                    if text.contains("Offset out of range") || text.contains("OffsetOutOfRange") {
+                        let tp = wanted.keys().next().cloned().unwrap_or_default();
+                        let from = wanted.get(&tp).map(|w| w.0).unwrap_or_default();
+                        return Err(self.data_loss_error(&tp, from, &text));
+                    }
+                    return Err(self.error(format!("fetch failed: {e}")));
+                }
+                None => {
+                    // Records skipped by the broker (transaction markers, compaction) leave
+                    // gaps; the consumer's position tells us it moved past them.
+                    if let Ok(positions) = self.consumer.position() {
+                        for elem in positions.elements() {
+                            let tp = (elem.topic().to_string(), elem.partition());
+                            if let (Offset::Offset(pos), Some((_, to))) = (elem.offset(), wanted.get(&tp))
+                                && pos >= *to
+                            {
+                                wanted.remove(&tp);
+                            }
+                        }
+                    }
+                    if last_progress.elapsed() > self.timeout {
+                        let missing: Vec<String> = wanted
+                            .iter()
+                            .map(|((t, p), (next, to))| format!("{t}-{p} [{next}, {to})"))
+                            .collect();
+                        return Err(self.error(format!(
+                            "timed out after {:?} fetching {} from Kafka at {}; is the broker reachable? \
+                             (the wait is set by the kafkaConsumer.pollTimeoutMs option)",
+                            self.timeout,
+                            missing.join(", "),
+                            self.bootstrap
+                        )));
+                    }
+                }
+            }
+        }
+        rows.finish()
+    }
+
+    /// Assigns partitions so each one delivers from the offset `wanted` needs next; only
+    /// re-assigns when some partition is not already there.
+    fn position_consumer(&mut self, wanted: &HashMap<TopicPartition, (i64, i64)>) -> Result<()> {
+        let in_place = wanted
+            .iter()
+            .all(|(tp, (next, _))| self.positions.get(tp) == Some(next) && self.pending.get(tp).is_none_or(VecDeque::is_empty));
+        if in_place {
+            return Ok(());
+        }
+        let mut tpl = TopicPartitionList::new();
+        let mut positions = HashMap::new();
+        for (tp, (next, _)) in wanted {
+            tpl.add_partition_offset(&tp.0, tp.1, Offset::Offset(*next))
+                .map_err(|e| self.error(format!("cannot assign {}-{}: {e}", tp.0, tp.1)))?;
+            positions.insert(tp.clone(), *next);
+        }
+        self.consumer
+            .assign(&tpl)
+            .map_err(|e| self.error(format!("cannot assign partitions: {e}")))?;
+        self.positions = positions;
+        self.pending.clear();
+        Ok(())
+    }
+
+    fn data_loss_error(&self, tp: &TopicPartition, from: i64, detail: &str) -> FlumenError {
+        self.error(format!(
+            "Some data may have been lost because they are not available in Kafka any more; either the data was aged out by Kafka \
+             or the topic may have been deleted before all the data in the topic was processed (partition {}-{}, wanted offset {from}: {detail}). \
+             If you don't want your streaming query to fail on such cases, set the source option \"failOnDataLoss\" to \"false\".",
+            tp.0, tp.1
+        ))
+    }
+
+    fn data_loss(&self, tp: &TopicPartition, expected: i64, got: i64) -> Result<()> {
+        // Compacted topics and transaction markers also skip offsets; only a gap at the
+        // start of a partition's range, below the log start, is data loss.
+        let low = self
+            .list_offsets(std::slice::from_ref(tp), OffsetSpec::Earliest)
+            .ok()
+            .and_then(|o| o.get(&tp.0).and_then(|p| p.get(&tp.1)).copied());
+        if low.is_some_and(|low| low > expected) {
+            if self.fail_on_data_loss {
+                return Err(self.data_loss_error(tp, expected, &format!("the earliest offset is now {}", low.unwrap_or(got))));
+            }
+            tracing::warn!(topic = %tp.0, partition = tp.1, expected, got, "records were lost before they were read (failOnDataLoss=false)");
+        }
+        Ok(())
+    }
+
+    /// Commits `offsets` to the consumer group (monitoring only).
+    pub fn commit(&self, offsets: &PartitionOffsets) -> Result<()> {
+        let mut tpl = TopicPartitionList::new();
+        for (t, parts) in offsets {
+            for (p, o) in parts {
+                tpl.add_partition_offset(t, *p, Offset::Offset(*o))
+                    .map_err(|e| self.error(e.to_string()))?;
+            }
+        }
+        self.consumer
+            .commit(&tpl, CommitMode::Async)
+            .map_err(|e| self.error(format!("cannot commit offsets to the consumer group: {e}")))
+    }
+}
+
+fn uuid_like() -> String {
+    format!(
+        "{:x}-{:x}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0)
+    )
+}
+
+fn timestamp_of(ts: Timestamp) -> (Option<i64>, i32) {
+    match ts {
+        Timestamp::NotAvailable => (None, -1),
+        Timestamp::CreateTime(t) => (Some(t), 0),
+        Timestamp::LogAppendTime(t) => (Some(t), 1),
+    }
+}
+
+fn own(msg: &rdkafka::message::BorrowedMessage<'_>) -> OwnedRecord {
+    let (timestamp, timestamp_type) = timestamp_of(msg.timestamp());
+    OwnedRecord {
+        key: msg.key().map(<[u8]>::to_vec),
+        value: msg.payload().map(<[u8]>::to_vec),
+        offset: msg.offset(),
+        timestamp,
+        timestamp_type,
+        headers: msg.headers().map(|h| {
+            h.iter()
+                .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec)))
+                .collect()
+        }),
+    }
+}
+
+fn append_owned(rows: &mut KafkaRowsBuilder, topic: &str, partition: i32, r: &OwnedRecord) {
+    rows.append(
+        &RecordView {
+            key: r.key.as_deref(),
+            value: r.value.as_deref(),
+            topic,
+            partition,
+            offset: r.offset,
+            timestamp: r.timestamp,
+            timestamp_type: r.timestamp_type,
+        },
+        r.headers
+            .as_ref()
+            .map(|h| h.iter().map(|(k, v)| (k.as_str(), v.as_deref()))),
+    );
+}
