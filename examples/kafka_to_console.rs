@@ -1,1 +1,67 @@
-fn main(){}
+//! The notebook's "read a stream from Kafka" cell: stream `demo-topic`, cast key and value to
+//! strings, print each micro-batch to the console.
+//!
+//! On the embedded broker (the default) the topic starts empty, so the example first writes
+//! `Hello 0..4` to it. Runs until Ctrl-C, or with `--available-now` until it has printed
+//! everything in the topic.
+//!
+//! ```text
+//! cargo run --release --example kafka_to_console -- --available-now
+//! ```
+
+use clap::Parser;
+use flumen::prelude::*;
+use flumen_examples::{Broker, run_until_ctrl_c};
+
+/// Stream a topic to the console.
+#[derive(Parser, Debug)]
+struct Args {
+    /// Kafka to use (default: an embedded broker, seeded with Hello 0..4).
+    #[arg(long)]
+    bootstrap_servers: Option<String>,
+    /// Topic to read.
+    #[arg(long, default_value = "demo-topic")]
+    topic: String,
+    /// Process what is in the topic, then exit.
+    #[arg(long)]
+    available_now: bool,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let broker = Broker::connect(args.bootstrap_servers)?;
+    let session = StreamSession::new();
+    if broker.is_embedded() {
+        broker.ensure_topics(&[(args.topic.as_str(), 1)]).await?;
+        session
+            .sql("SELECT CAST(NULL AS STRING) AS key, 'Hello ' || CAST(i AS STRING) AS value FROM (VALUES (0), (1), (2), (3), (4)) AS t(i)")
+            .await?
+            .write_kafka()
+            .bootstrap_servers(broker.servers())
+            .topic(&args.topic)
+            .save()
+            .await?;
+    }
+
+    let kafka_df = session
+        .read_stream()
+        .kafka()
+        .bootstrap_servers(broker.servers())
+        .subscribe([args.topic.as_str()])
+        .starting_offsets(StartingOffsets::Earliest)
+        .load()?;
+    let parsed = kafka_df.select_expr(["CAST(key AS STRING)", "CAST(value AS STRING)"])?;
+    let query = parsed
+        .write_stream()
+        .output_mode(OutputMode::Append)
+        .console()
+        .trigger(if args.available_now {
+            Trigger::AvailableNow
+        } else {
+            Trigger::default()
+        })
+        .start()
+        .await?;
+    run_until_ctrl_c(&[query]).await
+}

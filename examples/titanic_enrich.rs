@@ -1,1 +1,93 @@
-fn main(){}
+//! The notebook's stream–static join cell: load the Titanic CSV into `raw-titanic` (key =
+//! PassengerId, value = the row as JSON), then run two streaming queries over that topic:
+//!
+//! - parse the JSON with the CSV's inferred schema, add `is_adult`, left-join the class names,
+//!   and write key = PassengerId, value = every column as JSON to `enriched-titanic`
+//!   (checkpointed);
+//! - print PassengerId, Name, Age, Pclass, ClassName, is_adult, Survived to the console,
+//!   untruncated.
+//!
+//! ```text
+//! cargo run --release --example titanic_enrich -- --csv ../shared/data/titanic.csv --available-now
+//! ```
+
+use std::path::PathBuf;
+
+use clap::Parser;
+use flumen::prelude::*;
+use flumen_examples::titanic::{self, RAW_TOPIC, ENRICHED_TOPIC, PRETTY_COLUMNS, TitanicData};
+use flumen_examples::{Broker, run_until_ctrl_c};
+
+/// Enrich Titanic passengers streaming through Kafka.
+#[derive(Parser, Debug)]
+struct Args {
+    /// Kafka to use (default: an embedded broker).
+    #[arg(long)]
+    bootstrap_servers: Option<String>,
+    /// The Titanic CSV (default: $FLUMEN_TITANIC_CSV, else 891 generated passengers).
+    #[arg(long)]
+    csv: Option<PathBuf>,
+    /// Checkpoint directory of the Kafka query.
+    #[arg(long, default_value_os_t = titanic::default_checkpoint())]
+    checkpoint: PathBuf,
+    /// Skip loading the CSV into raw-titanic; only run the streaming queries.
+    #[arg(long)]
+    no_load: bool,
+    /// Process everything available, then exit 0.
+    #[arg(long)]
+    available_now: bool,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let broker = Broker::connect(args.bootstrap_servers)?;
+    broker
+        .ensure_topics(&[(RAW_TOPIC, 1), (ENRICHED_TOPIC, 1)])
+        .await?;
+    if broker.is_embedded() && args.checkpoint.exists() {
+        eprintln!("Removing {} (it belongs to an earlier embedded broker)", args.checkpoint.display());
+        std::fs::remove_dir_all(&args.checkpoint)?;
+    }
+    let session = StreamSession::new();
+    let data = TitanicData::choose(args.csv);
+    let titanic_df = data.load(&session).await?;
+    let schema = std::sync::Arc::new(titanic_df.schema().as_arrow().clone());
+
+    if !args.no_load {
+        let n = titanic::load_into_kafka(titanic_df, &session, broker.servers(), RAW_TOPIC).await?;
+        println!("Loaded {n} passengers into the topic {RAW_TOPIC}");
+    }
+
+    let enriched_df = titanic::enriched_stream(&session, broker.servers(), schema)?;
+    let pretty_df = enriched_df.select_columns(&PRETTY_COLUMNS)?;
+    let trigger = if args.available_now {
+        Trigger::AvailableNow
+    } else {
+        Trigger::default()
+    };
+    let query_kafka = titanic::to_kafka_records(&enriched_df)?
+        .write_stream()
+        .kafka()
+        .bootstrap_servers(broker.servers())
+        .topic(ENRICHED_TOPIC)
+        .checkpoint_location(&args.checkpoint)
+        .output_mode(OutputMode::Append)
+        .query_name("titanic_kafka")
+        .trigger(trigger)
+        .start()
+        .await?;
+    let query_console = pretty_df
+        .write_stream()
+        .console()
+        .option("truncate", false)
+        .output_mode(OutputMode::Append)
+        .query_name("titanic_console")
+        .trigger(trigger)
+        .start()
+        .await?;
+    run_until_ctrl_c(&[query_kafka.clone(), query_console]).await?;
+    let written: i64 = query_kafka.recent_progress().iter().map(|p| p.sink.num_output_rows.max(0)).sum();
+    eprintln!("Wrote {written} enriched passengers to {ENRICHED_TOPIC}");
+    Ok(())
+}

@@ -106,6 +106,12 @@ impl StreamSession {
         Ok(StreamFrame::new(self.clone(), df))
     }
 
+    /// Wraps a DataFusion DataFrame (e.g. from [`StreamSession::read_csv`]) as a frame, to use
+    /// Spark-style methods such as `select_expr` on it.
+    pub fn frame(&self, df: DataFrame) -> StreamFrame {
+        StreamFrame::new(self.clone(), df)
+    }
+
     /// Runs SQL. The result is a streaming frame when the query reads a registered stream (see
     /// [`StreamFrame::create_or_replace_temp_view`]), a static one otherwise.
     pub async fn sql(&self, sql: &str) -> Result<StreamFrame> {
