@@ -14,6 +14,7 @@ use datafusion::dataframe::DataFrame;
 use datafusion::datasource::ViewTable;
 use datafusion::functions::core::expr_fn::get_field;
 use datafusion::logical_expr::{Expr, JoinType, col};
+
 use regex::Regex;
 
 use crate::error::{FlumenError, Result};
@@ -133,7 +134,8 @@ impl StreamFrame {
 
     /// Drops columns by name; names that do not exist are ignored (as Spark).
     pub fn drop(&self, columns: &[&str]) -> Result<Self> {
-        Ok(self.with_df(self.df.clone().drop_columns(columns)?))
+        let columns: Vec<Column> = columns.iter().map(|c| Column::new_unqualified(*c)).collect();
+        Ok(self.with_df(self.df.clone().drop_columns(&columns)?))
     }
 
     /// Joins with a static DataFrame on columns present on both sides with the same names
@@ -162,7 +164,10 @@ impl StreamFrame {
         }
         let left = self.df.clone().alias(LEFT)?;
         let right = right.alias(RIGHT)?;
-        let joined = left.join(right, how, on, on, None)?;
+        let equalities = on.iter().map(|key| {
+            col(Column::new(Some(LEFT), *key)).eq(col(Column::new(Some(RIGHT), *key)))
+        });
+        let joined = left.join_on(right, how, equalities)?;
         let qualified = |side: &str, name: &str| col(Column::new(Some(side), name)).alias(name);
         let mut exprs = Vec::new();
         let semi_or_anti = matches!(
@@ -203,13 +208,16 @@ impl StreamFrame {
         left_columns: &[&str],
         right_columns: &[&str],
     ) -> Result<Self> {
-        Ok(self.with_df(self.df.clone().join(
-            right,
-            how,
-            left_columns,
-            right_columns,
-            None,
-        )?))
+        if left_columns.len() != right_columns.len() {
+            return Err(FlumenError::invalid_option(
+                "join_on",
+                format!("{} left columns but {} right columns", left_columns.len(), right_columns.len()),
+            ));
+        }
+        let equalities = left_columns.iter().zip(right_columns).map(|(l, r)| {
+            col(Column::new_unqualified(*l)).eq(col(Column::new_unqualified(*r)))
+        });
+        Ok(self.with_df(self.df.clone().join_on(right, how, equalities)?))
     }
 
     /// Registers the frame under `name` for SQL: `session.sql("SELECT ... FROM name")` then

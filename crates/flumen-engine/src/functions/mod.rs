@@ -16,7 +16,7 @@ use datafusion::logical_expr::expr::ScalarFunction;
 use datafusion::logical_expr::{Expr, ScalarUDF};
 
 pub use datafusion::functions::expr_fn::named_struct;
-pub use datafusion::logical_expr::{cast, col, lit, when};
+pub use datafusion::logical_expr::{cast, lit, when};
 pub use ddl::parse_ddl_schema;
 pub use json::{
     DEFAULT_CORRUPT_RECORD_COLUMN, FromJson, JsonOptions, ParseMode, ToJson, decode_json_column,
@@ -30,6 +30,16 @@ pub use spark::{
 pub(crate) use spark::BATCH_TIMESTAMP_MS;
 
 use crate::error::Result;
+
+/// A column by name, matched exactly as written (`col("Age")` is the column `Age`).
+///
+/// DataFusion's own `col` lower-cases unquoted names; Flumen's sessions match identifiers as
+/// written, so this `col` does too. `col("t.a")` is column `a` of relation `t`.
+pub fn col(name: impl AsRef<str>) -> Expr {
+    Expr::Column(datafusion::common::Column::from_qualified_name_ignore_case(
+        name.as_ref(),
+    ))
+}
 
 /// A schema for [`from_json`]: an Arrow schema, or a Spark DDL string.
 pub trait IntoJsonSchema {
