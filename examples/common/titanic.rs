@@ -91,10 +91,8 @@ pub fn schema() -> SchemaRef {
 /// `rows` Titanic-shaped passengers, deterministic for a seed: ids 1..=rows, about 20% missing
 /// ages, 77% missing cabins, class-dependent fares.
 pub fn generate(rows: usize, seed: u64) -> flumen::Result<RecordBatch> {
-    const FIRST: [&str; 12] = [
-        "John", "William", "Mary", "Anna", "James", "Elizabeth", "Charles", "Margaret", "George",
-        "Helen", "Thomas", "Alice",
-    ];
+    const MEN: [&str; 6] = ["John", "William", "James", "Charles", "George", "Thomas"];
+    const WOMEN: [&str; 6] = ["Mary", "Anna", "Elizabeth", "Margaret", "Helen", "Alice"];
     const LAST: [&str; 12] = [
         "Smith", "Andersson", "Brown", "Kelly", "Johnson", "Sage", "Goodwin", "Carter", "Harris",
         "Williams", "Panula", "Skoog",
@@ -122,11 +120,11 @@ pub fn generate(rows: usize, seed: u64) -> flumen::Result<RecordBatch> {
         id.push(i as i64 + 1);
         survived.push(i64::from(rng.random_bool(if female { 0.74 } else { 0.19 })));
         pclass.push(class);
-        let title = if female { "Mrs." } else { "Mr." };
+        let (title, first) = if female { ("Mrs.", WOMEN) } else { ("Mr.", MEN) };
         name.push(format!(
             "{}, {title} {}",
             LAST[rng.random_range(0..LAST.len())],
-            FIRST[rng.random_range(0..FIRST.len())]
+            first[rng.random_range(0..first.len())]
         ));
         sex.push(if female { "female" } else { "male" });
         age.push(if rng.random_bool(0.2) {

@@ -1,1 +1,7 @@
+//! Flumen's integration tests against the embedded broker (librdkafka's mock cluster), with an
+//! independent Kafka client writing inputs and reading outputs.
 
+mod api;
+mod faults;
+mod pipeline;
+mod restart;

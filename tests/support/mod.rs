@@ -1,1 +1,250 @@
-//! x
+//! Helpers shared by Flumen's integration tests: an independent Kafka client (plain rdkafka, not
+//! Flumen's source or sink) to write inputs and read outputs, the Titanic CSV, and captures.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use flumen::datafusion::arrow::array::RecordBatch;
+use flumen::datafusion::arrow::util::pretty::pretty_format_batches;
+use flumen::prelude::*;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+
+/// A record as the independent client sees it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Record {
+    /// Partition.
+    pub partition: i32,
+    /// Offset.
+    pub offset: i64,
+    /// Key bytes.
+    pub key: Option<Vec<u8>>,
+    /// Value bytes.
+    pub value: Option<Vec<u8>>,
+    /// Headers.
+    pub headers: Vec<(String, Option<Vec<u8>>)>,
+}
+
+impl Record {
+    /// The key as UTF-8 text.
+    pub fn key_text(&self) -> Option<String> {
+        self.key.as_ref().map(|k| String::from_utf8_lossy(k).into_owned())
+    }
+
+    /// The value as UTF-8 text.
+    pub fn value_text(&self) -> Option<String> {
+        self.value.as_ref().map(|v| String::from_utf8_lossy(v).into_owned())
+    }
+}
+
+/// Produces records with a plain rdkafka producer and waits for their delivery.
+pub fn produce(servers: &str, topic: &str, records: &[(Option<&[u8]>, Option<&[u8]>)]) {
+    produce_to(servers, topic, None, records, &[]);
+}
+
+/// Produces records to an optional partition, each with `headers`.
+pub fn produce_to(
+    servers: &str,
+    topic: &str,
+    partition: Option<i32>,
+    records: &[(Option<&[u8]>, Option<&[u8]>)],
+    headers: &[(&str, Option<&[u8]>)],
+) {
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", servers)
+        .create()
+        .expect("producer");
+    for (key, value) in records {
+        let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic);
+        if let Some(k) = key {
+            record = record.key(*k);
+        }
+        if let Some(v) = value {
+            record = record.payload(*v);
+        }
+        if let Some(p) = partition {
+            record = record.partition(p);
+        }
+        if !headers.is_empty() {
+            let mut owned = OwnedHeaders::new();
+            for (k, v) in headers {
+                owned = owned.insert(Header { key: k, value: *v });
+            }
+            record = record.headers(owned);
+        }
+        producer.send(record).map_err(|(e, _)| e).expect("send");
+    }
+    producer.flush(Duration::from_secs(30)).expect("flush");
+}
+
+/// Produces text values (no keys).
+pub fn produce_values(servers: &str, topic: &str, values: &[&str]) {
+    let records: Vec<(Option<&[u8]>, Option<&[u8]>)> =
+        values.iter().map(|v| (None, Some(v.as_bytes()))).collect();
+    produce(servers, topic, &records);
+}
+
+/// Reads every record of `topic` with a plain rdkafka consumer, ordered by partition and offset.
+pub fn read_topic(servers: &str, topic: &str) -> Vec<Record> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", servers)
+        .set("group.id", "flumen-tests-reader")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("metadata");
+    let mut ends = BTreeMap::new();
+    let mut tpl = TopicPartitionList::new();
+    for t in metadata.topics() {
+        for p in t.partitions() {
+            let (low, high) = consumer
+                .fetch_watermarks(topic, p.id(), Duration::from_secs(10))
+                .expect("watermarks");
+            if high > low {
+                ends.insert(p.id(), high);
+                tpl.add_partition_offset(topic, p.id(), Offset::Offset(low))
+                    .expect("tpl");
+            }
+        }
+    }
+    let mut records = Vec::new();
+    if ends.is_empty() {
+        return records;
+    }
+    consumer.assign(&tpl).expect("assign");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !ends.is_empty() {
+        assert!(std::time::Instant::now() < deadline, "timed out reading {topic}");
+        if let Some(msg) = consumer.poll(Duration::from_millis(100)) {
+            let msg = msg.expect("message");
+            records.push(Record {
+                partition: msg.partition(),
+                offset: msg.offset(),
+                key: msg.key().map(<[u8]>::to_vec),
+                value: msg.payload().map(<[u8]>::to_vec),
+                headers: msg
+                    .headers()
+                    .map(|h| h.iter().map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec))).collect())
+                    .unwrap_or_default(),
+            });
+            if ends.get(&msg.partition()).is_some_and(|end| msg.offset() + 1 >= *end) {
+                ends.remove(&msg.partition());
+            }
+        }
+    }
+    records.sort();
+    records
+}
+
+/// The Titanic CSV: `FLUMEN_TITANIC_CSV`, else `../shared/data/titanic.csv` beside the repository.
+pub fn titanic_csv() -> PathBuf {
+    let path = std::env::var_os("FLUMEN_TITANIC_CSV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/titanic.csv"));
+    assert!(
+        path.exists(),
+        "the Titanic CSV is not at {}; set FLUMEN_TITANIC_CSV to its path",
+        path.display()
+    );
+    path
+}
+
+/// One passenger as read straight from the CSV by a hand-written parser (independent of
+/// DataFusion's CSV reader).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Passenger {
+    /// PassengerId.
+    pub id: i64,
+    /// Survived.
+    pub survived: i64,
+    /// Pclass.
+    pub pclass: i64,
+    /// Name.
+    pub name: String,
+    /// Age, when known.
+    pub age: Option<f64>,
+}
+
+/// Parses the Titanic CSV (quoted fields with commas and doubled quotes).
+pub fn passengers_from_csv() -> Vec<Passenger> {
+    let text = std::fs::read_to_string(titanic_csv()).expect("csv");
+    let mut out = Vec::new();
+    for line in text.lines().skip(1).filter(|l| !l.trim().is_empty()) {
+        let mut fields = Vec::new();
+        let mut field = String::new();
+        let mut quoted = false;
+        let mut chars = line.chars().peekable();
+        while let Some(c) = chars.next() {
+            match c {
+                '"' if quoted && chars.peek() == Some(&'"') => {
+                    field.push('"');
+                    chars.next();
+                }
+                '"' => quoted = !quoted,
+                ',' if !quoted => fields.push(std::mem::take(&mut field)),
+                c => field.push(c),
+            }
+        }
+        fields.push(field);
+        out.push(Passenger {
+            id: fields[0].parse().expect("id"),
+            survived: fields[1].parse().expect("survived"),
+            pclass: fields[2].parse().expect("pclass"),
+            name: fields[3].clone(),
+            age: fields[5].parse().ok(),
+        });
+    }
+    out
+}
+
+/// A writer the console sink can print to, readable afterwards.
+#[derive(Clone, Default)]
+pub struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl Capture {
+    /// What was written, as text.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().expect("capture")).into_owned()
+    }
+
+    /// A handle for `write_stream().console_to(...)`.
+    pub fn writer(&self) -> Arc<Mutex<dyn Write + Send>> {
+        Arc::new(Mutex::new(self.clone()))
+    }
+}
+
+impl Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("capture").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Pretty-printed rows of a SQL query, for golden comparisons.
+pub async fn sql_table(session: &StreamSession, sql: &str) -> String {
+    let batches: Vec<RecordBatch> = session
+        .sql(sql)
+        .await
+        .expect("sql")
+        .collect()
+        .await
+        .expect("collect");
+    pretty_format_batches(&batches).expect("format").to_string()
+}
+
+/// A fresh temporary directory.
+pub fn temp_dir() -> tempfile::TempDir {
+    tempfile::tempdir().expect("tempdir")
+}

@@ -106,7 +106,7 @@ impl StreamFrame {
                 continue;
             }
             let rewritten = expand_struct_star(text, &schema);
-            projected.push(self.df.parse_sql_expr(&rewritten)?);
+            projected.push(keep_cast_name(self.df.parse_sql_expr(&rewritten)?));
         }
         self.select(projected)
     }
@@ -248,6 +248,22 @@ impl StreamFrame {
             ));
         }
         Ok(self.df)
+    }
+}
+
+/// Spark names `CAST(x AS type)` after `x`; DataFusion would name it `CAST(x AS Utf8)`.
+fn keep_cast_name(expr: Expr) -> Expr {
+    let inner = match &expr {
+        Expr::Cast(c) => c.expr.as_ref(),
+        Expr::TryCast(c) => c.expr.as_ref(),
+        _ => return expr,
+    };
+    match inner {
+        Expr::Column(c) => {
+            let name = c.name.clone();
+            expr.alias(name)
+        }
+        _ => expr,
     }
 }
 

@@ -70,7 +70,8 @@ pub mod prelude {
         interval, lit, struct_, to_json, when,
     };
     pub use crate::{
-        MemoryStream, OutputMode, StreamFrame, StreamSession, StreamingQuery, Trigger,
+        DataStreamWriter, FlumenError, MemoryStream, OutputMode, StreamFrame, StreamSession,
+        StreamingQuery, StreamingQueryProgress, Trigger,
     };
     pub use datafusion::logical_expr::JoinType;
 }

@@ -255,6 +255,9 @@ impl DataStreamWriter {
             }
         };
         let id = checkpoint.query_id()?;
+        // Read the logs now, so a corrupt checkpoint fails here, naming its file.
+        checkpoint.latest_offsets()?;
+        checkpoint.latest_commit()?;
         if session.active_queries().iter().any(|q| q.id() == id) {
             return Err(FlumenError::IllegalState(format!(
                 "Cannot start query with id {id} as another query with same id is already active. \
