@@ -47,9 +47,15 @@ async fn unsupported_operations_fail_at_start_with_sparks_messages() {
     );
     let full = s.join(statics, JoinType::Full, &["partition"]).unwrap();
     assert!(start_error(full.write_stream().console()).await.starts_with("FullOuter joins"));
-    let other = stream(&session, kafka.bootstrap_servers());
+    let other = stream(&session, kafka.bootstrap_servers()).select_expr(["offset", "value AS other_value"]).unwrap();
     let both = s.join(other.into_stream_dataframe(), JoinType::Inner, &["offset"]).unwrap();
     assert!(start_error(both.write_stream().console()).await.contains("Join between two streaming DataFrames/Datasets"));
+
+    let clash = s.join(session.sql("SELECT 1 AS partition, 'x' AS key").await.unwrap().into_dataframe().unwrap(), JoinType::Left, &["partition"]);
+    assert_eq!(
+        clash.unwrap_err().to_string(),
+        "invalid option 'on': column 'key' is on both sides of the join and is not a join column; rename it on one side first (with_column_renamed)"
+    );
 
     let static_frame = session.sql("SELECT 1 AS x").await.unwrap();
     assert_eq!(
@@ -203,11 +209,11 @@ async fn spark_functions_behave_like_spark() {
     .await;
     assert_eq!(
         table,
-        "+-------------+---------------------+---+\n\
-         | concat_null | json                | a |\n\
-         +-------------+---------------------+---+\n\
+        "+-------------+-----------------+---+\n\
+         | concat_null | json            | a |\n\
+         +-------------+-----------------+---+\n\
          | true        | {\"a\":1,\"c\":\"x\"} | 1 |\n\
-         +-------------+---------------------+---+"
+         +-------------+-----------------+---+"
     );
     // struct(*) and data.* in select_expr; CAST keeps the column's name.
     let frame = session
@@ -220,6 +226,6 @@ async fn spark_functions_behave_like_spark() {
     let rows = frame.collect().await.unwrap();
     assert_eq!(
         flumen::datafusion::arrow::util::pretty::pretty_format_batches(&rows).unwrap().to_string(),
-        "+------------------------+----+\n| j                      | id |\n+------------------------+----+\n| {\"id\":1,\"name\":\"Ann\"} | 1  |\n+------------------------+----+"
+        "+-----------------------+----+\n| j                     | id |\n+-----------------------+----+\n| {\"id\":1,\"name\":\"Ann\"} | 1  |\n+-----------------------+----+"
     );
 }

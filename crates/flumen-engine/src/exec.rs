@@ -14,6 +14,7 @@ use chrono::{SecondsFormat, TimeZone, Utc};
 use datafusion::arrow::array::RecordBatch;
 use datafusion::physical_plan::collect;
 use serde_json::Value;
+use futures::FutureExt;
 use tracing::Instrument;
 
 use crate::checkpoint::{Checkpoint, CommitEntry, MIN_BATCHES_TO_RETAIN, OffsetEntry, OffsetMetadata};
@@ -58,7 +59,21 @@ impl Execution {
     pub async fn run(mut self) {
         let span = tracing::info_span!("query", id = %self.shared.id, run_id = %self.shared.run_id, name = ?self.shared.name);
         let shared = Arc::clone(&self.shared);
-        let outcome = self.run_loop().instrument(span).await;
+        // A panic here is a bug; it must still end the query with an error, not leave its
+        // handle waiting forever.
+        let outcome = std::panic::AssertUnwindSafe(self.run_loop().instrument(span))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|panic| {
+                let message = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                Err(FlumenError::IllegalState(format!(
+                    "the query's execution panicked ({message}); this is a bug in Flumen, please report it"
+                )))
+            });
         if let Err(e) = &outcome {
             tracing::error!(query = %shared.id, error = %e, "streaming query failed");
         } else if self.checkpoint.is_temporary()

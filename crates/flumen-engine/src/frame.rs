@@ -162,6 +162,18 @@ impl StreamFrame {
                 ));
             }
         }
+        if !matches!(how, JoinType::LeftSemi | JoinType::LeftAnti | JoinType::RightSemi | JoinType::RightAnti)
+            && let Some(clash) = left_names
+                .iter()
+                .find(|n| !on.contains(&n.as_str()) && right_names.contains(n))
+        {
+            return Err(FlumenError::invalid_option(
+                "on",
+                format!(
+                    "column '{clash}' is on both sides of the join and is not a join column; rename it on one side first (with_column_renamed)"
+                ),
+            ));
+        }
         let left = self.df.clone().alias(LEFT)?;
         let right = right.alias(RIGHT)?;
         let equalities = on.iter().map(|key| {

@@ -239,17 +239,6 @@ pub(crate) fn check_supported(plan: &LogicalPlan, mode: OutputMode) -> Result<()
     if sources.is_empty() {
         unsupported!("Queries without streaming sources cannot be executed with writeStream.start()");
     }
-    if sources.len() > 1 {
-        unsupported!(
-            "Queries that read more than one stream are not supported yet (found {}: {}); run one query per stream",
-            sources.len(),
-            sources
-                .iter()
-                .map(|s| s.description())
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-    }
     if mode == OutputMode::Complete {
         unsupported!(
             "Complete output mode not supported when there are no streaming aggregations on streaming DataFrames/Datasets"
@@ -301,10 +290,21 @@ pub(crate) fn check_supported(plan: &LogicalPlan, mode: OutputMode) -> Result<()
             TreeNodeRecursion::Continue
         })
     })?;
-    match error {
-        Some(message) => Err(FlumenError::Unsupported(message)),
-        None => Ok(()),
+    if let Some(message) = error {
+        return Err(FlumenError::Unsupported(message));
     }
+    if sources.len() > 1 {
+        unsupported!(
+            "Queries that read more than one stream are not supported yet (found {}: {}); run one query per stream",
+            sources.len(),
+            sources
+                .iter()
+                .map(|s| s.description())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    Ok(())
 }
 
 fn check_join(left: bool, right: bool, join_type: JoinType) -> Option<String> {

@@ -57,8 +57,8 @@ impl Default for StreamSession {
 
 impl StreamSession {
     /// A session with Flumen's defaults: one partition per micro-batch plan, case-sensitive
-    /// identifiers (column names are matched as written, e.g. `PassengerId`), no dynamic join
-    /// filters, and the Spark-compatible functions registered.
+    /// identifiers (column names are matched as written, e.g. `PassengerId`), SQL `STRING` as
+    /// Arrow `Utf8`, no dynamic join filters, and the Spark-compatible functions registered.
     pub fn new() -> Self {
         Self::with_config(SessionConfig::new())
     }
@@ -68,6 +68,8 @@ impl StreamSession {
         let config = config
             .with_target_partitions(1)
             .set_bool("datafusion.sql_parser.enable_ident_normalization", false)
+            // CAST(x AS STRING) gives Utf8, Spark's one string type.
+            .set_bool("datafusion.sql_parser.map_string_types_to_utf8view", false)
             .set_bool("datafusion.optimizer.enable_dynamic_filter_pushdown", false)
             .set_bool("datafusion.optimizer.enable_join_dynamic_filter_pushdown", false)
             .set_bool("datafusion.execution.coalesce_batches", false);

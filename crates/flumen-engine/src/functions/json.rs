@@ -425,7 +425,9 @@ impl ScalarUDFImpl for ToJson {
 
 /// Encodes each row of a struct column as one compact JSON object, omitting null fields.
 pub fn encode_json_column(input: &StructArray) -> DFResult<StringArray> {
-    let batch = RecordBatch::from(input.clone());
+    // The struct's own nulls are handled below; the batch only carries its fields.
+    let schema = Arc::new(Schema::new(input.fields().clone()));
+    let batch = RecordBatch::try_new(schema, input.columns().to_vec())?;
     let mut buffer = Vec::with_capacity(input.len() * 64);
     {
         let mut writer = WriterBuilder::new()

@@ -42,7 +42,7 @@ pub struct SparkConcat {
 impl Default for SparkConcat {
     fn default() -> Self {
         Self {
-            signature: Signature::variadic_any(Volatility::Immutable),
+            signature: Signature::user_defined(Volatility::Immutable),
         }
     }
 }
@@ -61,6 +61,9 @@ impl ScalarUDFImpl for SparkConcat {
     }
 
     fn coerce_types(&self, arg_types: &[DataType]) -> DFResult<Vec<DataType>> {
+        if arg_types.is_empty() {
+            return datafusion::common::plan_err!("concat needs at least one argument");
+        }
         Ok(vec![DataType::Utf8; arg_types.len()])
     }
 
@@ -69,7 +72,7 @@ impl ScalarUDFImpl for SparkConcat {
         let arrays: Vec<ArrayRef> = args
             .args
             .iter()
-            .map(|a| a.to_array(rows))
+            .map(|a| Ok(cast(&a.to_array(rows)?, &DataType::Utf8)?))
             .collect::<DFResult<_>>()?;
         let strings: Vec<&StringArray> = arrays.iter().map(|a| a.as_string::<i32>()).collect();
         let mut out = StringBuilder::with_capacity(rows, rows * 16);
@@ -179,7 +182,11 @@ impl ScalarUDFImpl for BinaryToString {
 ///
 /// Valid input (the usual case) is converted by one validating cast without copying per row.
 pub fn binary_to_string_lossy(input: &ArrayRef) -> DFResult<ArrayRef> {
-    if let Ok(valid) = cast(input, &DataType::Utf8) {
+    let strict = datafusion::arrow::compute::CastOptions {
+        safe: false,
+        ..Default::default()
+    };
+    if let Ok(valid) = datafusion::arrow::compute::cast_with_options(input, &DataType::Utf8, &strict) {
         return Ok(valid);
     }
     let binary = cast(input, &DataType::LargeBinary)?;
@@ -274,6 +281,41 @@ impl ExprPlanner for SparkStructPlanner {
             return Ok(PlannerResult::Original(args));
         }
         Ok(PlannerResult::Planned(spark_struct(args)))
+    }
+
+    fn plan_field_access(
+        &self,
+        expr: datafusion::logical_expr::planner::RawFieldAccessExpr,
+        _schema: &DFSchema,
+    ) -> DFResult<PlannerResult<datafusion::logical_expr::planner::RawFieldAccessExpr>> {
+        Self::plan_access(expr)
+    }
+}
+
+impl SparkStructPlanner {
+    fn field(expr: Expr, name: ScalarValue) -> Expr {
+        datafusion::functions::core::get_field().call(vec![expr, lit(name)])
+    }
+}
+
+/// `struct_col['field']` and `struct_col.field` in SQL (without DataFusion's nested-types
+/// feature, which Flumen does not compile in).
+impl SparkStructPlanner {
+    fn plan_access(
+        expr: datafusion::logical_expr::planner::RawFieldAccessExpr,
+    ) -> DFResult<PlannerResult<datafusion::logical_expr::planner::RawFieldAccessExpr>> {
+        use datafusion::logical_expr::GetFieldAccess;
+        match expr.field_access {
+            GetFieldAccess::NamedStructField { name } => {
+                Ok(PlannerResult::Planned(Self::field(expr.expr, name)))
+            }
+            other => Ok(PlannerResult::Original(
+                datafusion::logical_expr::planner::RawFieldAccessExpr {
+                    field_access: other,
+                    expr: expr.expr,
+                },
+            )),
+        }
     }
 }
 
