@@ -482,3 +482,51 @@ async fn subscribe_pattern_picks_up_topics_created_later() {
         "+----------+---+\n| topic    | v |\n+----------+---+\n| events-a | a |\n| events-b | b |\n+----------+---+"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn static_join_builds_its_hash_table_once_per_query() {
+    let kafka = EmbeddedKafka::with_topics(&[("t", 1)]).unwrap();
+    let session = StreamSession::new();
+    let classes = titanic::class_names(&session).unwrap();
+    let query = session
+        .read_stream()
+        .kafka()
+        .bootstrap_servers(kafka.bootstrap_servers())
+        .subscribe(["t"])
+        .starting_offsets(StartingOffsets::Earliest)
+        .load()
+        .unwrap()
+        .select_expr(["CAST(CAST(value AS STRING) AS BIGINT) AS Pclass"])
+        .unwrap()
+        .join(classes, JoinType::Left, &["Pclass"])
+        .unwrap()
+        .write_stream()
+        .memory()
+        .query_name("joined")
+        .start()
+        .await
+        .unwrap();
+    for batch in [["1", "2"], ["3", "4"], ["2", "2"]] {
+        produce_values(kafka.bootstrap_servers(), "t", &batch);
+        query.process_all_available().await.unwrap();
+    }
+    let plan = query.explain();
+    query.stop().await.unwrap();
+    assert_eq!(query.recent_progress().len(), 3, "three micro-batches");
+    assert!(plan.contains("HashJoinExec: mode=CollectLeft, join_type=Right"), "{plan}");
+    // The static side (3 rows) was collected once for the three batches, not three times.
+    assert!(plan.contains("build_input_rows=3,"), "{plan}");
+    assert_eq!(
+        sql_table(&session, "SELECT * FROM joined ORDER BY Pclass").await,
+        "+--------+--------------+\n\
+         | Pclass | ClassName    |\n\
+         +--------+--------------+\n\
+         | 1      | First Class  |\n\
+         | 2      | Second Class |\n\
+         | 2      | Second Class |\n\
+         | 2      | Second Class |\n\
+         | 3      | Third Class  |\n\
+         | 4      |              |\n\
+         +--------+--------------+"
+    );
+}

@@ -99,6 +99,8 @@ pub(crate) struct QueryShared {
     pub idle_requested: AtomicU64,
     pub idle_answered: AtomicU64,
     pub task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The query's physical plan, for `explain`.
+    pub plan: Mutex<Option<Arc<dyn datafusion::physical_plan::ExecutionPlan>>>,
 }
 
 impl QueryShared {
@@ -118,6 +120,7 @@ impl QueryShared {
             idle_requested: AtomicU64::new(0),
             idle_answered: AtomicU64::new(0),
             task: Mutex::new(None),
+            plan: Mutex::new(None),
         }
     }
 
@@ -218,6 +221,21 @@ impl StreamingQuery {
     /// The error that ended the query, if it failed.
     pub fn exception(&self) -> Option<Arc<FlumenError>> {
         self.shared.state.lock().ok().and_then(|s| s.error.clone())
+    }
+
+    /// The physical plan the query re-executes for every micro-batch, with the metrics
+    /// accumulated so far (Spark's `explain`). Shows, for instance, that a static join's build
+    /// side was read once: its `build_input_rows` stays the size of the static table.
+    pub fn explain(&self) -> String {
+        let plan = self.shared.plan.lock().ok().and_then(|p| p.clone());
+        match plan {
+            Some(plan) => datafusion::physical_plan::display::DisplayableExecutionPlan::with_metrics(
+                plan.as_ref(),
+            )
+            .indent(true)
+            .to_string(),
+            None => "<no plan>".to_string(),
+        }
     }
 
     /// Waits for the query to end. With a timeout, returns `Ok(false)` if it is still running

@@ -269,6 +269,9 @@ impl DataStreamWriter {
         conf.insert("flumen.source".to_string(), plan.source.fingerprint());
         let read_limit = plan.source.read_limit();
         let shared = Arc::new(QueryShared::new(id, name));
+        if let Ok(mut slot) = shared.plan.lock() {
+            *slot = Some(Arc::clone(&plan.physical));
+        }
         let execution = Execution {
             shared: Arc::clone(&shared),
             plan,
