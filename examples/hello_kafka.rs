@@ -83,7 +83,10 @@ fn consume_from_earliest(servers: &str, topic: &str, idle: Duration) -> anyhow::
     while last.elapsed() < idle {
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(msg)) => {
-                let value = msg.payload().map(String::from_utf8_lossy).unwrap_or_default();
+                let value = msg
+                    .payload()
+                    .map(String::from_utf8_lossy)
+                    .unwrap_or_default();
                 println!("Received: {value}");
                 last = Instant::now();
             }

@@ -46,7 +46,10 @@ async fn main() -> anyhow::Result<()> {
     if broker.is_embedded() {
         // A fresh broker: the checkpoint of an earlier run would point past the new data.
         if args.checkpoint.exists() {
-            eprintln!("Removing {} (it belongs to an earlier embedded broker)", args.checkpoint.display());
+            eprintln!(
+                "Removing {} (it belongs to an earlier embedded broker)",
+                args.checkpoint.display()
+            );
             std::fs::remove_dir_all(&args.checkpoint)?;
         }
         session
@@ -88,7 +91,11 @@ async fn main() -> anyhow::Result<()> {
         .start()
         .await?;
     run_until_ctrl_c(std::slice::from_ref(&query)).await?;
-    let written: u64 = query.recent_progress().iter().map(|p| p.sink.num_output_rows.max(0) as u64).sum();
+    let written: u64 = query
+        .recent_progress()
+        .iter()
+        .map(|p| p.sink.num_output_rows.max(0) as u64)
+        .sum();
     eprintln!("Wrote {written} records to {} in this run", args.output);
 
     let out = session
@@ -97,8 +104,20 @@ async fn main() -> anyhow::Result<()> {
         .subscribe([args.output.as_str()])
         .load()
         .await?;
-    let out = session.frame(out).select_expr(["CAST(value AS STRING) AS value"])?;
+    let out = session
+        .frame(out)
+        .select_expr(["CAST(value AS STRING) AS value"])?;
     let rows = out.collect().await?;
-    println!("{}", flumen::sink::format_batches(&out.schema(), &rows, flumen::sink::ConsoleOptions { num_rows: 20, truncate: false })?);
+    println!(
+        "{}",
+        flumen::sink::format_batches(
+            &out.schema(),
+            &rows,
+            flumen::sink::ConsoleOptions {
+                num_rows: 20,
+                truncate: false
+            }
+        )?
+    );
     Ok(())
 }

@@ -12,8 +12,8 @@ use std::time::Instant;
 
 use clap::Parser;
 use flumen::prelude::*;
-use flumen_examples::titanic::{self, RAW_TOPIC, ENRICHED_TOPIC, TitanicData};
 use flumen_examples::Broker;
+use flumen_examples::titanic::{self, ENRICHED_TOPIC, RAW_TOPIC, TitanicData};
 
 /// Run the Titanic enrichment end to end and summarise it.
 #[derive(Parser, Debug)]
@@ -31,12 +31,15 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let started = Instant::now();
     let broker = Broker::connect(args.bootstrap_servers)?;
-    broker.ensure_topics(&[(RAW_TOPIC, 1), (ENRICHED_TOPIC, 1)]).await?;
+    broker
+        .ensure_topics(&[(RAW_TOPIC, 1), (ENRICHED_TOPIC, 1)])
+        .await?;
     let session = StreamSession::new();
     let data = TitanicData::choose(args.csv);
     let passengers = data.load(&session).await?;
     let schema = Arc::new(passengers.schema().as_arrow().clone());
-    let loaded = titanic::load_into_kafka(passengers, &session, broker.servers(), RAW_TOPIC).await?;
+    let loaded =
+        titanic::load_into_kafka(passengers, &session, broker.servers(), RAW_TOPIC).await?;
     println!("1. Loaded {loaded} passengers into {RAW_TOPIC}");
 
     let checkpoint = std::env::temp_dir().join(format!("flumen-titanic-{}", std::process::id()));
@@ -67,7 +70,9 @@ async fn main() -> anyhow::Result<()> {
         .subscribe([ENRICHED_TOPIC])
         .load()
         .await?;
-    session.context().register_table("enriched_raw", out.into_view())?;
+    session
+        .context()
+        .register_table("enriched_raw", out.into_view())?;
     let summary = session
         .sql(
             "SELECT get_field(p, 'ClassName') AS ClassName, get_field(p, 'is_adult') AS is_adult, \
@@ -80,7 +85,14 @@ async fn main() -> anyhow::Result<()> {
     println!("3. Read back {ENRICHED_TOPIC} with an independent batch read:");
     print!(
         "{}",
-        flumen::sink::format_batches(&summary.schema(), &batches, flumen::sink::ConsoleOptions { num_rows: 20, truncate: false })?
+        flumen::sink::format_batches(
+            &summary.schema(),
+            &batches,
+            flumen::sink::ConsoleOptions {
+                num_rows: 20,
+                truncate: false
+            }
+        )?
     );
     let sample = session
         .sql("SELECT CAST(key AS STRING) AS key, CAST(value AS STRING) AS value FROM enriched_raw ORDER BY offset LIMIT 1")
@@ -89,7 +101,14 @@ async fn main() -> anyhow::Result<()> {
     println!("   first record:");
     print!(
         "{}",
-        flumen::sink::format_batches(&sample.schema(), &sample_rows, flumen::sink::ConsoleOptions { num_rows: 1, truncate: false })?
+        flumen::sink::format_batches(
+            &sample.schema(),
+            &sample_rows,
+            flumen::sink::ConsoleOptions {
+                num_rows: 1,
+                truncate: false
+            }
+        )?
     );
     println!("Done in {:.1} s.", started.elapsed().as_secs_f64());
     Ok(())

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 
 use clap::Parser;
 use flumen::prelude::*;
-use flumen_examples::titanic::{self, RAW_TOPIC, ENRICHED_TOPIC, PRETTY_COLUMNS, TitanicData};
+use flumen_examples::titanic::{self, ENRICHED_TOPIC, PRETTY_COLUMNS, RAW_TOPIC, TitanicData};
 use flumen_examples::{Broker, run_until_ctrl_c};
 
 /// Enrich Titanic passengers streaming through Kafka.
@@ -46,7 +46,10 @@ async fn main() -> anyhow::Result<()> {
         .ensure_topics(&[(RAW_TOPIC, 1), (ENRICHED_TOPIC, 1)])
         .await?;
     if broker.is_embedded() && args.checkpoint.exists() {
-        eprintln!("Removing {} (it belongs to an earlier embedded broker)", args.checkpoint.display());
+        eprintln!(
+            "Removing {} (it belongs to an earlier embedded broker)",
+            args.checkpoint.display()
+        );
         std::fs::remove_dir_all(&args.checkpoint)?;
     }
     let session = StreamSession::new();
@@ -87,7 +90,11 @@ async fn main() -> anyhow::Result<()> {
         .start()
         .await?;
     run_until_ctrl_c(&[query_kafka.clone(), query_console]).await?;
-    let written: i64 = query_kafka.recent_progress().iter().map(|p| p.sink.num_output_rows.max(0)).sum();
+    let written: i64 = query_kafka
+        .recent_progress()
+        .iter()
+        .map(|p| p.sink.num_output_rows.max(0))
+        .sum();
     eprintln!("Wrote {written} enriched passengers to {ENRICHED_TOPIC}");
     Ok(())
 }

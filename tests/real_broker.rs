@@ -17,7 +17,14 @@ fn broker() -> Option<String> {
 }
 
 fn unique(topic: &str) -> String {
-    format!("{topic}-{}-{}", std::process::id(), std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis())
+    format!(
+        "{topic}-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis()
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -26,11 +33,19 @@ async fn titanic_enrichment_against_a_real_broker() {
     let raw = unique("raw-titanic");
     let enriched_topic = unique("enriched-titanic");
     let broker = flumen_examples::Broker::connect(Some(servers.clone())).unwrap();
-    broker.ensure_topics(&[(raw.as_str(), 2), (enriched_topic.as_str(), 1)]).await.unwrap();
+    broker
+        .ensure_topics(&[(raw.as_str(), 2), (enriched_topic.as_str(), 1)])
+        .await
+        .unwrap();
     let session = StreamSession::new();
     let passengers = session.read_csv(titanic_csv()).await.unwrap();
     let schema = Arc::new(passengers.schema().as_arrow().clone());
-    assert_eq!(titanic::load_into_kafka(passengers, &session, &servers, &raw).await.unwrap(), 891);
+    assert_eq!(
+        titanic::load_into_kafka(passengers, &session, &servers, &raw)
+            .await
+            .unwrap(),
+        891
+    );
 
     let stream = session
         .read_stream()
@@ -47,9 +62,18 @@ async fn titanic_enrichment_against_a_real_broker() {
         .unwrap()
         .select_expr(["data.*"])
         .unwrap()
-        .with_column("is_adult", when(col("Age").gt_eq(lit(18)), lit("yes")).otherwise(lit("no")).unwrap())
+        .with_column(
+            "is_adult",
+            when(col("Age").gt_eq(lit(18)), lit("yes"))
+                .otherwise(lit("no"))
+                .unwrap(),
+        )
         .unwrap()
-        .join(titanic::class_names(&session).unwrap(), JoinType::Left, &["Pclass"])
+        .join(
+            titanic::class_names(&session).unwrap(),
+            JoinType::Left,
+            &["Pclass"],
+        )
         .unwrap();
     let checkpoint = temp_dir();
     let query = titanic::to_kafka_records(&stream)
@@ -64,7 +88,14 @@ async fn titanic_enrichment_against_a_real_broker() {
         .await
         .unwrap();
     query.await_termination(None).await.unwrap();
-    assert_eq!(query.recent_progress().iter().map(|p| p.num_input_rows).sum::<u64>(), 891);
+    assert_eq!(
+        query
+            .recent_progress()
+            .iter()
+            .map(|p| p.num_input_rows)
+            .sum::<u64>(),
+        891
+    );
 
     let records = read_topic(&servers, &enriched_topic);
     assert_eq!(records.len(), 891);
@@ -76,7 +107,14 @@ async fn titanic_enrichment_against_a_real_broker() {
         let p = expected.iter().find(|p| p.id == id).unwrap();
         let class = ["First Class", "Second Class", "Third Class"][(p.pclass - 1) as usize];
         assert_eq!(v["ClassName"], class);
-        assert_eq!(v["is_adult"], if p.age.is_some_and(|a| a >= 18.0) { "yes" } else { "no" });
+        assert_eq!(
+            v["is_adult"],
+            if p.age.is_some_and(|a| a >= 18.0) {
+                "yes"
+            } else {
+                "no"
+            }
+        );
         assert!(seen.insert(id));
     }
     // Print the topic name for the CI script's independent (Python) cross-check.
@@ -122,6 +160,12 @@ async fn restart_against_a_real_broker_continues_where_it_stopped() {
     run("first_run").await;
     produce_values(&servers, &input, &["3", "4"]);
     run("second_run").await;
-    assert_eq!(sql_table(&session, "SELECT v FROM first_run ORDER BY v").await, "+---+\n| v |\n+---+\n| 0 |\n| 1 |\n| 2 |\n+---+");
-    assert_eq!(sql_table(&session, "SELECT v FROM second_run ORDER BY v").await, "+---+\n| v |\n+---+\n| 3 |\n| 4 |\n+---+");
+    assert_eq!(
+        sql_table(&session, "SELECT v FROM first_run ORDER BY v").await,
+        "+---+\n| v |\n+---+\n| 0 |\n| 1 |\n| 2 |\n+---+"
+    );
+    assert_eq!(
+        sql_table(&session, "SELECT v FROM second_run ORDER BY v").await,
+        "+---+\n| v |\n+---+\n| 3 |\n| 4 |\n+---+"
+    );
 }

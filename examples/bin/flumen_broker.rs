@@ -36,7 +36,10 @@ async fn main() -> anyhow::Result<()> {
         eprintln!("created topic {name} ({partitions} partition(s))");
     }
     println!("{}", kafka.bootstrap_servers());
-    eprintln!("Embedded Kafka broker running at {}; Ctrl-C to stop", kafka.bootstrap_servers());
+    eprintln!(
+        "Embedded Kafka broker running at {}; Ctrl-C to stop",
+        kafka.bootstrap_servers()
+    );
     tokio::signal::ctrl_c().await?;
     Ok(())
 }

@@ -94,8 +94,18 @@ pub fn generate(rows: usize, seed: u64) -> flumen::Result<RecordBatch> {
     const MEN: [&str; 6] = ["John", "William", "James", "Charles", "George", "Thomas"];
     const WOMEN: [&str; 6] = ["Mary", "Anna", "Elizabeth", "Margaret", "Helen", "Alice"];
     const LAST: [&str; 12] = [
-        "Smith", "Andersson", "Brown", "Kelly", "Johnson", "Sage", "Goodwin", "Carter", "Harris",
-        "Williams", "Panula", "Skoog",
+        "Smith",
+        "Andersson",
+        "Brown",
+        "Kelly",
+        "Johnson",
+        "Sage",
+        "Goodwin",
+        "Carter",
+        "Harris",
+        "Williams",
+        "Panula",
+        "Skoog",
     ];
     let mut rng = StdRng::seed_from_u64(seed);
     let mut id = Vec::with_capacity(rows);
@@ -120,7 +130,11 @@ pub fn generate(rows: usize, seed: u64) -> flumen::Result<RecordBatch> {
         id.push(i as i64 + 1);
         survived.push(i64::from(rng.random_bool(if female { 0.74 } else { 0.19 })));
         pclass.push(class);
-        let (title, first) = if female { ("Mrs.", WOMEN) } else { ("Mr.", MEN) };
+        let (title, first) = if female {
+            ("Mrs.", WOMEN)
+        } else {
+            ("Mr.", MEN)
+        };
         name.push(format!(
             "{}, {title} {}",
             LAST[rng.random_range(0..LAST.len())],
@@ -135,7 +149,9 @@ pub fn generate(rows: usize, seed: u64) -> flumen::Result<RecordBatch> {
         sibsp.push(rng.random_range(0..3));
         parch.push(rng.random_range(0..3));
         ticket.push(format!("{}", rng.random_range(100_000..400_000)));
-        fare.push((rng.random_range(500..5000) as f64 / (class as f64 * 10.0) * 10.0).round() / 10.0);
+        fare.push(
+            (rng.random_range(500..5000) as f64 / (class as f64 * 10.0) * 10.0).round() / 10.0,
+        );
         cabin.push(if class == 1 && rng.random_bool(0.8) {
             Some(format!("C{}", rng.random_range(1..150)))
         } else {
@@ -172,7 +188,10 @@ pub async fn load_into_kafka(
 ) -> flumen::Result<u64> {
     session
         .frame(passengers)
-        .select_expr(["CAST(PassengerId AS STRING) AS key", "to_json(struct(*)) AS value"])?
+        .select_expr([
+            "CAST(PassengerId AS STRING) AS key",
+            "to_json(struct(*)) AS value",
+        ])?
         .write_kafka()
         .bootstrap_servers(servers)
         .topic(topic)

@@ -23,7 +23,12 @@ async fn unsupported_operations_fail_at_start_with_sparks_messages() {
     let kafka = EmbeddedKafka::with_topics(&[("t", 1)]).unwrap();
     let session = StreamSession::new();
     let s = stream(&session, kafka.bootstrap_servers());
-    let sorted = session.frame(s.dataframe().clone().sort(vec![col("offset").sort(true, true)]).unwrap());
+    let sorted = session.frame(
+        s.dataframe()
+            .clone()
+            .sort(vec![col("offset").sort(true, true)])
+            .unwrap(),
+    );
     assert_eq!(
         start_error(sorted.write_stream().console()).await,
         "Sorting is not supported on streaming DataFrames/Datasets, unless it is on aggregated DataFrame/Dataset in Complete output mode"
@@ -32,26 +37,71 @@ async fn unsupported_operations_fail_at_start_with_sparks_messages() {
         start_error(s.write_stream().console().output_mode(OutputMode::Complete)).await,
         "Complete output mode not supported when there are no streaming aggregations on streaming DataFrames/Datasets"
     );
-    let aggregated = session.frame(s.dataframe().clone().aggregate(vec![col("topic")], vec![]).unwrap());
-    assert!(start_error(aggregated.write_stream().console()).await.starts_with("Streaming aggregations"));
+    let aggregated = session.frame(
+        s.dataframe()
+            .clone()
+            .aggregate(vec![col("topic")], vec![])
+            .unwrap(),
+    );
+    assert!(
+        start_error(aggregated.write_stream().console())
+            .await
+            .starts_with("Streaming aggregations")
+    );
     let distinct = session.frame(s.dataframe().clone().distinct().unwrap());
-    assert!(start_error(distinct.write_stream().console()).await.starts_with("Distinct is not supported"));
+    assert!(
+        start_error(distinct.write_stream().console())
+            .await
+            .starts_with("Distinct is not supported")
+    );
     let limited = session.frame(s.dataframe().clone().limit(0, Some(5)).unwrap());
-    assert!(start_error(limited.write_stream().console()).await.starts_with("Limit is not supported"));
+    assert!(
+        start_error(limited.write_stream().console())
+            .await
+            .starts_with("Limit is not supported")
+    );
 
-    let statics = session.sql("SELECT 1 AS partition, 'x' AS label").await.unwrap().into_dataframe().unwrap();
-    let right = s.join(statics.clone(), JoinType::Right, &["partition"]).unwrap();
+    let statics = session
+        .sql("SELECT 1 AS partition, 'x' AS label")
+        .await
+        .unwrap()
+        .into_dataframe()
+        .unwrap();
+    let right = s
+        .join(statics.clone(), JoinType::Right, &["partition"])
+        .unwrap();
     assert_eq!(
         start_error(right.write_stream().console()).await,
         "RightOuter join with a streaming DataFrame/Dataset on the left and a static DataFrame/DataSet on the right not supported"
     );
     let full = s.join(statics, JoinType::Full, &["partition"]).unwrap();
-    assert!(start_error(full.write_stream().console()).await.starts_with("FullOuter joins"));
-    let other = stream(&session, kafka.bootstrap_servers()).select_expr(["offset", "value AS other_value"]).unwrap();
-    let both = s.join(other.into_stream_dataframe(), JoinType::Inner, &["offset"]).unwrap();
-    assert!(start_error(both.write_stream().console()).await.contains("Join between two streaming DataFrames/Datasets"));
+    assert!(
+        start_error(full.write_stream().console())
+            .await
+            .starts_with("FullOuter joins")
+    );
+    let other = stream(&session, kafka.bootstrap_servers())
+        .select_expr(["offset", "value AS other_value"])
+        .unwrap();
+    let both = s
+        .join(other.into_stream_dataframe(), JoinType::Inner, &["offset"])
+        .unwrap();
+    assert!(
+        start_error(both.write_stream().console())
+            .await
+            .contains("Join between two streaming DataFrames/Datasets")
+    );
 
-    let clash = s.join(session.sql("SELECT 1 AS partition, 'x' AS key").await.unwrap().into_dataframe().unwrap(), JoinType::Left, &["partition"]);
+    let clash = s.join(
+        session
+            .sql("SELECT 1 AS partition, 'x' AS key")
+            .await
+            .unwrap()
+            .into_dataframe()
+            .unwrap(),
+        JoinType::Left,
+        &["partition"],
+    );
     assert_eq!(
         clash.unwrap_err().to_string(),
         "invalid option 'on': column 'key' is on both sides of the join and is not a join column; rename it on one side first (with_column_renamed)"
@@ -141,9 +191,18 @@ async fn sink_options_are_checked_at_start() {
         .await
         .unwrap_err()
         .to_string();
-    assert!(no_checkpoint.contains("checkpointLocation must be specified"), "{no_checkpoint}");
+    assert!(
+        no_checkpoint.contains("checkpointLocation must be specified"),
+        "{no_checkpoint}"
+    );
 
-    let q = s.write_stream().memory().query_name("dup").start().await.unwrap();
+    let q = s
+        .write_stream()
+        .memory()
+        .query_name("dup")
+        .start()
+        .await
+        .unwrap();
     assert_eq!(
         start_error(s.write_stream().memory().query_name("dup")).await,
         "Cannot start query with name dup as a query with that name is already active in this session"
@@ -155,17 +214,52 @@ async fn sink_options_are_checked_at_start() {
 async fn source_options_are_checked_at_load() {
     let session = StreamSession::new();
     let load = |f: fn(flumen::kafka::KafkaStreamReader) -> flumen::kafka::KafkaStreamReader| {
-        f(session.read_stream().kafka().bootstrap_servers("127.0.0.1:9")).load().unwrap_err().to_string()
+        f(session
+            .read_stream()
+            .kafka()
+            .bootstrap_servers("127.0.0.1:9"))
+        .load()
+        .unwrap_err()
+        .to_string()
     };
     assert!(load(|r| r).contains("One of the following options must be specified for Kafka source: subscribe, subscribePattern, assign"));
-    assert!(load(|r| r.subscribe(["a"]).subscribe_pattern("b.*")).contains("Only one of the following options"));
-    assert!(load(|r| r.subscribe(["a"]).option("kafka.auto.offset.reset", "earliest")).contains("set the source option 'startingOffsets'"));
-    assert!(load(|r| r.subscribe(["a"]).option("kafka.enable.auto.commit", "true")).contains("enable.auto.commit"));
-    assert!(load(|r| r.subscribe(["a"]).option("startingOffsets", "{\"a\":{\"x\":1}}")).contains("partition 'x' of 'a' is not a number"));
+    assert!(
+        load(|r| r.subscribe(["a"]).subscribe_pattern("b.*"))
+            .contains("Only one of the following options")
+    );
+    assert!(
+        load(|r| r
+            .subscribe(["a"])
+            .option("kafka.auto.offset.reset", "earliest"))
+        .contains("set the source option 'startingOffsets'")
+    );
+    assert!(
+        load(|r| r
+            .subscribe(["a"])
+            .option("kafka.enable.auto.commit", "true"))
+        .contains("enable.auto.commit")
+    );
+    assert!(
+        load(|r| r
+            .subscribe(["a"])
+            .option("startingOffsets", "{\"a\":{\"x\":1}}"))
+        .contains("partition 'x' of 'a' is not a number")
+    );
     assert!(load(|r| r.assign([("a", vec![])])).contains("no partitions"));
-    assert!(load(|r| r.subscribe(["a"]).option("maxOffsetsPerTrigger", "0")).contains("must be greater than 0"));
-    assert!(load(|r| r.subscribe(["a"]).option("failOnDataLoss", "maybe")).contains("is not a boolean"));
-    let missing = session.read_stream().kafka().subscribe(["a"]).load().unwrap_err().to_string();
+    assert!(
+        load(|r| r.subscribe(["a"]).option("maxOffsetsPerTrigger", "0"))
+            .contains("must be greater than 0")
+    );
+    assert!(
+        load(|r| r.subscribe(["a"]).option("failOnDataLoss", "maybe")).contains("is not a boolean")
+    );
+    let missing = session
+        .read_stream()
+        .kafka()
+        .subscribe(["a"])
+        .load()
+        .unwrap_err()
+        .to_string();
     assert!(missing.contains("kafka.bootstrap.servers"), "{missing}");
 }
 
@@ -194,7 +288,10 @@ async fn string_options_and_typed_setters_are_the_same() {
         .unwrap();
     query.process_all_available().await.unwrap();
     query.stop().await.unwrap();
-    assert_eq!(sql_table(&session, "SELECT v FROM strings ORDER BY v").await, "+---+\n| v |\n+---+\n| x |\n| y |\n+---+");
+    assert_eq!(
+        sql_table(&session, "SELECT v FROM strings ORDER BY v").await,
+        "+---+\n| v |\n+---+\n| x |\n| y |\n+---+"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -225,7 +322,9 @@ async fn spark_functions_behave_like_spark() {
     assert_eq!(frame.columns(), ["j", "id"]);
     let rows = frame.collect().await.unwrap();
     assert_eq!(
-        flumen::datafusion::arrow::util::pretty::pretty_format_batches(&rows).unwrap().to_string(),
+        flumen::datafusion::arrow::util::pretty::pretty_format_batches(&rows)
+            .unwrap()
+            .to_string(),
         "+-----------------------+----+\n| j                     | id |\n+-----------------------+----+\n| {\"id\":1,\"name\":\"Ann\"} | 1  |\n+-----------------------+----+"
     );
 }

@@ -6,7 +6,13 @@ use flumen::prelude::*;
 use flumen_tests::*;
 
 async fn memory_query(frame: StreamFrame, name: &str) -> StreamingQuery {
-    let query = frame.write_stream().memory().query_name(name).start().await.unwrap();
+    let query = frame
+        .write_stream()
+        .memory()
+        .query_name(name)
+        .start()
+        .await
+        .unwrap();
     query.process_all_available().await.unwrap();
     query
 }
@@ -28,7 +34,13 @@ async fn malformed_json_gives_null_fields_and_keeps_the_raw_text() {
     produce_values(
         kafka.bootstrap_servers(),
         "t",
-        &[r#"{"id":1,"name":"ok"}"#, r#"{"id":2,"name":"#, "not json", r#"{"id":"three"}"#, r#"{"id":4}"#],
+        &[
+            r#"{"id":1,"name":"ok"}"#,
+            r#"{"id":2,"name":"#,
+            "not json",
+            r#"{"id":"three"}"#,
+            r#"{"id":4}"#,
+        ],
     );
     produce(kafka.bootstrap_servers(), "t", &[(None, None)]);
     let session = StreamSession::new();
@@ -68,13 +80,26 @@ async fn failfast_json_stops_the_query_naming_the_record() {
         .select([from_json_with_options(
             cast_string(col("value")),
             "a INT",
-            flumen::functions::JsonOptions { mode: flumen::functions::ParseMode::FailFast, ..Default::default() },
+            flumen::functions::JsonOptions {
+                mode: flumen::functions::ParseMode::FailFast,
+                ..Default::default()
+            },
         )
         .unwrap()
         .alias("data")])
         .unwrap();
-    let query = frame.write_stream().memory().query_name("ff").start().await.unwrap();
-    let err = query.await_termination(Some(Duration::from_secs(30))).await.unwrap_err().to_string();
+    let query = frame
+        .write_stream()
+        .memory()
+        .query_name("ff")
+        .start()
+        .await
+        .unwrap();
+    let err = query
+        .await_termination(Some(Duration::from_secs(30)))
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("Malformed records are detected in record parsing. Parse Mode: FAILFAST. Record: {broken"), "{err}");
     assert!(query.exception().is_some());
 }
@@ -82,10 +107,18 @@ async fn failfast_json_stops_the_query_naming_the_record() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_utf8_becomes_replacement_characters_and_raw_bytes_stay() {
     let kafka = EmbeddedKafka::with_topics(&[("t", 1)]).unwrap();
-    produce(kafka.bootstrap_servers(), "t", &[(Some(&[0xff, 0x41]), Some(&[0x48, 0x69, 0xc3]))]);
+    produce(
+        kafka.bootstrap_servers(),
+        "t",
+        &[(Some(&[0xff, 0x41]), Some(&[0x48, 0x69, 0xc3]))],
+    );
     let session = StreamSession::new();
     let frame = earliest(&session, kafka.bootstrap_servers(), "t")
-        .select_expr(["CAST(key AS STRING) AS k", "CAST(value AS STRING) AS v", "value"])
+        .select_expr([
+            "CAST(key AS STRING) AS k",
+            "CAST(value AS STRING) AS v",
+            "value",
+        ])
         .unwrap();
     let query = memory_query(frame, "utf8").await;
     query.stop().await.unwrap();
@@ -98,15 +131,27 @@ async fn invalid_utf8_becomes_replacement_characters_and_raw_bytes_stay() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn null_keys_and_values_stay_null() {
     let kafka = EmbeddedKafka::with_topics(&[("t", 1)]).unwrap();
-    produce(kafka.bootstrap_servers(), "t", &[(None, Some(b"v")), (Some(b"k"), None), (None, None)]);
+    produce(
+        kafka.bootstrap_servers(),
+        "t",
+        &[(None, Some(b"v")), (Some(b"k"), None), (None, None)],
+    );
     let session = StreamSession::new();
     let frame = earliest(&session, kafka.bootstrap_servers(), "t")
-        .select_expr(["\"offset\"", "CAST(key AS STRING) AS k", "CAST(value AS STRING) AS v"])
+        .select_expr([
+            "\"offset\"",
+            "CAST(key AS STRING) AS k",
+            "CAST(value AS STRING) AS v",
+        ])
         .unwrap();
     let query = memory_query(frame, "nulls").await;
     query.stop().await.unwrap();
     assert_eq!(
-        sql_table(&session, "SELECT k IS NULL AS null_key, v IS NULL AS null_value FROM nulls ORDER BY \"offset\"").await,
+        sql_table(
+            &session,
+            "SELECT k IS NULL AS null_key, v IS NULL AS null_value FROM nulls ORDER BY \"offset\""
+        )
+        .await,
         "+----------+------------+\n| null_key | null_value |\n+----------+------------+\n| true     | false      |\n| false    | true       |\n| true     | true       |\n+----------+------------+"
     );
 }
@@ -115,26 +160,38 @@ async fn null_keys_and_values_stay_null() {
 async fn empty_topic_runs_no_batches() {
     let kafka = EmbeddedKafka::with_topics(&[("empty", 3)]).unwrap();
     let session = StreamSession::new();
-    let query = memory_query(earliest(&session, kafka.bootstrap_servers(), "empty"), "empty_out").await;
+    let query = memory_query(
+        earliest(&session, kafka.bootstrap_servers(), "empty"),
+        "empty_out",
+    )
+    .await;
     assert_eq!(query.status().message, "Waiting for data to arrive");
     assert!(!query.status().is_data_available);
     assert!(query.recent_progress().is_empty(), "no data, no batch");
     query.stop().await.unwrap();
-    assert_eq!(sql_table(&session, "SELECT count(*) AS c FROM empty_out").await, "+---+\n| c |\n+---+\n| 0 |\n+---+");
+    assert_eq!(
+        sql_table(&session, "SELECT count(*) AS c FROM empty_out").await,
+        "+---+\n| c |\n+---+\n| 0 |\n+---+"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_topic_that_does_not_exist_yet_is_waited_for() {
     let kafka = EmbeddedKafka::start().unwrap();
     let session = StreamSession::new();
-    let frame = earliest(&session, kafka.bootstrap_servers(), "later").select_expr(["CAST(value AS STRING) AS v"]).unwrap();
+    let frame = earliest(&session, kafka.bootstrap_servers(), "later")
+        .select_expr(["CAST(value AS STRING) AS v"])
+        .unwrap();
     let query = memory_query(frame, "later_out").await;
     assert!(query.is_active());
     kafka.create_topic("later", 1).unwrap();
     produce_values(kafka.bootstrap_servers(), "later", &["first"]);
     query.process_all_available().await.unwrap();
     query.stop().await.unwrap();
-    assert_eq!(sql_table(&session, "SELECT v FROM later_out").await, "+-------+\n| v     |\n+-------+\n| first |\n+-------+");
+    assert_eq!(
+        sql_table(&session, "SELECT v FROM later_out").await,
+        "+-------+\n| v     |\n+-------+\n| first |\n+-------+"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -154,14 +211,25 @@ async fn assigning_a_missing_partition_fails_naming_it() {
         .start()
         .await
         .unwrap();
-    let err = query.await_termination(Some(Duration::from_secs(30))).await.unwrap_err().to_string();
-    assert!(err.contains("assigned partition t-7 does not exist"), "{err}");
+    let err = query
+        .await_termination(Some(Duration::from_secs(30)))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("assigned partition t-7 does not exist"),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_broker_fails_within_the_poll_timeout() {
     // Nothing listens on a port we bound and closed.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let servers = format!("127.0.0.1:{port}");
     let session = StreamSession::new();
     let started = Instant::now();
@@ -179,9 +247,21 @@ async fn unreachable_broker_fails_within_the_poll_timeout() {
         .start()
         .await
         .unwrap();
-    let err = query.await_termination(Some(Duration::from_secs(60))).await.unwrap_err().to_string();
-    assert!(err.contains(&format!("cannot read topic metadata from Kafka at {servers} within 2s")), "{err}");
-    assert!(started.elapsed() < Duration::from_secs(30), "bounded, not a hang");
+    let err = query
+        .await_termination(Some(Duration::from_secs(60)))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(&format!(
+            "cannot read topic metadata from Kafka at {servers} within 2s"
+        )),
+        "{err}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "bounded, not a hang"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -200,7 +280,10 @@ async fn unwritable_checkpoint_fails_at_start_naming_it() {
         .await
         .unwrap_err()
         .to_string();
-    assert!(err.contains(&file.join("checkpoint").display().to_string()), "{err}");
+    assert!(
+        err.contains(&file.join("checkpoint").display().to_string()),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -219,7 +302,11 @@ async fn corrupt_checkpoint_fails_at_start_naming_the_file() {
         .unwrap();
     q.process_all_available().await.unwrap();
     q.stop().await.unwrap();
-    std::fs::write(checkpoint.path().join("offsets/0"), "v1\n{\"batchWatermarkMs\":0,\"batchTim").unwrap();
+    std::fs::write(
+        checkpoint.path().join("offsets/0"),
+        "v1\n{\"batchWatermarkMs\":0,\"batchTim",
+    )
+    .unwrap();
     let err = earliest(&session, kafka.bootstrap_servers(), "t")
         .write_stream()
         .memory()
@@ -230,8 +317,14 @@ async fn corrupt_checkpoint_fails_at_start_naming_the_file() {
         .unwrap_err()
         .to_string();
     let file = checkpoint.path().join("offsets/0");
-    assert!(err.starts_with(&format!("checkpoint file {} is corrupt", file.display())), "{err}");
-    assert!(err.contains("restore it or start a new checkpoint location"), "{err}");
+    assert!(
+        err.starts_with(&format!("checkpoint file {} is corrupt", file.display())),
+        "{err}"
+    );
+    assert!(
+        err.contains("restore it or start a new checkpoint location"),
+        "{err}"
+    );
 
     std::fs::write(checkpoint.path().join("offsets/0"), "").unwrap();
     let err = earliest(&session, kafka.bootstrap_servers(), "t")
@@ -270,6 +363,15 @@ async fn changing_the_subscription_of_a_checkpoint_is_refused() {
         .start()
         .await
         .unwrap();
-    let err = q.await_termination(Some(Duration::from_secs(30))).await.unwrap_err().to_string();
-    assert!(err.contains("was written with flumen.source = Subscribe[a], but this query has Subscribe[b]"), "{err}");
+    let err = q
+        .await_termination(Some(Duration::from_secs(30)))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(
+            "was written with flumen.source = Subscribe[a], but this query has Subscribe[b]"
+        ),
+        "{err}"
+    );
 }

@@ -13,9 +13,10 @@ async fn run_titanic(max_per_trigger: Option<u64>) -> (Vec<Record>, Vec<Streamin
     let session = StreamSession::new();
     let passengers = session.read_csv(titanic_csv()).await.unwrap();
     let schema = Arc::new(passengers.schema().as_arrow().clone());
-    let loaded = titanic::load_into_kafka(passengers, &session, kafka.bootstrap_servers(), RAW_TOPIC)
-        .await
-        .unwrap();
+    let loaded =
+        titanic::load_into_kafka(passengers, &session, kafka.bootstrap_servers(), RAW_TOPIC)
+            .await
+            .unwrap();
     assert_eq!(loaded, 891);
 
     let raw = session
@@ -39,10 +40,16 @@ async fn run_titanic(max_per_trigger: Option<u64>) -> (Vec<Record>, Vec<Streamin
         .unwrap()
         .with_column(
             "is_adult",
-            when(col("Age").gt_eq(lit(18)), lit("yes")).otherwise(lit("no")).unwrap(),
+            when(col("Age").gt_eq(lit(18)), lit("yes"))
+                .otherwise(lit("no"))
+                .unwrap(),
         )
         .unwrap()
-        .join(titanic::class_names(&session).unwrap(), JoinType::Left, &["Pclass"])
+        .join(
+            titanic::class_names(&session).unwrap(),
+            JoinType::Left,
+            &["Pclass"],
+        )
         .unwrap();
     let checkpoint = temp_dir();
     let query = titanic::to_kafka_records(&enriched)
@@ -57,7 +64,10 @@ async fn run_titanic(max_per_trigger: Option<u64>) -> (Vec<Record>, Vec<Streamin
         .await
         .unwrap();
     assert!(query.await_termination(None).await.unwrap());
-    (read_topic(kafka.bootstrap_servers(), ENRICHED_TOPIC), query.recent_progress())
+    (
+        read_topic(kafka.bootstrap_servers(), ENRICHED_TOPIC),
+        query.recent_progress(),
+    )
 }
 
 fn check_enriched(records: &[Record]) {
@@ -69,7 +79,10 @@ fn check_enriched(records: &[Record]) {
         let value: serde_json::Value = serde_json::from_slice(r.value.as_ref().unwrap()).unwrap();
         let id = value["PassengerId"].as_i64().unwrap();
         assert_eq!(r.key_text(), Some(id.to_string()), "key = PassengerId");
-        assert!(by_id.insert(id, value).is_none(), "passenger {id} written twice");
+        assert!(
+            by_id.insert(id, value).is_none(),
+            "passenger {id} written twice"
+        );
     }
     for p in &expected {
         let v = &by_id[&p.id];
@@ -79,14 +92,21 @@ fn check_enriched(records: &[Record]) {
             _ => "Third Class",
         };
         assert_eq!(v["ClassName"], class, "ClassName of passenger {}", p.id);
-        let adult = if p.age.is_some_and(|a| a >= 18.0) { "yes" } else { "no" };
+        let adult = if p.age.is_some_and(|a| a >= 18.0) {
+            "yes"
+        } else {
+            "no"
+        };
         assert_eq!(v["is_adult"], adult, "is_adult of passenger {}", p.id);
         assert_eq!(v["Name"], p.name.as_str());
         assert_eq!(v["Survived"], p.survived);
         assert_eq!(v["Pclass"], p.pclass);
         match p.age {
             Some(age) => assert_eq!(v["Age"].as_f64(), Some(age)),
-            None => assert!(v.get("Age").is_none(), "a null Age is omitted, as Spark's to_json"),
+            None => assert!(
+                v.get("Age").is_none(),
+                "a null Age is omitted, as Spark's to_json"
+            ),
         }
     }
     // Spark's column order for a USING join: the key first, then the left's, then the right's.
@@ -109,7 +129,10 @@ async fn titanic_enrichment_gives_every_passenger_class_and_adulthood() {
         .iter()
         .filter(|r| r.value_text().unwrap().contains(r#""is_adult":"yes""#))
         .count();
-    assert_eq!(adults, 601, "passengers aged 18 or more in the Kaggle training set");
+    assert_eq!(
+        adults, 601,
+        "passengers aged 18 or more in the Kaggle training set"
+    );
     assert_eq!(progress.iter().map(|p| p.num_input_rows).sum::<u64>(), 891);
 }
 
@@ -127,7 +150,14 @@ async fn console_sink_prints_batches_like_spark() {
     let values: Vec<String> = (0..5).map(|i| format!("Hello {i}")).collect();
     let values: Vec<&str> = values.iter().map(String::as_str).collect();
     produce_values(kafka.bootstrap_servers(), "demo-topic", &values);
-    produce(kafka.bootstrap_servers(), "demo-topic", &[(Some(b"k"), Some(b"a value much longer than twenty characters"))]);
+    produce(
+        kafka.bootstrap_servers(),
+        "demo-topic",
+        &[(
+            Some(b"k"),
+            Some(b"a value much longer than twenty characters"),
+        )],
+    );
     let session = StreamSession::new();
     let capture = Capture::default();
     let query = session
@@ -173,7 +203,11 @@ async fn kafka_to_kafka_prefixes_every_value() {
     produce(
         kafka.bootstrap_servers(),
         "demo-topic",
-        &[(Some(b"a"), Some(b"Hello 0")), (None, Some(b"Hello 1")), (Some(b"c"), None)],
+        &[
+            (Some(b"a"), Some(b"Hello 0")),
+            (None, Some(b"Hello 1")),
+            (Some(b"c"), None),
+        ],
     );
     let session = StreamSession::new();
     let checkpoint = temp_dir();
@@ -185,7 +219,10 @@ async fn kafka_to_kafka_prefixes_every_value() {
         .starting_offsets(StartingOffsets::Earliest)
         .load()
         .unwrap()
-        .select_expr(["CAST(key AS STRING) AS key", "CAST(value AS STRING) AS value"])
+        .select_expr([
+            "CAST(key AS STRING) AS key",
+            "CAST(value AS STRING) AS value",
+        ])
         .unwrap()
         .with_column("value", concat([lit("[processed] "), col("value")]))
         .unwrap()
@@ -199,10 +236,11 @@ async fn kafka_to_kafka_prefixes_every_value() {
         .unwrap();
     query.process_all_available().await.unwrap();
     query.stop().await.unwrap();
-    let mut out: Vec<(Option<String>, Option<String>)> = read_topic(kafka.bootstrap_servers(), "demo-topic-2")
-        .iter()
-        .map(|r| (r.key_text(), r.value_text()))
-        .collect();
+    let mut out: Vec<(Option<String>, Option<String>)> =
+        read_topic(kafka.bootstrap_servers(), "demo-topic-2")
+            .iter()
+            .map(|r| (r.key_text(), r.value_text()))
+            .collect();
     out.sort();
     assert_eq!(
         out,
@@ -217,8 +255,16 @@ async fn kafka_to_kafka_prefixes_every_value() {
     let lines: Vec<&str> = offsets.lines().collect();
     assert_eq!(lines[0], "v1");
     let end: serde_json::Value = serde_json::from_str(lines[2]).unwrap();
-    let total: i64 = end["demo-topic"].as_object().unwrap().values().map(|v| v.as_i64().unwrap()).sum();
-    assert_eq!(total, 3, "the offset log records the exclusive end offsets of batch 0");
+    let total: i64 = end["demo-topic"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_i64().unwrap())
+        .sum();
+    assert_eq!(
+        total, 3,
+        "the offset log records the exclusive end offsets of batch 0"
+    );
     assert!(checkpoint.path().join("commits/0").exists());
 }
 
@@ -238,8 +284,20 @@ async fn two_queries_run_side_by_side_from_one_source_definition() {
         .select_expr(["CAST(value AS STRING) AS v"])
         .unwrap();
     let doubled = stream.select_expr(["CAST(v AS BIGINT) * 2 AS v"]).unwrap();
-    let q1 = stream.write_stream().memory().query_name("plain").start().await.unwrap();
-    let q2 = doubled.write_stream().memory().query_name("doubled").start().await.unwrap();
+    let q1 = stream
+        .write_stream()
+        .memory()
+        .query_name("plain")
+        .start()
+        .await
+        .unwrap();
+    let q2 = doubled
+        .write_stream()
+        .memory()
+        .query_name("doubled")
+        .start()
+        .await
+        .unwrap();
     q1.process_all_available().await.unwrap();
     q2.process_all_available().await.unwrap();
     assert_ne!(q1.id(), q2.id());
@@ -264,7 +322,11 @@ async fn sql_over_a_registered_stream_is_a_stream() {
     produce_values(
         kafka.bootstrap_servers(),
         "people",
-        &[r#"{"name":"Ann","age":31}"#, r#"{"name":"Bo","age":12}"#, r#"{"name":"Cy","age":18}"#],
+        &[
+            r#"{"name":"Ann","age":31}"#,
+            r#"{"name":"Bo","age":12}"#,
+            r#"{"name":"Cy","age":18}"#,
+        ],
     );
     let session = StreamSession::new();
     session
@@ -287,8 +349,17 @@ async fn sql_over_a_registered_stream_is_a_stream() {
         .unwrap();
     assert!(adults.is_streaming());
     let err = adults.collect().await.unwrap_err().to_string();
-    assert_eq!(err, "Queries with streaming sources must be executed with writeStream.start()");
-    let query = adults.write_stream().memory().query_name("adults").start().await.unwrap();
+    assert_eq!(
+        err,
+        "Queries with streaming sources must be executed with writeStream.start()"
+    );
+    let query = adults
+        .write_stream()
+        .memory()
+        .query_name("adults")
+        .start()
+        .await
+        .unwrap();
     query.process_all_available().await.unwrap();
     query.stop().await.unwrap();
     assert_eq!(
@@ -323,8 +394,14 @@ async fn foreach_batch_gets_each_batch_with_its_id() {
             let sink = Arc::clone(&sink);
             async move {
                 let rows = df.collect().await?;
-                let text = flumen::datafusion::arrow::util::pretty::pretty_format_batches(&rows)?.to_string();
-                let values: Vec<String> = text.lines().skip(3).filter(|l| l.starts_with("| ")).map(|l| l.trim_matches(|c| c == '|' || c == ' ').to_string()).collect();
+                let text = flumen::datafusion::arrow::util::pretty::pretty_format_batches(&rows)?
+                    .to_string();
+                let values: Vec<String> = text
+                    .lines()
+                    .skip(3)
+                    .filter(|l| l.starts_with("| "))
+                    .map(|l| l.trim_matches(|c| c == '|' || c == ' ').to_string())
+                    .collect();
                 sink.lock().unwrap().push((id, values));
                 Ok(())
             }
@@ -352,15 +429,24 @@ async fn batch_read_takes_a_bounded_range() {
         .read_kafka()
         .bootstrap_servers(kafka.bootstrap_servers())
         .subscribe(["t"])
-        .starting_offsets(StartingOffsets::Specific([("t".to_string(), [(0, 1)].into())].into()))
-        .ending_offsets(StartingOffsets::Specific([("t".to_string(), [(0, 4)].into())].into()))
+        .starting_offsets(StartingOffsets::Specific(
+            [("t".to_string(), [(0, 1)].into())].into(),
+        ))
+        .ending_offsets(StartingOffsets::Specific(
+            [("t".to_string(), [(0, 4)].into())].into(),
+        ))
         .load()
         .await
         .unwrap();
-    let frame = session.frame(df).select_expr(["CAST(value AS STRING) AS v", "offset"]).unwrap();
+    let frame = session
+        .frame(df)
+        .select_expr(["CAST(value AS STRING) AS v", "offset"])
+        .unwrap();
     let rows = frame.collect().await.unwrap();
     assert_eq!(
-        flumen::datafusion::arrow::util::pretty::pretty_format_batches(&rows).unwrap().to_string(),
+        flumen::datafusion::arrow::util::pretty::pretty_format_batches(&rows)
+            .unwrap()
+            .to_string(),
         "+---+--------+\n| v | offset |\n+---+--------+\n| 1 | 1      |\n| 2 | 2      |\n| 3 | 3      |\n+---+--------+"
     );
 }
@@ -368,7 +454,13 @@ async fn batch_read_takes_a_bounded_range() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn headers_are_read_and_written() {
     let kafka = EmbeddedKafka::with_topics(&[("in", 1), ("out", 1)]).unwrap();
-    produce_to(kafka.bootstrap_servers(), "in", None, &[(None, Some(b"v"))], &[("trace", Some(b"abc")), ("empty", None)]);
+    produce_to(
+        kafka.bootstrap_servers(),
+        "in",
+        None,
+        &[(None, Some(b"v"))],
+        &[("trace", Some(b"abc")), ("empty", None)],
+    );
     produce(kafka.bootstrap_servers(), "in", &[(None, Some(b"w"))]);
     let session = StreamSession::new();
     let checkpoint = temp_dir();
@@ -383,7 +475,16 @@ async fn headers_are_read_and_written() {
         .unwrap();
     assert_eq!(
         stream.columns(),
-        ["key", "value", "topic", "partition", "offset", "timestamp", "timestampType", "headers"]
+        [
+            "key",
+            "value",
+            "topic",
+            "partition",
+            "offset",
+            "timestamp",
+            "timestampType",
+            "headers"
+        ]
     );
     let query = stream
         .select_columns(&["value", "headers"])
@@ -402,7 +503,10 @@ async fn headers_are_read_and_written() {
     assert_eq!(out.len(), 2);
     assert_eq!(
         out[0].headers,
-        vec![("trace".to_string(), Some(b"abc".to_vec())), ("empty".to_string(), None)]
+        vec![
+            ("trace".to_string(), Some(b"abc".to_vec())),
+            ("empty".to_string(), None)
+        ]
     );
     assert!(out[1].headers.is_empty());
 }
@@ -410,8 +514,20 @@ async fn headers_are_read_and_written() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn progress_reports_are_spark_shaped() {
     let kafka = EmbeddedKafka::with_topics(&[("t", 2)]).unwrap();
-    produce_to(kafka.bootstrap_servers(), "t", Some(0), &[(None, Some(b"a")), (None, Some(b"b"))], &[]);
-    produce_to(kafka.bootstrap_servers(), "t", Some(1), &[(None, Some(b"c"))], &[]);
+    produce_to(
+        kafka.bootstrap_servers(),
+        "t",
+        Some(0),
+        &[(None, Some(b"a")), (None, Some(b"b"))],
+        &[],
+    );
+    produce_to(
+        kafka.bootstrap_servers(),
+        "t",
+        Some(1),
+        &[(None, Some(b"c"))],
+        &[],
+    );
     let session = StreamSession::new();
     let query = session
         .read_stream()
@@ -434,17 +550,51 @@ async fn progress_reports_are_spark_shaped() {
     assert_eq!(progress.num_input_rows, 3);
     assert_eq!(progress.name.as_deref(), Some("progress_check"));
     let json: serde_json::Value = serde_json::from_str(&progress.json()).unwrap();
-    let keys: Vec<&str> = json.as_object().unwrap().keys().map(String::as_str).collect();
-    for key in ["id", "runId", "name", "timestamp", "batchId", "numInputRows", "durationMs", "sources", "sink"] {
+    let keys: Vec<&str> = json
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    for key in [
+        "id",
+        "runId",
+        "name",
+        "timestamp",
+        "batchId",
+        "numInputRows",
+        "durationMs",
+        "sources",
+        "sink",
+    ] {
         assert!(keys.contains(&key), "{key} missing from {json}");
     }
     assert_eq!(json["sources"][0]["description"], "KafkaV2[Subscribe[t]]");
-    assert_eq!(json["sources"][0]["startOffset"], serde_json::json!({"t": {"0": 0, "1": 0}}));
-    assert_eq!(json["sources"][0]["endOffset"], serde_json::json!({"t": {"0": 2, "1": 1}}));
+    assert_eq!(
+        json["sources"][0]["startOffset"],
+        serde_json::json!({"t": {"0": 0, "1": 0}})
+    );
+    assert_eq!(
+        json["sources"][0]["endOffset"],
+        serde_json::json!({"t": {"0": 2, "1": 1}})
+    );
     assert_eq!(json["sources"][0]["metrics"]["maxOffsetsBehindLatest"], "0");
-    assert_eq!(json["sink"], serde_json::json!({"description": "MemorySink[progress_check]", "numOutputRows": 3}));
-    for phase in ["latestOffset", "walCommit", "getBatch", "addBatch", "commitOffsets", "triggerExecution"] {
-        assert!(json["durationMs"].get(phase).is_some(), "durationMs.{phase} missing");
+    assert_eq!(
+        json["sink"],
+        serde_json::json!({"description": "MemorySink[progress_check]", "numOutputRows": 3})
+    );
+    for phase in [
+        "latestOffset",
+        "walCommit",
+        "getBatch",
+        "addBatch",
+        "commitOffsets",
+        "triggerExecution",
+    ] {
+        assert!(
+            json["durationMs"].get(phase).is_some(),
+            "durationMs.{phase} missing"
+        );
     }
     assert_eq!(query.status().message, "Stopped");
 }
@@ -513,7 +663,10 @@ async fn static_join_builds_its_hash_table_once_per_query() {
     let plan = query.explain();
     query.stop().await.unwrap();
     assert_eq!(query.recent_progress().len(), 3, "three micro-batches");
-    assert!(plan.contains("HashJoinExec: mode=CollectLeft, join_type=Right"), "{plan}");
+    assert!(
+        plan.contains("HashJoinExec: mode=CollectLeft, join_type=Right"),
+        "{plan}"
+    );
     // The static side (3 rows) was collected once for the three batches, not three times.
     assert!(plan.contains("build_input_rows=3,"), "{plan}");
     assert_eq!(

@@ -15,7 +15,12 @@ fn produce_numbers(servers: &str, topic: &str, from: usize, to: usize) {
     produce_values(servers, topic, &values);
 }
 
-async fn stream_of(session: &StreamSession, servers: &str, topic: &str, per_trigger: u64) -> StreamFrame {
+async fn stream_of(
+    session: &StreamSession,
+    servers: &str,
+    topic: &str,
+    per_trigger: u64,
+) -> StreamFrame {
     session
         .read_stream()
         .kafka()
@@ -33,11 +38,7 @@ type Seen = Arc<Mutex<Vec<(u64, Vec<i64>)>>>;
 
 /// A foreach_batch sink recording (batch id, values); it "crashes" once, after writing batch
 /// `crash_at` and before the engine commits it.
-fn recording_sink(
-    writer: DataStreamWriter,
-    seen: Seen,
-    crash_at: Option<u64>,
-) -> DataStreamWriter {
+fn recording_sink(writer: DataStreamWriter, seen: Seen, crash_at: Option<u64>) -> DataStreamWriter {
     let crashed = Arc::new(Mutex::new(false));
     writer.foreach_batch(move |df, id| {
         let seen = Arc::clone(&seen);
@@ -46,14 +47,20 @@ fn recording_sink(
             let batches = df.collect().await?;
             let mut values = Vec::new();
             for b in &batches {
-                let col = b.column(0).as_any().downcast_ref::<flumen::datafusion::arrow::array::Int64Array>().unwrap();
+                let col = b
+                    .column(0)
+                    .as_any()
+                    .downcast_ref::<flumen::datafusion::arrow::array::Int64Array>()
+                    .unwrap();
                 values.extend(col.values().iter().copied());
             }
             seen.lock().unwrap().push((id, values));
             let mut crashed = crashed.lock().unwrap();
             if crash_at == Some(id) && !*crashed {
                 *crashed = true;
-                return Err(FlumenError::IllegalState("simulated crash after the sink wrote the batch".into()));
+                return Err(FlumenError::IllegalState(
+                    "simulated crash after the sink wrote the batch".into(),
+                ));
             }
             Ok(())
         }
@@ -70,7 +77,9 @@ async fn resumes_after_crash_between_offsets_and_commit() {
 
     // Run 1 crashes in batch 1, after the sink saw it and before commits/1.
     let query = recording_sink(
-        stream_of(&session, kafka.bootstrap_servers(), "numbers", 4).await.write_stream(),
+        stream_of(&session, kafka.bootstrap_servers(), "numbers", 4)
+            .await
+            .write_stream(),
         Arc::clone(&seen),
         Some(1),
     )
@@ -86,7 +95,9 @@ async fn resumes_after_crash_between_offsets_and_commit() {
     // Run 2 re-runs batch 1 with the same offsets and id, then continues.
     produce_numbers(kafka.bootstrap_servers(), "numbers", 10, 12);
     let query = recording_sink(
-        stream_of(&session, kafka.bootstrap_servers(), "numbers", 4).await.write_stream(),
+        stream_of(&session, kafka.bootstrap_servers(), "numbers", 4)
+            .await
+            .write_stream(),
         Arc::clone(&seen),
         None,
     )
@@ -133,19 +144,38 @@ async fn memory_sink_skips_a_rerun_batch_after_restart() {
             .await
             .unwrap()
     };
-    let query = start(session.clone(), kafka.bootstrap_servers().into(), checkpoint.path().into()).await;
+    let query = start(
+        session.clone(),
+        kafka.bootstrap_servers().into(),
+        checkpoint.path().into(),
+    )
+    .await;
     query.process_all_available().await.unwrap();
     query.stop().await.unwrap();
     let uninterrupted = sql_table(&session, "SELECT n FROM numbers_out ORDER BY n").await;
 
     // The process died after the sink wrote batch 1 but before commits/1 was written.
     std::fs::remove_file(checkpoint.path().join("commits/1")).unwrap();
-    let query = start(session.clone(), kafka.bootstrap_servers().into(), checkpoint.path().into()).await;
+    let query = start(
+        session.clone(),
+        kafka.bootstrap_servers().into(),
+        checkpoint.path().into(),
+    )
+    .await;
     query.process_all_available().await.unwrap();
     query.stop().await.unwrap();
-    assert_eq!(sql_table(&session, "SELECT n FROM numbers_out ORDER BY n").await, uninterrupted);
-    assert_eq!(sql_table(&session, "SELECT count(*) AS c FROM numbers_out").await, "+---+\n| c |\n+---+\n| 6 |\n+---+");
-    assert!(checkpoint.path().join("commits/1").exists(), "the re-run batch is committed");
+    assert_eq!(
+        sql_table(&session, "SELECT n FROM numbers_out ORDER BY n").await,
+        uninterrupted
+    );
+    assert_eq!(
+        sql_table(&session, "SELECT count(*) AS c FROM numbers_out").await,
+        "+---+\n| c |\n+---+\n| 6 |\n+---+"
+    );
+    assert!(
+        checkpoint.path().join("commits/1").exists(),
+        "the re-run batch is committed"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -236,7 +266,9 @@ async fn memory_stream_source_checkpoints_like_kafka() {
     let schema = Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, false)]));
     let input = MemoryStream::new("n", schema.clone()).with_max_rows_per_trigger(2);
     input
-        .add_batch(RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from(vec![1, 2, 3]))]).unwrap())
+        .add_batch(
+            RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from(vec![1, 2, 3]))]).unwrap(),
+        )
         .unwrap();
     let session = StreamSession::new();
     let checkpoint = temp_dir();
@@ -257,5 +289,8 @@ async fn memory_stream_source_checkpoints_like_kafka() {
     assert_eq!(query.recent_progress().len(), 2);
     let offsets = std::fs::read_to_string(checkpoint.path().join("offsets/1")).unwrap();
     assert!(offsets.ends_with("\n{\"rows\":3}"), "{offsets}");
-    assert_eq!(sql_table(&session, "SELECT n FROM mem ORDER BY n").await, "+---+\n| n |\n+---+\n| 2 |\n| 3 |\n+---+");
+    assert_eq!(
+        sql_table(&session, "SELECT n FROM mem ORDER BY n").await,
+        "+---+\n| n |\n+---+\n| 2 |\n| 3 |\n+---+"
+    );
 }

@@ -34,17 +34,24 @@ pub struct Record {
 impl Record {
     /// The key as UTF-8 text.
     pub fn key_text(&self) -> Option<String> {
-        self.key.as_ref().map(|k| String::from_utf8_lossy(k).into_owned())
+        self.key
+            .as_ref()
+            .map(|k| String::from_utf8_lossy(k).into_owned())
     }
 
     /// The value as UTF-8 text.
     pub fn value_text(&self) -> Option<String> {
-        self.value.as_ref().map(|v| String::from_utf8_lossy(v).into_owned())
+        self.value
+            .as_ref()
+            .map(|v| String::from_utf8_lossy(v).into_owned())
     }
 }
 
+/// A record to produce: optional key and value bytes.
+pub type KeyValue<'a> = (Option<&'a [u8]>, Option<&'a [u8]>);
+
 /// Produces records with a plain rdkafka producer and waits for their delivery.
-pub fn produce(servers: &str, topic: &str, records: &[(Option<&[u8]>, Option<&[u8]>)]) {
+pub fn produce(servers: &str, topic: &str, records: &[KeyValue<'_>]) {
     produce_to(servers, topic, None, records, &[]);
 }
 
@@ -53,7 +60,7 @@ pub fn produce_to(
     servers: &str,
     topic: &str,
     partition: Option<i32>,
-    records: &[(Option<&[u8]>, Option<&[u8]>)],
+    records: &[KeyValue<'_>],
     headers: &[(&str, Option<&[u8]>)],
 ) {
     let producer: BaseProducer = ClientConfig::new()
@@ -85,7 +92,7 @@ pub fn produce_to(
 
 /// Produces text values (no keys).
 pub fn produce_values(servers: &str, topic: &str, values: &[&str]) {
-    let records: Vec<(Option<&[u8]>, Option<&[u8]>)> =
+    let records: Vec<KeyValue<'_>> =
         values.iter().map(|v| (None, Some(v.as_bytes()))).collect();
     produce(servers, topic, &records);
 }
@@ -122,7 +129,10 @@ pub fn read_topic(servers: &str, topic: &str) -> Vec<Record> {
     consumer.assign(&tpl).expect("assign");
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while !ends.is_empty() {
-        assert!(std::time::Instant::now() < deadline, "timed out reading {topic}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out reading {topic}"
+        );
         if let Some(msg) = consumer.poll(Duration::from_millis(100)) {
             let msg = msg.expect("message");
             records.push(Record {
@@ -132,10 +142,17 @@ pub fn read_topic(servers: &str, topic: &str) -> Vec<Record> {
                 value: msg.payload().map(<[u8]>::to_vec),
                 headers: msg
                     .headers()
-                    .map(|h| h.iter().map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec))).collect())
+                    .map(|h| {
+                        h.iter()
+                            .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec)))
+                            .collect()
+                    })
                     .unwrap_or_default(),
             });
-            if ends.get(&msg.partition()).is_some_and(|end| msg.offset() + 1 >= *end) {
+            if ends
+                .get(&msg.partition())
+                .is_some_and(|end| msg.offset() + 1 >= *end)
+            {
                 ends.remove(&msg.partition());
             }
         }
@@ -148,7 +165,9 @@ pub fn read_topic(servers: &str, topic: &str) -> Vec<Record> {
 pub fn titanic_csv() -> PathBuf {
     let path = std::env::var_os("FLUMEN_TITANIC_CSV")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/titanic.csv"));
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/titanic.csv")
+        });
     assert!(
         path.exists(),
         "the Titanic CSV is not at {}; set FLUMEN_TITANIC_CSV to its path",

@@ -112,7 +112,9 @@ impl Checkpoint {
     }
 
     fn check_writable(&self) -> Result<()> {
-        let probe = self.root.join(format!(".flumen-write-check-{}", uuid::Uuid::new_v4()));
+        let probe = self
+            .root
+            .join(format!(".flumen-write-check-{}", uuid::Uuid::new_v4()));
         fs::write(&probe, b"ok").map_err(|e| {
             FlumenError::checkpoint(
                 &self.root,
@@ -170,7 +172,11 @@ impl Checkpoint {
         let mut ids = Vec::new();
         for entry in entries {
             let entry = entry.map_err(|e| FlumenError::io(&path, e))?;
-            if let Some(id) = entry.file_name().to_str().and_then(|n| n.parse::<u64>().ok()) {
+            if let Some(id) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u64>().ok())
+            {
                 ids.push(id);
             }
         }
@@ -258,7 +264,10 @@ impl Checkpoint {
     pub fn write_source_initial_offset(&self, index: usize, offset: &Value) -> Result<()> {
         let dir = self.root.join("sources").join(index.to_string());
         fs::create_dir_all(&dir).map_err(|e| FlumenError::io(&dir, e))?;
-        write_atomic(&dir.join("0"), format!("{FORMAT_VERSION}\n{offset}").as_bytes())
+        write_atomic(
+            &dir.join("0"),
+            format!("{FORMAT_VERSION}\n{offset}").as_bytes(),
+        )
     }
 
     /// Deletes offset and commit logs of batches before `keep_from`.
@@ -315,13 +324,17 @@ fn read_log(path: &Path) -> Result<Vec<String>> {
         Some(v) if v.starts_with('v') && v[1..].parse::<u32>().is_ok() => {
             return Err(FlumenError::checkpoint(
                 path,
-                format!("has format {v}, newer than this Flumen ({FORMAT_VERSION}); upgrade Flumen to read it"),
+                format!(
+                    "has format {v}, newer than this Flumen ({FORMAT_VERSION}); upgrade Flumen to read it"
+                ),
             ));
         }
         Some(_) => {
             return Err(FlumenError::checkpoint(
                 path,
-                format!("is corrupt (first line is not a version such as {FORMAT_VERSION}); restore it or start a new checkpoint location"),
+                format!(
+                    "is corrupt (first line is not a version such as {FORMAT_VERSION}); restore it or start a new checkpoint location"
+                ),
             ));
         }
         None => {

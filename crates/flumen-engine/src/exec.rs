@@ -13,11 +13,13 @@ use std::time::{Duration, Instant};
 use chrono::{SecondsFormat, TimeZone, Utc};
 use datafusion::arrow::array::RecordBatch;
 use datafusion::physical_plan::collect;
-use serde_json::Value;
 use futures::FutureExt;
+use serde_json::Value;
 use tracing::Instrument;
 
-use crate::checkpoint::{Checkpoint, CommitEntry, MIN_BATCHES_TO_RETAIN, OffsetEntry, OffsetMetadata};
+use crate::checkpoint::{
+    Checkpoint, CommitEntry, MIN_BATCHES_TO_RETAIN, OffsetEntry, OffsetMetadata,
+};
 use crate::error::{FlumenError, Result};
 use crate::functions::BATCH_TIMESTAMP_MS;
 use crate::plan::QueryPlan;
@@ -128,7 +130,10 @@ impl Execution {
                     next_batch = n + 1;
                 } else {
                     let batch_start = self.batch_start(n)?;
-                    tracing::info!(batch = n, "re-running the uncommitted batch with its logged offsets");
+                    tracing::info!(
+                        batch = n,
+                        "re-running the uncommitted batch with its logged offsets"
+                    );
                     let mut phases = Phases::default();
                     let trigger_start = Instant::now();
                     self.run_batch(
@@ -188,11 +193,14 @@ impl Execution {
 
             if end == start {
                 // No new data: everything available when `idle_ticket` was read is committed.
-                self.shared.idle_answered.fetch_max(idle_ticket, Ordering::SeqCst);
+                self.shared
+                    .idle_answered
+                    .fetch_max(idle_ticket, Ordering::SeqCst);
                 if target.is_some() {
                     return Ok(());
                 }
-                self.shared.set_status("Waiting for data to arrive", false, false);
+                self.shared
+                    .set_status("Waiting for data to arrive", false, false);
                 if last_idle_progress.elapsed() >= IDLE_PROGRESS_INTERVAL {
                     last_idle_progress = Instant::now();
                     self.report_idle(next_batch, &start, &end, &*reader);
@@ -266,7 +274,10 @@ impl Execution {
         })?;
         previous.offsets.into_iter().next().ok_or_else(|| {
             FlumenError::checkpoint(
-                self.checkpoint.root().join("offsets").join((n - 1).to_string()),
+                self.checkpoint
+                    .root()
+                    .join("offsets")
+                    .join((n - 1).to_string()),
                 "has no source offsets; restore it or start a new checkpoint location",
             )
         })
@@ -358,7 +369,8 @@ impl Execution {
                 reader,
             );
             self.shared.push_progress(progress);
-            self.shared.set_status("Waiting for next trigger", true, false);
+            self.shared
+                .set_status("Waiting for next trigger", true, false);
             Ok(())
         }
         .instrument(span)

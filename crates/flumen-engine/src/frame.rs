@@ -134,7 +134,10 @@ impl StreamFrame {
 
     /// Drops columns by name; names that do not exist are ignored (as Spark).
     pub fn drop(&self, columns: &[&str]) -> Result<Self> {
-        let columns: Vec<Column> = columns.iter().map(|c| Column::new_unqualified(*c)).collect();
+        let columns: Vec<Column> = columns
+            .iter()
+            .map(|c| Column::new_unqualified(*c))
+            .collect();
         Ok(self.with_df(self.df.clone().drop_columns(&columns)?))
     }
 
@@ -162,10 +165,12 @@ impl StreamFrame {
                 ));
             }
         }
-        if !matches!(how, JoinType::LeftSemi | JoinType::LeftAnti | JoinType::RightSemi | JoinType::RightAnti)
-            && let Some(clash) = left_names
-                .iter()
-                .find(|n| !on.contains(&n.as_str()) && right_names.contains(n))
+        if !matches!(
+            how,
+            JoinType::LeftSemi | JoinType::LeftAnti | JoinType::RightSemi | JoinType::RightAnti
+        ) && let Some(clash) = left_names
+            .iter()
+            .find(|n| !on.contains(&n.as_str()) && right_names.contains(n))
         {
             return Err(FlumenError::invalid_option(
                 "on",
@@ -176,9 +181,9 @@ impl StreamFrame {
         }
         let left = self.df.clone().alias(LEFT)?;
         let right = right.alias(RIGHT)?;
-        let equalities = on.iter().map(|key| {
-            col(Column::new(Some(LEFT), *key)).eq(col(Column::new(Some(RIGHT), *key)))
-        });
+        let equalities = on
+            .iter()
+            .map(|key| col(Column::new(Some(LEFT), *key)).eq(col(Column::new(Some(RIGHT), *key))));
         let joined = left.join_on(right, how, equalities)?;
         let qualified = |side: &str, name: &str| col(Column::new(Some(side), name)).alias(name);
         let mut exprs = Vec::new();
@@ -205,8 +210,18 @@ impl StreamFrame {
                 });
             }
             let not_key = |n: &&String| !on.contains(&n.as_str());
-            exprs.extend(left_names.iter().filter(not_key).map(|n| qualified(LEFT, n)));
-            exprs.extend(right_names.iter().filter(not_key).map(|n| qualified(RIGHT, n)));
+            exprs.extend(
+                left_names
+                    .iter()
+                    .filter(not_key)
+                    .map(|n| qualified(LEFT, n)),
+            );
+            exprs.extend(
+                right_names
+                    .iter()
+                    .filter(not_key)
+                    .map(|n| qualified(RIGHT, n)),
+            );
         }
         Ok(self.with_df(joined.select(exprs)?))
     }
@@ -223,12 +238,17 @@ impl StreamFrame {
         if left_columns.len() != right_columns.len() {
             return Err(FlumenError::invalid_option(
                 "join_on",
-                format!("{} left columns but {} right columns", left_columns.len(), right_columns.len()),
+                format!(
+                    "{} left columns but {} right columns",
+                    left_columns.len(),
+                    right_columns.len()
+                ),
             ));
         }
-        let equalities = left_columns.iter().zip(right_columns).map(|(l, r)| {
-            col(Column::new_unqualified(*l)).eq(col(Column::new_unqualified(*r)))
-        });
+        let equalities = left_columns
+            .iter()
+            .zip(right_columns)
+            .map(|(l, r)| col(Column::new_unqualified(*l)).eq(col(Column::new_unqualified(*r))));
         Ok(self.with_df(self.df.clone().join_on(right, how, equalities)?))
     }
 
@@ -284,21 +304,14 @@ fn expand_star(text: &str, schema: &DFSchema) -> Result<Option<Vec<Expr>>> {
     let trimmed = text.trim();
     if trimmed == "*" {
         return Ok(Some(
-            schema
-                .columns()
-                .into_iter()
-                .map(Expr::Column)
-                .collect(),
+            schema.columns().into_iter().map(Expr::Column).collect(),
         ));
     }
     let Some(name) = trimmed.strip_suffix(".*") else {
         return Ok(None);
     };
     let name = name.trim().trim_matches('`').trim_matches('"');
-    let Some((qualifier, field)) = schema
-        .iter()
-        .find(|(_, f)| f.name() == name)
-    else {
+    let Some((qualifier, field)) = schema.iter().find(|(_, f)| f.name() == name) else {
         return Ok(None);
     };
     let DataType::Struct(children) = field.data_type() else {

@@ -58,10 +58,10 @@ impl Options {
     /// rest of the key kept as given, e.g. `kafka.bootstrap.servers` → `bootstrap.servers`.
     pub fn with_prefix<'a>(&'a self, prefix: &'a str) -> impl Iterator<Item = (&'a str, &'a str)> {
         let lower = prefix.to_ascii_lowercase();
-        self.entries.iter().filter_map(move |(lk, (k, v))| {
-            lk.starts_with(&lower)
-                .then(|| (&k[prefix.len()..], v.as_str()))
-        })
+        self.entries
+            .iter()
+            .filter(move |(lk, _)| lk.starts_with(&lower))
+            .map(move |(_, (k, v))| (&k[prefix.len()..], v.as_str()))
     }
 
     /// A boolean option (`true`/`false`, any case); `default` when unset.
@@ -84,10 +84,7 @@ impl Options {
         self.get(key)
             .map(|v| {
                 v.trim().parse::<u64>().map_err(|_| {
-                    FlumenError::invalid_option(
-                        key,
-                        format!("'{v}' is not a non-negative integer"),
-                    )
+                    FlumenError::invalid_option(key, format!("'{v}' is not a non-negative integer"))
                 })
             })
             .transpose()
@@ -131,7 +128,9 @@ pub fn parse_interval(text: &str) -> Result<Duration> {
     let bad = |why: &str| {
         FlumenError::invalid_option(
             "interval",
-            format!("cannot parse '{text}' as an interval ({why}); write e.g. '10 seconds' or '1 minute'"),
+            format!(
+                "cannot parse '{text}' as an interval ({why}); write e.g. '10 seconds' or '1 minute'"
+            ),
         )
     };
     let trimmed = text.trim();
@@ -195,7 +194,10 @@ mod tests {
 
     #[test]
     fn intervals_parse_spark_forms() {
-        assert_eq!(parse_interval("500 ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(
+            parse_interval("500 ms").unwrap(),
+            Duration::from_millis(500)
+        );
         assert_eq!(parse_interval("500ms").unwrap(), Duration::from_millis(500));
         assert_eq!(parse_interval("10s").unwrap(), Duration::from_secs(10));
         assert_eq!(parse_interval("1 hour").unwrap(), Duration::from_secs(3600));

@@ -196,7 +196,9 @@ impl ExecutionPlan for InputExec {
         let batches = self
             .slot
             .lock()
-            .map_err(|_| datafusion::error::DataFusionError::Internal("input slot poisoned".into()))?
+            .map_err(|_| {
+                datafusion::error::DataFusionError::Internal("input slot poisoned".into())
+            })?
             .take()
             .unwrap_or_default();
         Ok(Box::pin(MemoryStream::try_new(
@@ -237,7 +239,9 @@ fn is_streaming(plan: &LogicalPlan) -> bool {
 pub(crate) fn check_supported(plan: &LogicalPlan, mode: OutputMode) -> Result<()> {
     let sources = stream_sources(plan);
     if sources.is_empty() {
-        unsupported!("Queries without streaming sources cannot be executed with writeStream.start()");
+        unsupported!(
+            "Queries without streaming sources cannot be executed with writeStream.start()"
+        );
     }
     if mode == OutputMode::Complete {
         unsupported!(
@@ -383,11 +387,12 @@ pub(crate) async fn plan_query(
                 schema: table.source().schema(),
                 slot: Arc::clone(&slot),
             });
-            let replaced = TableScanBuilder::new(scan.table_name.clone(), provider_as_source(input))
-                .with_projection(scan.projection.clone())
-                .with_filters(scan.filters.clone())
-                .with_fetch(scan.fetch)
-                .build()?;
+            let replaced =
+                TableScanBuilder::new(scan.table_name.clone(), provider_as_source(input))
+                    .with_projection(scan.projection.clone())
+                    .with_filters(scan.filters.clone())
+                    .with_fetch(scan.fetch)
+                    .build()?;
             Ok(Transformed::yes(LogicalPlan::TableScan(replaced)))
         })?
         .data;

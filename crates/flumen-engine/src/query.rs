@@ -34,7 +34,9 @@ impl FromStr for OutputMode {
             "complete" => Ok(Self::Complete),
             _ => Err(FlumenError::invalid_option(
                 "outputMode",
-                format!("unknown output mode '{s}'; accepted output modes are 'append', 'complete', 'update'"),
+                format!(
+                    "unknown output mode '{s}'; accepted output modes are 'append', 'complete', 'update'"
+                ),
             )),
         }
     }
@@ -229,11 +231,13 @@ impl StreamingQuery {
     pub fn explain(&self) -> String {
         let plan = self.shared.plan.lock().ok().and_then(|p| p.clone());
         match plan {
-            Some(plan) => datafusion::physical_plan::display::DisplayableExecutionPlan::with_metrics(
-                plan.as_ref(),
-            )
-            .indent(true)
-            .to_string(),
+            Some(plan) => {
+                datafusion::physical_plan::display::DisplayableExecutionPlan::with_metrics(
+                    plan.as_ref(),
+                )
+                .indent(true)
+                .to_string()
+            }
             None => "<no plan>".to_string(),
         }
     }

@@ -71,7 +71,10 @@ impl StreamSession {
             // CAST(x AS STRING) gives Utf8, Spark's one string type.
             .set_bool("datafusion.sql_parser.map_string_types_to_utf8view", false)
             .set_bool("datafusion.optimizer.enable_dynamic_filter_pushdown", false)
-            .set_bool("datafusion.optimizer.enable_join_dynamic_filter_pushdown", false)
+            .set_bool(
+                "datafusion.optimizer.enable_join_dynamic_filter_pushdown",
+                false,
+            )
             .set_bool("datafusion.execution.coalesce_batches", false);
         let mut planners = vec![Arc::new(SparkStructPlanner) as _];
         planners.extend(SessionStateDefaults::default_expr_planners());
@@ -104,7 +107,10 @@ impl StreamSession {
 
     /// A stream frame over a source definition (used by connectors).
     pub fn stream(&self, source: SourceRef) -> Result<StreamFrame> {
-        let df = self.inner.ctx.read_table(Arc::new(StreamTable::new(source)))?;
+        let df = self
+            .inner
+            .ctx
+            .read_table(Arc::new(StreamTable::new(source)))?;
         Ok(StreamFrame::new(self.clone(), df))
     }
 
@@ -126,7 +132,10 @@ impl StreamSession {
     pub async fn read_csv(&self, path: impl AsRef<Path>) -> Result<DataFrame> {
         let path = path.as_ref();
         let path_text = path.to_str().ok_or_else(|| {
-            crate::FlumenError::invalid_option("path", format!("{} is not valid UTF-8", path.display()))
+            crate::FlumenError::invalid_option(
+                "path",
+                format!("{} is not valid UTF-8", path.display()),
+            )
         })?;
         if !path.exists() {
             return Err(crate::FlumenError::io(

@@ -84,7 +84,11 @@ pub trait SourceReader: Send + Sync {
     }
 
     /// Source-specific metrics for progress (e.g. Kafka lag), as a JSON object of strings.
-    fn metrics(&self, _latest: &SourceOffset, _end: &SourceOffset) -> serde_json::Map<String, Value> {
+    fn metrics(
+        &self,
+        _latest: &SourceOffset,
+        _end: &SourceOffset,
+    ) -> serde_json::Map<String, Value> {
         serde_json::Map::new()
     }
 

@@ -117,8 +117,10 @@ impl DataStreamWriter {
     /// default to a temporary directory removed after a clean stop.
     #[must_use]
     pub fn checkpoint_location(mut self, path: impl Into<PathBuf>) -> Self {
-        self.options
-            .set("checkpointLocation", path.into().to_string_lossy().to_string());
+        self.options.set(
+            "checkpointLocation",
+            path.into().to_string_lossy().to_string(),
+        );
         self
     }
 
@@ -131,7 +133,9 @@ impl DataStreamWriter {
             other => {
                 self.error = Some(FlumenError::invalid_option(
                     "format",
-                    format!("unknown sink format '{other}'; use console, memory, .kafka() or .foreach_batch(...)"),
+                    format!(
+                        "unknown sink format '{other}'; use console, memory, .kafka() or .foreach_batch(...)"
+                    ),
                 ))
             }
         }

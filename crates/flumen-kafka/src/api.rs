@@ -48,7 +48,8 @@ macro_rules! source_setters {
 
             /// `subscribe`: read these topics (all partitions, including ones added later).
             pub fn subscribe<S: AsRef<str>>(self, topics: impl IntoIterator<Item = S>) -> Self {
-                let list: Vec<String> = topics.into_iter().map(|t| t.as_ref().to_string()).collect();
+                let list: Vec<String> =
+                    topics.into_iter().map(|t| t.as_ref().to_string()).collect();
                 self.option("subscribe", list.join(","))
             }
 
@@ -58,7 +59,10 @@ macro_rules! source_setters {
             }
 
             /// `assign`: read exactly these partitions, e.g. `[("t", vec![0, 1])]`.
-            pub fn assign<S: AsRef<str>>(self, partitions: impl IntoIterator<Item = (S, Vec<i32>)>) -> Self {
+            pub fn assign<S: AsRef<str>>(
+                self,
+                partitions: impl IntoIterator<Item = (S, Vec<i32>)>,
+            ) -> Self {
                 let map: serde_json::Map<String, serde_json::Value> = partitions
                     .into_iter()
                     .map(|(t, ps)| (t.as_ref().to_string(), serde_json::Value::from(ps)))
@@ -295,7 +299,9 @@ pub struct KafkaBatchWriter {
 
 impl std::fmt::Debug for KafkaBatchWriter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KafkaBatchWriter").field("options", &self.options).finish()
+        f.debug_struct("KafkaBatchWriter")
+            .field("options", &self.options)
+            .finish()
     }
 }
 

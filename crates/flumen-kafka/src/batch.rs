@@ -42,7 +42,9 @@ pub(crate) async fn read_range(config: SourceConfig) -> Result<RecordBatch> {
             if to < from {
                 return Err(FlumenError::invalid_option(
                     "endingOffsets",
-                    format!("the ending offset {to} of {t}-{p} is before its starting offset {from}"),
+                    format!(
+                        "the ending offset {to} of {t}-{p} is before its starting offset {from}"
+                    ),
                 ));
             }
             ranges.push(((t.clone(), *p), from, to));

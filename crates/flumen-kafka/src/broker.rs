@@ -131,12 +131,16 @@ fn run_cluster(port: Option<u16>, inbox: mpsc::Receiver<Command>, ready: Ready) 
     {
         Ok(p) => p,
         Err(e) => {
-            let _ = ready.send(Err(broker_error(format!("cannot create the mock cluster: {e}"))));
+            let _ = ready.send(Err(broker_error(format!(
+                "cannot create the mock cluster: {e}"
+            ))));
             return;
         }
     };
     let Some(cluster) = producer.client().mock_cluster() else {
-        let _ = ready.send(Err(broker_error("librdkafka did not create a mock cluster")));
+        let _ = ready.send(Err(broker_error(
+            "librdkafka did not create a mock cluster",
+        )));
         return;
     };
     let actual = cluster.bootstrap_servers();
@@ -181,9 +185,15 @@ fn advertise_port(producer: &BaseProducer, port: u16) {
     // SAFETY: the mock cluster handle belongs to `producer`, which outlives this call; the host
     // string is a valid NUL-terminated C string that librdkafka copies.
     unsafe {
-        let cluster = rdkafka::bindings::rd_kafka_handle_mock_cluster(producer.client().native_ptr());
+        let cluster =
+            rdkafka::bindings::rd_kafka_handle_mock_cluster(producer.client().native_ptr());
         if !cluster.is_null() {
-            rdkafka::bindings::rd_kafka_mock_broker_set_host_port(cluster, 1, host.as_ptr(), i32::from(port));
+            rdkafka::bindings::rd_kafka_mock_broker_set_host_port(
+                cluster,
+                1,
+                host.as_ptr(),
+                i32::from(port),
+            );
         }
     }
 }

@@ -202,7 +202,9 @@ impl KafkaFetcher {
             let offset = match elem.offset() {
                 Offset::Offset(o) => o,
                 Offset::End if matches!(spec, OffsetSpec::Timestamp(_)) => {
-                    let OffsetSpec::Timestamp(ts) = spec else { unreachable!() };
+                    let OffsetSpec::Timestamp(ts) = spec else {
+                        unreachable!()
+                    };
                     return Err(self.error(format!(
                         "No offset matched from request of topic-partition {}-{} and timestamp {ts}",
                         elem.topic(),
@@ -237,7 +239,9 @@ impl KafkaFetcher {
         }
         // Serve what an earlier fetch already brought in.
         for (tp, (next, to)) in wanted.iter_mut() {
-            let Some(queue) = self.pending.get_mut(tp) else { continue };
+            let Some(queue) = self.pending.get_mut(tp) else {
+                continue;
+            };
             while queue.front().is_some_and(|r| r.offset < *next) {
                 queue.pop_front();
             }
@@ -281,14 +285,15 @@ impl KafkaFetcher {
                         self.data_loss(&tp, *next, offset)?;
                     }
                     if offset >= *to {
-                        self.pending.entry(tp.clone()).or_default().push_back(own(&msg));
+                        self.pending
+                            .entry(tp.clone())
+                            .or_default()
+                            .push_back(own(&msg));
                         wanted.remove(&tp);
                         continue;
                     }
                     let (timestamp, timestamp_type) = timestamp_of(msg.timestamp());
-                    let headers = msg.headers().map(|h| {
-                        h.iter().map(|h| (h.key, h.value))
-                    });
+                    let headers = msg.headers().map(|h| h.iter().map(|h| (h.key, h.value)));
                     rows.append(
                         &RecordView {
                             key: msg.key(),
@@ -323,7 +328,8 @@ impl KafkaFetcher {
                     if let Ok(positions) = self.consumer.position() {
                         for elem in positions.elements() {
                             let tp = (elem.topic().to_string(), elem.partition());
-                            if let (Offset::Offset(pos), Some((_, to))) = (elem.offset(), wanted.get(&tp))
+                            if let (Offset::Offset(pos), Some((_, to))) =
+                                (elem.offset(), wanted.get(&tp))
                                 && pos >= *to
                             {
                                 wanted.remove(&tp);
@@ -352,9 +358,10 @@ impl KafkaFetcher {
     /// Assigns partitions so each one delivers from the offset `wanted` needs next; only
     /// re-assigns when some partition is not already there.
     fn position_consumer(&mut self, wanted: &HashMap<TopicPartition, (i64, i64)>) -> Result<()> {
-        let in_place = wanted
-            .iter()
-            .all(|(tp, (next, _))| self.positions.get(tp) == Some(next) && self.pending.get(tp).is_none_or(VecDeque::is_empty));
+        let in_place = wanted.iter().all(|(tp, (next, _))| {
+            self.positions.get(tp) == Some(next)
+                && self.pending.get(tp).is_none_or(VecDeque::is_empty)
+        });
         if in_place {
             return Ok(());
         }
@@ -391,7 +398,11 @@ impl KafkaFetcher {
             .and_then(|o| o.get(&tp.0).and_then(|p| p.get(&tp.1)).copied());
         if low.is_some_and(|low| low > expected) {
             if self.fail_on_data_loss {
-                return Err(self.data_loss_error(tp, expected, &format!("the earliest offset is now {}", low.unwrap_or(got))));
+                return Err(self.data_loss_error(
+                    tp,
+                    expected,
+                    &format!("the earliest offset is now {}", low.unwrap_or(got)),
+                ));
             }
             tracing::warn!(topic = %tp.0, partition = tp.1, expected, got, "records were lost before they were read (failOnDataLoss=false)");
         }

@@ -55,7 +55,7 @@ pub use source::KafkaSource;
 /// `use flumen_kafka::prelude::*;` brings the Kafka builders into scope.
 pub mod prelude {
     pub use crate::{
-        EmbeddedKafka, KafkaDataFrameExt, KafkaReadStreamExt, KafkaSessionExt,
-        KafkaWriteStreamExt, StartingOffsets,
+        EmbeddedKafka, KafkaDataFrameExt, KafkaReadStreamExt, KafkaSessionExt, KafkaWriteStreamExt,
+        StartingOffsets,
     };
 }

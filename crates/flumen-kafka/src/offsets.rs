@@ -35,7 +35,9 @@ pub fn from_json(value: &Value, what: &str) -> Result<PartitionOffsets> {
     let mut offsets = PartitionOffsets::new();
     for (topic, partitions) in topics {
         let Value::Object(partitions) = partitions else {
-            return Err(bad(format!("the value for topic '{topic}' is not an object")));
+            return Err(bad(format!(
+                "the value for topic '{topic}' is not an object"
+            )));
         };
         let entry = offsets.entry(topic.clone()).or_default();
         for (p, o) in partitions {
@@ -83,7 +85,10 @@ mod tests {
     fn round_trips_spark_json() {
         let parsed = parse(r#"{"a":{"0":23,"1":-1},"b":{"0":-2}}"#, "startingOffsets").unwrap();
         assert_eq!(parsed["a"][&1], -1);
-        assert_eq!(to_json(&parsed).to_string(), r#"{"a":{"0":23,"1":-1},"b":{"0":-2}}"#);
+        assert_eq!(
+            to_json(&parsed).to_string(),
+            r#"{"a":{"0":23,"1":-1},"b":{"0":-2}}"#
+        );
         assert!(parse(r#"{"a":{"x":1}}"#, "startingOffsets").is_err());
     }
 }

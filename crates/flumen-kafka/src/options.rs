@@ -114,13 +114,27 @@ pub struct SourceConfig {
 fn unsupported_kafka_option(key: &str, source: bool) -> Option<String> {
     let k = key.to_ascii_lowercase();
     let msg = match k.as_str() {
-        "auto.offset.reset" if source => "Kafka option 'auto.offset.reset' is not supported. Instead set the source option 'startingOffsets' to 'earliest' or 'latest' to specify where to start. Flumen manages which offsets are consumed internally (in the checkpoint), rather than relying on the Kafka consumer to do it.",
-        "key.deserializer" if source => "Kafka option 'key.deserializer' is not supported, as keys are always read as byte arrays. Use DataFrame operations (e.g. CAST(key AS STRING)) to deserialize the keys.",
-        "value.deserializer" if source => "Kafka option 'value.deserializer' is not supported, as values are always read as byte arrays. Use DataFrame operations (e.g. CAST(value AS STRING) and from_json) to deserialize the values.",
-        "enable.auto.commit" if source => "Kafka option 'enable.auto.commit' is not supported: the Kafka source keeps its offsets in the checkpoint. Set kafka.group.id to also commit processed offsets to a consumer group for monitoring.",
-        "interceptor.classes" => "Kafka option 'interceptor.classes' is not supported, as Kafka records are exchanged as raw bytes.",
-        "key.serializer" if !source => "Kafka option 'key.serializer' is not supported, as keys are always written as bytes: give a string or binary 'key' column.",
-        "value.serializer" if !source => "Kafka option 'value.serializer' is not supported, as values are always written as bytes: give a string or binary 'value' column.",
+        "auto.offset.reset" if source => {
+            "Kafka option 'auto.offset.reset' is not supported. Instead set the source option 'startingOffsets' to 'earliest' or 'latest' to specify where to start. Flumen manages which offsets are consumed internally (in the checkpoint), rather than relying on the Kafka consumer to do it."
+        }
+        "key.deserializer" if source => {
+            "Kafka option 'key.deserializer' is not supported, as keys are always read as byte arrays. Use DataFrame operations (e.g. CAST(key AS STRING)) to deserialize the keys."
+        }
+        "value.deserializer" if source => {
+            "Kafka option 'value.deserializer' is not supported, as values are always read as byte arrays. Use DataFrame operations (e.g. CAST(value AS STRING) and from_json) to deserialize the values."
+        }
+        "enable.auto.commit" if source => {
+            "Kafka option 'enable.auto.commit' is not supported: the Kafka source keeps its offsets in the checkpoint. Set kafka.group.id to also commit processed offsets to a consumer group for monitoring."
+        }
+        "interceptor.classes" => {
+            "Kafka option 'interceptor.classes' is not supported, as Kafka records are exchanged as raw bytes."
+        }
+        "key.serializer" if !source => {
+            "Kafka option 'key.serializer' is not supported, as keys are always written as bytes: give a string or binary 'key' column."
+        }
+        "value.serializer" if !source => {
+            "Kafka option 'value.serializer' is not supported, as values are always written as bytes: give a string or binary 'value' column."
+        }
         _ => return None,
     };
     Some(msg.to_string())
@@ -191,7 +205,9 @@ impl SourceConfig {
                 })?;
                 Subscription::Pattern(pattern.to_string())
             }
-            ["assign"] => Subscription::Assign(parse_assign(options.get("assign").unwrap_or_default())?),
+            ["assign"] => {
+                Subscription::Assign(parse_assign(options.get("assign").unwrap_or_default())?)
+            }
             [] => {
                 return Err(FlumenError::invalid_option(
                     "subscribe",
@@ -314,9 +330,16 @@ mod tests {
         let err = SourceConfig::from_options(&opts(&[("kafka.bootstrap.servers", "a:1")]), true)
             .unwrap_err()
             .to_string();
-        assert!(err.contains("One of the following options must be specified"), "{err}");
+        assert!(
+            err.contains("One of the following options must be specified"),
+            "{err}"
+        );
         let err = SourceConfig::from_options(
-            &opts(&[("kafka.bootstrap.servers", "a:1"), ("subscribe", "t"), ("assign", r#"{"t":[0]}"#)]),
+            &opts(&[
+                ("kafka.bootstrap.servers", "a:1"),
+                ("subscribe", "t"),
+                ("assign", r#"{"t":[0]}"#),
+            ]),
             true,
         )
         .unwrap_err()
@@ -327,7 +350,11 @@ mod tests {
     #[test]
     fn rejects_forbidden_kafka_keys() {
         let err = SourceConfig::from_options(
-            &opts(&[("kafka.bootstrap.servers", "a:1"), ("subscribe", "t"), ("kafka.auto.offset.reset", "earliest")]),
+            &opts(&[
+                ("kafka.bootstrap.servers", "a:1"),
+                ("subscribe", "t"),
+                ("kafka.auto.offset.reset", "earliest"),
+            ]),
             true,
         )
         .unwrap_err()
@@ -350,8 +377,13 @@ mod tests {
         .unwrap();
         assert_eq!(c.subscription.describe(), "Assign[t-0, t-1]");
         assert_eq!(c.max_offsets_per_trigger, Some(100));
-        assert_eq!(c.client.get("fetch.wait.max.ms").map(String::as_str), Some("5"));
-        let StartingOffsets::Specific(o) = c.starting else { panic!() };
+        assert_eq!(
+            c.client.get("fetch.wait.max.ms").map(String::as_str),
+            Some("5")
+        );
+        let StartingOffsets::Specific(o) = c.starting else {
+            panic!()
+        };
         assert_eq!(o["t"][&1], -2);
     }
 }

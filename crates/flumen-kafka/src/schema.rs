@@ -3,13 +3,15 @@ use flumen_engine::datafusion::arrow::array::ArrayBuilder;
 
 use std::sync::{Arc, LazyLock};
 
+use flumen_engine::Result;
 use flumen_engine::datafusion::arrow::array::{
     ArrayRef, BinaryBuilder, Int32Builder, Int64Builder, ListArray, RecordBatch, StringBuilder,
     StructArray, TimestampMillisecondBuilder,
 };
 use flumen_engine::datafusion::arrow::buffer::{NullBuffer, OffsetBuffer};
-use flumen_engine::datafusion::arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef, TimeUnit};
-use flumen_engine::Result;
+use flumen_engine::datafusion::arrow::datatypes::{
+    DataType, Field, Fields, Schema, SchemaRef, TimeUnit,
+};
 
 /// The type of the `headers` column: `array<struct<key: string, value: binary>>`.
 pub fn headers_type() -> DataType {
@@ -184,6 +186,9 @@ impl KafkaRowsBuilder {
             )?;
             columns.push(Arc::new(list));
         }
-        Ok(RecordBatch::try_new(kafka_schema(self.include_headers), columns)?)
+        Ok(RecordBatch::try_new(
+            kafka_schema(self.include_headers),
+            columns,
+        )?)
     }
 }

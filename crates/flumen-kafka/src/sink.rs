@@ -43,7 +43,11 @@ impl ProducerContext for DeliveryTracker {
             if let Ok(mut first) = self.first_error.lock()
                 && first.is_none()
             {
-                *first = Some(format!("{e} (topic {}, partition {})", msg.topic(), msg.partition()));
+                *first = Some(format!(
+                    "{e} (topic {}, partition {})",
+                    msg.topic(),
+                    msg.partition()
+                ));
             }
         }
     }
@@ -63,7 +67,12 @@ pub(crate) struct SinkLayout {
 fn is_text_or_binary(t: &DataType) -> bool {
     matches!(
         t,
-        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View | DataType::Binary | DataType::LargeBinary | DataType::BinaryView
+        DataType::Utf8
+            | DataType::LargeUtf8
+            | DataType::Utf8View
+            | DataType::Binary
+            | DataType::LargeBinary
+            | DataType::BinaryView
     )
 }
 
@@ -82,8 +91,12 @@ impl SinkLayout {
                     "topic option required when no 'topic' attribute is present. Use the topic option for setting a topic.",
                 ));
             }
-            Some(i) if topic_option.is_none()
-                && !matches!(schema.field(i).data_type(), DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View) =>
+            Some(i)
+                if topic_option.is_none()
+                    && !matches!(
+                        schema.field(i).data_type(),
+                        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
+                    ) =>
             {
                 return Err(invalid("topic must be a(n) string"));
             }
@@ -169,7 +182,11 @@ pub(crate) fn produce(
             _ => None,
         };
         let topic = topic.as_ref().map(|t| t.as_string::<i32>());
-        let partition = layout.partition.map(|p| batch.column(p).as_primitive::<flumen_engine::datafusion::arrow::datatypes::Int32Type>());
+        let partition = layout.partition.map(|p| {
+            batch
+                .column(p)
+                .as_primitive::<flumen_engine::datafusion::arrow::datatypes::Int32Type>()
+        });
         let headers = layout.headers.map(|h| batch.column(h).as_list::<i32>());
         for row in 0..batch.num_rows() {
             let topic_name = match (&layout.topic_option, topic) {
@@ -219,12 +236,14 @@ pub(crate) fn produce(
                         producer.poll(Duration::from_millis(50));
                     }
                     Err((e, _)) => {
-                        return Err(sink_error(format!("cannot produce to topic {topic_name}: {e}")));
+                        return Err(sink_error(format!(
+                            "cannot produce to topic {topic_name}: {e}"
+                        )));
                     }
                 }
             }
             rows += 1;
-            if rows % 1024 == 0 {
+            if rows.is_multiple_of(1024) {
                 producer.poll(Duration::ZERO);
             }
         }

@@ -1,7 +1,5 @@
 //! The Kafka streaming source: Spark's offsets and rate limiting over [`KafkaFetcher`].
 
-
-
 use async_trait::async_trait;
 use flumen_engine::datafusion::arrow::array::RecordBatch;
 use flumen_engine::datafusion::arrow::datatypes::SchemaRef;
@@ -144,7 +142,9 @@ pub(crate) fn resolve_start(
                     o => {
                         return Err(FlumenError::invalid_option(
                             "startingOffsets",
-                            format!("offset {o} for {t}-{p} is not valid; use -2 (earliest), -1 (latest) or an offset"),
+                            format!(
+                                "offset {o} for {t}-{p} is not valid; use -2 (earliest), -1 (latest) or an offset"
+                            ),
                         ));
                     }
                 };
@@ -178,7 +178,11 @@ pub(crate) fn rate_limit(
             let backlog = size(t, *p, *end);
             let begin = end - backlog;
             let prorate = limit as f64 * (backlog as f64 / total as f64);
-            let take = if prorate < 1.0 { prorate.ceil() } else { prorate.floor() } as i64;
+            let take = if prorate < 1.0 {
+                prorate.ceil()
+            } else {
+                prorate.floor()
+            } as i64;
             out.entry(t.clone())
                 .or_default()
                 .insert(*p, begin + take.min(backlog));
@@ -338,7 +342,11 @@ impl SourceReader for KafkaReader {
         self.with_fetcher(move |f| f.commit(&end)).await
     }
 
-    fn metrics(&self, _latest: &SourceOffset, end: &SourceOffset) -> serde_json::Map<String, Value> {
+    fn metrics(
+        &self,
+        _latest: &SourceOffset,
+        end: &SourceOffset,
+    ) -> serde_json::Map<String, Value> {
         let mut metrics = serde_json::Map::new();
         let Ok(end) = offsets::from_json(end, "end") else {
             return metrics;
@@ -360,9 +368,18 @@ impl SourceReader for KafkaReader {
         let min = lags.iter().min().copied().unwrap_or(0);
         let max = lags.iter().max().copied().unwrap_or(0);
         let avg = lags.iter().sum::<i64>() as f64 / lags.len() as f64;
-        metrics.insert("minOffsetsBehindLatest".into(), Value::from(min.to_string()));
-        metrics.insert("maxOffsetsBehindLatest".into(), Value::from(max.to_string()));
-        metrics.insert("avgOffsetsBehindLatest".into(), Value::from(avg.to_string()));
+        metrics.insert(
+            "minOffsetsBehindLatest".into(),
+            Value::from(min.to_string()),
+        );
+        metrics.insert(
+            "maxOffsetsBehindLatest".into(),
+            Value::from(max.to_string()),
+        );
+        metrics.insert(
+            "avgOffsetsBehindLatest".into(),
+            Value::from(avg.to_string()),
+        );
         metrics
     }
 
@@ -375,7 +392,9 @@ impl SourceReader for KafkaReader {
 }
 
 fn start_has(offsets: &PartitionOffsets, topic: &str, partition: i32) -> bool {
-    offsets.get(topic).is_some_and(|p| p.contains_key(&partition))
+    offsets
+        .get(topic)
+        .is_some_and(|p| p.contains_key(&partition))
 }
 
 #[cfg(test)]
@@ -385,8 +404,10 @@ mod tests {
     #[test]
     fn rate_limit_splits_by_backlog_like_spark() {
         use std::collections::BTreeMap;
-        let start: PartitionOffsets = BTreeMap::from([("t".into(), BTreeMap::from([(0, 0), (1, 0)]))]);
-        let latest: PartitionOffsets = BTreeMap::from([("t".into(), BTreeMap::from([(0, 90), (1, 10)]))]);
+        let start: PartitionOffsets =
+            BTreeMap::from([("t".into(), BTreeMap::from([(0, 0), (1, 0)]))]);
+        let latest: PartitionOffsets =
+            BTreeMap::from([("t".into(), BTreeMap::from([(0, 90), (1, 10)]))]);
         let end = rate_limit(&start, &latest, 10);
         assert_eq!(end["t"][&0], 9);
         assert_eq!(end["t"][&1], 1);

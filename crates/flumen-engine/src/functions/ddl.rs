@@ -22,10 +22,7 @@ use crate::error::{FlumenError, Result};
 /// assert_eq!(schema.field(0).name(), "PassengerId");
 /// ```
 pub fn parse_ddl_schema(ddl: &str) -> Result<Schema> {
-    let mut parser = Parser {
-        text: ddl,
-        pos: 0,
-    };
+    let mut parser = Parser { text: ddl, pos: 0 };
     let fields = parser.fields(None)?;
     parser.skip_ws();
     if parser.pos != ddl.len() {

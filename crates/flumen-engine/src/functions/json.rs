@@ -277,7 +277,8 @@ fn feed_one(decoder: &mut arrow_json::reader::Decoder, bytes: &[u8], before: usi
         _ => return false,
     }
     // A bare number at the end of a record is only complete once a delimiter follows.
-    if decoder.has_partial_record() && (decoder.decode(b"\n").is_err() || decoder.has_partial_record())
+    if decoder.has_partial_record()
+        && (decoder.decode(b"\n").is_err() || decoder.has_partial_record())
     {
         return false;
     }
@@ -474,7 +475,11 @@ mod tests {
         let out = decode(vec![Some(r#"{"id":1,"age":22.0}"#), Some(r#"{"id":2}"#)]);
         let ids = out.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
         assert_eq!(ids.values(), &[1, 2]);
-        let ages = out.column(1).as_any().downcast_ref::<Float64Array>().unwrap();
+        let ages = out
+            .column(1)
+            .as_any()
+            .downcast_ref::<Float64Array>()
+            .unwrap();
         assert_eq!(ages.value(0), 22.0);
         assert!(ages.is_null(1));
         assert_eq!(out.column(2).null_count(), 2);
@@ -497,7 +502,10 @@ mod tests {
         assert_eq!(ids.value(0), 1);
         assert_eq!(ids.value(6), 6);
         for bad in [1, 3, 4, 5] {
-            assert!(out.is_valid(bad), "row {bad} is an all-null struct, not null");
+            assert!(
+                out.is_valid(bad),
+                "row {bad} is an all-null struct, not null"
+            );
             assert!(ids.is_null(bad));
             assert!(corrupt.is_valid(bad));
         }
@@ -514,7 +522,10 @@ mod tests {
             ..Default::default()
         };
         let err = decode_json_column(&input, &schema(), &options).unwrap_err();
-        assert!(err.to_string().contains("Parse Mode: FAILFAST. Record: {oops"));
+        assert!(
+            err.to_string()
+                .contains("Parse Mode: FAILFAST. Record: {oops")
+        );
     }
 
     #[test]

@@ -155,9 +155,11 @@ pub fn interval(text: &str) -> Result<Expr> {
     let nanos = i64::try_from(duration.as_nanos()).map_err(|_| {
         crate::FlumenError::invalid_option("interval", format!("'{text}' is too long"))
     })?;
-    Ok(lit(datafusion::common::ScalarValue::IntervalMonthDayNano(Some(
-        datafusion::arrow::datatypes::IntervalMonthDayNano::new(0, 0, nanos),
-    ))))
+    Ok(lit(datafusion::common::ScalarValue::IntervalMonthDayNano(
+        Some(datafusion::arrow::datatypes::IntervalMonthDayNano::new(
+            0, 0, nanos,
+        )),
+    )))
 }
 
 /// Registers the Spark-compatible functions of this module in a DataFusion session.

@@ -186,7 +186,9 @@ pub fn binary_to_string_lossy(input: &ArrayRef) -> DFResult<ArrayRef> {
         safe: false,
         ..Default::default()
     };
-    if let Ok(valid) = datafusion::arrow::compute::cast_with_options(input, &DataType::Utf8, &strict) {
+    if let Ok(valid) =
+        datafusion::arrow::compute::cast_with_options(input, &DataType::Utf8, &strict)
+    {
         return Ok(valid);
     }
     let binary = cast(input, &DataType::LargeBinary)?;
@@ -204,7 +206,10 @@ pub fn binary_to_string_lossy(input: &ArrayRef) -> DFResult<ArrayRef> {
 fn is_binary(t: &DataType) -> bool {
     matches!(
         t,
-        DataType::Binary | DataType::LargeBinary | DataType::BinaryView | DataType::FixedSizeBinary(_)
+        DataType::Binary
+            | DataType::LargeBinary
+            | DataType::BinaryView
+            | DataType::FixedSizeBinary(_)
     )
 }
 
@@ -338,7 +343,6 @@ pub fn spark_struct(args: Vec<Expr>) -> Expr {
     }
     datafusion::functions::core::named_struct().call(named)
 }
-
 
 #[cfg(test)]
 mod tests {

@@ -72,11 +72,9 @@ impl StreamSink for ForeachBatchSink {
                 .map_err(|_| FlumenError::IllegalState("foreach_batch callback poisoned".into()))?;
             (callback)(df, batch_id)
         };
-        future
-            .await
-            .map_err(|e| FlumenError::Sink {
-                sink: "ForeachBatchSink".into(),
-                message: format!("batch {batch_id} failed in user code: {e}"),
-            })
+        future.await.map_err(|e| FlumenError::Sink {
+            sink: "ForeachBatchSink".into(),
+            message: format!("batch {batch_id} failed in user code: {e}"),
+        })
     }
 }
