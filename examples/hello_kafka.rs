@@ -11,7 +11,7 @@
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use flumen_examples::Broker;
+use flumen_examples::{Broker, KafkaArgs};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
@@ -21,9 +21,8 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 /// Produce five greetings to demo-topic and read them back.
 #[derive(Parser, Debug)]
 struct Args {
-    /// Kafka to use (default: an embedded broker).
-    #[arg(long)]
-    bootstrap_servers: Option<String>,
+    #[command(flatten)]
+    kafka: KafkaArgs,
     /// Topic to write and read.
     #[arg(long, default_value = "demo-topic")]
     topic: String,
@@ -38,12 +37,15 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let broker = Broker::connect(args.bootstrap_servers)?;
+    let broker = Broker::from_args(&args.kafka)?;
     broker.ensure_topics(&[(args.topic.as_str(), 1)]).await?;
 
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", broker.servers())
-        .create()?;
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", broker.servers());
+    for (k, v) in &args.kafka.kafka_options {
+        config.set(k, v);
+    }
+    let producer: FutureProducer = config.create()?;
     for i in 0..5 {
         let msg = format!("Hello {i}");
         producer
@@ -57,20 +59,18 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(args.interval_ms)).await;
     }
 
-    let servers = broker.servers().to_string();
+    config
+        .set("group.id", "hello-kafka")
+        .set("enable.auto.commit", "false");
     let topic = args.topic.clone();
     let idle = Duration::from_millis(args.idle_timeout_ms);
-    tokio::task::spawn_blocking(move || consume_from_earliest(&servers, &topic, idle)).await??;
+    tokio::task::spawn_blocking(move || consume_from_earliest(config, &topic, idle)).await??;
     Ok(())
 }
 
 /// Reads every partition of `topic` from the beginning until `idle` passes without a message.
-fn consume_from_earliest(servers: &str, topic: &str, idle: Duration) -> anyhow::Result<()> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", servers)
-        .set("group.id", "hello-kafka")
-        .set("enable.auto.commit", "false")
-        .create()?;
+fn consume_from_earliest(config: ClientConfig, topic: &str, idle: Duration) -> anyhow::Result<()> {
+    let consumer: BaseConsumer = config.create()?;
     let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
     let mut assignment = TopicPartitionList::new();
     for t in metadata.topics() {

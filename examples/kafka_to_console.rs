@@ -11,14 +11,14 @@
 
 use clap::Parser;
 use flumen::prelude::*;
-use flumen_examples::{Broker, run_until_ctrl_c};
+use flumen_examples::{Broker, KafkaArgs, run_until_ctrl_c};
 
 /// Stream a topic to the console.
 #[derive(Parser, Debug)]
 struct Args {
-    /// Kafka to use (default: an embedded broker, seeded with Hello 0..4).
-    #[arg(long)]
-    bootstrap_servers: Option<String>,
+    /// Kafka to use; the embedded broker (the default) is seeded with Hello 0..4.
+    #[command(flatten)]
+    kafka: KafkaArgs,
     /// Topic to read.
     #[arg(long, default_value = "demo-topic")]
     topic: String,
@@ -30,7 +30,7 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let broker = Broker::connect(args.bootstrap_servers)?;
+    let broker = Broker::from_args(&args.kafka)?;
     let session = StreamSession::new();
     if broker.is_embedded() {
         broker.ensure_topics(&[(args.topic.as_str(), 1)]).await?;
@@ -39,6 +39,7 @@ async fn main() -> anyhow::Result<()> {
             .await?
             .write_kafka()
             .bootstrap_servers(broker.servers())
+        .options(broker.kafka_options())
             .topic(&args.topic)
             .save()
             .await?;
@@ -48,6 +49,7 @@ async fn main() -> anyhow::Result<()> {
         .read_stream()
         .kafka()
         .bootstrap_servers(broker.servers())
+        .options(broker.kafka_options())
         .subscribe([args.topic.as_str()])
         .starting_offsets(StartingOffsets::Earliest)
         .load()?;

@@ -13,14 +13,14 @@ use std::path::PathBuf;
 use clap::Parser;
 use flumen::datafusion::arrow::datatypes::DataType;
 use flumen::prelude::*;
-use flumen_examples::{Broker, run_until_ctrl_c};
+use flumen_examples::{Broker, KafkaArgs, run_until_ctrl_c};
 
 /// Tag every record of one topic and write it to another.
 #[derive(Parser, Debug)]
 struct Args {
-    /// Kafka to use (default: an embedded broker, seeded with Hello 0..4).
-    #[arg(long)]
-    bootstrap_servers: Option<String>,
+    /// Kafka to use; the embedded broker (the default) is seeded with Hello 0..4.
+    #[command(flatten)]
+    kafka: KafkaArgs,
     /// Topic to read.
     #[arg(long, default_value = "demo-topic")]
     input: String,
@@ -38,7 +38,7 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let broker = Broker::connect(args.bootstrap_servers)?;
+    let broker = Broker::from_args(&args.kafka)?;
     let session = StreamSession::new();
     broker
         .ensure_topics(&[(args.input.as_str(), 1), (args.output.as_str(), 1)])
@@ -57,6 +57,7 @@ async fn main() -> anyhow::Result<()> {
             .await?
             .write_kafka()
             .bootstrap_servers(broker.servers())
+        .options(broker.kafka_options())
             .topic(&args.input)
             .save()
             .await?;
@@ -66,6 +67,7 @@ async fn main() -> anyhow::Result<()> {
         .read_stream()
         .kafka()
         .bootstrap_servers(broker.servers())
+        .options(broker.kafka_options())
         .subscribe([args.input.as_str()])
         .starting_offsets(StartingOffsets::Earliest)
         .load()?;
@@ -80,6 +82,7 @@ async fn main() -> anyhow::Result<()> {
         .write_stream()
         .kafka()
         .bootstrap_servers(broker.servers())
+        .options(broker.kafka_options())
         .topic(&args.output)
         .checkpoint_location(&args.checkpoint)
         .output_mode(OutputMode::Append)
@@ -101,6 +104,7 @@ async fn main() -> anyhow::Result<()> {
     let out = session
         .read_kafka()
         .bootstrap_servers(broker.servers())
+        .options(broker.kafka_options())
         .subscribe([args.output.as_str()])
         .load()
         .await?;

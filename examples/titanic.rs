@@ -12,8 +12,8 @@ use std::time::Instant;
 
 use clap::Parser;
 use flumen::prelude::*;
-use flumen_examples::Broker;
 use flumen_examples::titanic::{self, ENRICHED_TOPIC, RAW_TOPIC, TitanicData};
+use flumen_examples::{Broker, KafkaArgs};
 
 /// Run the Titanic enrichment end to end and summarise it.
 #[derive(Parser, Debug)]
@@ -21,16 +21,15 @@ struct Args {
     /// The Titanic CSV (default: $FLUMEN_TITANIC_CSV, else 891 generated passengers).
     #[arg(long)]
     csv: Option<PathBuf>,
-    /// Kafka to use (default: an embedded broker).
-    #[arg(long)]
-    bootstrap_servers: Option<String>,
+    #[command(flatten)]
+    kafka: KafkaArgs,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let started = Instant::now();
-    let broker = Broker::connect(args.bootstrap_servers)?;
+    let broker = Broker::from_args(&args.kafka)?;
     broker
         .ensure_topics(&[(RAW_TOPIC, 1), (ENRICHED_TOPIC, 1)])
         .await?;
@@ -38,16 +37,24 @@ async fn main() -> anyhow::Result<()> {
     let data = TitanicData::choose(args.csv);
     let passengers = data.load(&session).await?;
     let schema = Arc::new(passengers.schema().as_arrow().clone());
-    let loaded =
-        titanic::load_into_kafka(passengers, &session, broker.servers(), RAW_TOPIC).await?;
+    let loaded = titanic::load_into_kafka(
+        passengers,
+        &session,
+        broker.servers(),
+        RAW_TOPIC,
+        &broker.kafka_options(),
+    )
+    .await?;
     println!("1. Loaded {loaded} passengers into {RAW_TOPIC}");
 
     let checkpoint = std::env::temp_dir().join(format!("flumen-titanic-{}", std::process::id()));
-    let enriched = titanic::enriched_stream(&session, broker.servers(), schema)?;
+    let enriched =
+        titanic::enriched_stream(&session, broker.servers(), &broker.kafka_options(), schema)?;
     let query = titanic::to_kafka_records(&enriched)?
         .write_stream()
         .kafka()
         .bootstrap_servers(broker.servers())
+        .options(broker.kafka_options())
         .topic(ENRICHED_TOPIC)
         .checkpoint_location(&checkpoint)
         .query_name("titanic_enrich")
@@ -67,6 +74,7 @@ async fn main() -> anyhow::Result<()> {
     let out = session
         .read_kafka()
         .bootstrap_servers(broker.servers())
+        .options(broker.kafka_options())
         .subscribe([ENRICHED_TOPIC])
         .load()
         .await?;

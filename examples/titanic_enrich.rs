@@ -16,14 +16,13 @@ use std::path::PathBuf;
 use clap::Parser;
 use flumen::prelude::*;
 use flumen_examples::titanic::{self, ENRICHED_TOPIC, PRETTY_COLUMNS, RAW_TOPIC, TitanicData};
-use flumen_examples::{Broker, run_until_ctrl_c};
+use flumen_examples::{Broker, KafkaArgs, run_until_ctrl_c};
 
 /// Enrich Titanic passengers streaming through Kafka.
 #[derive(Parser, Debug)]
 struct Args {
-    /// Kafka to use (default: an embedded broker).
-    #[arg(long)]
-    bootstrap_servers: Option<String>,
+    #[command(flatten)]
+    kafka: KafkaArgs,
     /// The Titanic CSV (default: $FLUMEN_TITANIC_CSV, else 891 generated passengers).
     #[arg(long)]
     csv: Option<PathBuf>,
@@ -41,7 +40,7 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let broker = Broker::connect(args.bootstrap_servers)?;
+    let broker = Broker::from_args(&args.kafka)?;
     broker
         .ensure_topics(&[(RAW_TOPIC, 1), (ENRICHED_TOPIC, 1)])
         .await?;
@@ -58,11 +57,19 @@ async fn main() -> anyhow::Result<()> {
     let schema = std::sync::Arc::new(titanic_df.schema().as_arrow().clone());
 
     if !args.no_load {
-        let n = titanic::load_into_kafka(titanic_df, &session, broker.servers(), RAW_TOPIC).await?;
+        let n = titanic::load_into_kafka(
+            titanic_df,
+            &session,
+            broker.servers(),
+            RAW_TOPIC,
+            &broker.kafka_options(),
+        )
+        .await?;
         println!("Loaded {n} passengers into the topic {RAW_TOPIC}");
     }
 
-    let enriched_df = titanic::enriched_stream(&session, broker.servers(), schema)?;
+    let enriched_df =
+        titanic::enriched_stream(&session, broker.servers(), &broker.kafka_options(), schema)?;
     let pretty_df = enriched_df.select_columns(&PRETTY_COLUMNS)?;
     let trigger = if args.available_now {
         Trigger::AvailableNow
@@ -73,6 +80,7 @@ async fn main() -> anyhow::Result<()> {
         .write_stream()
         .kafka()
         .bootstrap_servers(broker.servers())
+        .options(broker.kafka_options())
         .topic(ENRICHED_TOPIC)
         .checkpoint_location(&args.checkpoint)
         .output_mode(OutputMode::Append)

@@ -8,6 +8,12 @@ use flumen::prelude::*;
 use flumen_examples::titanic;
 use flumen_tests::*;
 
+/// Producer settings for tansu 0.6, which reports wrong latest offsets (ListOffsets) when a
+/// record batch holds more than one record: one record per batch keeps them right.
+fn single_record_batches() -> Vec<(String, String)> {
+    vec![("kafka.batch.num.messages".to_string(), "1".to_string())]
+}
+
 fn broker() -> Option<String> {
     let servers = std::env::var("FLUMEN_E2E_BOOTSTRAP").ok();
     if servers.is_none() {
@@ -41,9 +47,15 @@ async fn titanic_enrichment_against_a_real_broker() {
     let passengers = session.read_csv(titanic_csv()).await.unwrap();
     let schema = Arc::new(passengers.schema().as_arrow().clone());
     assert_eq!(
-        titanic::load_into_kafka(passengers, &session, &servers, &raw)
-            .await
-            .unwrap(),
+        titanic::load_into_kafka(
+            passengers,
+            &session,
+            &servers,
+            &raw,
+            &single_record_batches()
+        )
+        .await
+        .unwrap(),
         891
     );
 
@@ -82,6 +94,7 @@ async fn titanic_enrichment_against_a_real_broker() {
         .kafka()
         .bootstrap_servers(&servers)
         .topic(&enriched_topic)
+        .options(single_record_batches())
         .checkpoint_location(checkpoint.path())
         .trigger(Trigger::AvailableNow)
         .start()

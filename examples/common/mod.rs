@@ -10,11 +10,31 @@ use flumen::prelude::*;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+
+/// The Kafka flags every example takes.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct KafkaArgs {
+    /// Kafka to use, as HOST:PORT[,HOST:PORT] (default: an embedded broker).
+    #[arg(long)]
+    pub bootstrap_servers: Option<String>,
+    /// A librdkafka property for every Kafka client, as KEY=VALUE (repeatable), e.g.
+    /// `--kafka-option security.protocol=SSL`.
+    #[arg(long = "kafka-option", value_parser = parse_key_value)]
+    pub kafka_options: Vec<(String, String)>,
+}
+
+fn parse_key_value(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .ok_or_else(|| format!("expected KEY=VALUE, got '{text}'"))
+}
 
 /// A broker for an example: the embedded one (kept alive by this handle) or an external one.
 pub struct Broker {
     servers: String,
     embedded: Option<EmbeddedKafka>,
+    options: Vec<(String, String)>,
 }
 
 impl Broker {
@@ -26,6 +46,7 @@ impl Broker {
                 Ok(Self {
                     servers,
                     embedded: None,
+                    options: Vec::new(),
                 })
             }
             None => {
@@ -37,9 +58,25 @@ impl Broker {
                 Ok(Self {
                     servers: kafka.bootstrap_servers().to_string(),
                     embedded: Some(kafka),
+                    options: Vec::new(),
                 })
             }
         }
+    }
+
+    /// Connects as the example's flags say.
+    pub fn from_args(args: &KafkaArgs) -> flumen::Result<Self> {
+        let mut broker = Self::connect(args.bootstrap_servers.clone())?;
+        broker.options = args.kafka_options.clone();
+        Ok(broker)
+    }
+
+    /// Extra librdkafka properties (`--kafka-option`), as Spark-style `kafka.*` options.
+    pub fn kafka_options(&self) -> Vec<(String, String)> {
+        self.options
+            .iter()
+            .map(|(k, v)| (format!("kafka.{k}"), v.clone()))
+            .collect()
     }
 
     /// `host:port` for `bootstrap.servers`.
@@ -60,20 +97,62 @@ impl Broker {
             }
             return Ok(());
         }
-        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-            .set("bootstrap.servers", &self.servers)
-            .create()?;
-        let new: Vec<NewTopic> = topics
+        let servers = self.servers.clone();
+        let names: Vec<String> = topics.iter().map(|(n, _)| n.to_string()).collect();
+        let existing = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<String>> {
+            let consumer: BaseConsumer = ClientConfig::new()
+                .set("bootstrap.servers", &servers)
+                .create()?;
+            let metadata = consumer.fetch_metadata(None, Duration::from_secs(15))?;
+            Ok(metadata
+                .topics()
+                .iter()
+                .filter(|t| t.error().is_none() && names.contains(&t.name().to_string()))
+                .map(|t| t.name().to_string())
+                .collect())
+        })
+        .await??;
+        let missing: Vec<NewTopic> = topics
             .iter()
+            .filter(|(name, _)| !existing.iter().any(|e| e == name))
             .map(|(name, partitions)| NewTopic::new(name, *partitions, TopicReplication::Fixed(1)))
             .collect();
-        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
-        for result in admin.create_topics(&new, &options).await? {
-            match result {
-                Ok(_) => {}
-                Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                Err((topic, e)) => anyhow::bail!("cannot create topic {topic}: {e}"),
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", &self.servers);
+        for (k, v) in &self.options {
+            config.set(k, v);
+        }
+        let admin: AdminClient<DefaultClientContext> = config.create()?;
+        let options = AdminOptions::new()
+            .operation_timeout(Some(Duration::from_secs(15)))
+            .request_timeout(Some(Duration::from_secs(15)));
+        // Some brokers (librdkafka's mock among them) do not implement CreateTopics; they
+        // create topics on first use instead, so a failure here is only a warning.
+        match tokio::time::timeout(
+            Duration::from_secs(20),
+            admin.create_topics(&missing, &options),
+        )
+        .await
+        {
+            Ok(Ok(results)) => {
+                for result in results {
+                    match result {
+                        Ok(_) | Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                        Err((topic, e)) => eprintln!(
+                            "warning: cannot create topic {topic} ({e}); relying on the broker's auto-creation"
+                        ),
+                    }
+                }
             }
+            Ok(Err(e)) => eprintln!(
+                "warning: cannot create topics ({e}); relying on the broker's auto-creation"
+            ),
+            Err(_) => eprintln!(
+                "warning: the broker did not answer CreateTopics within 20 s; relying on its auto-creation"
+            ),
         }
         Ok(())
     }

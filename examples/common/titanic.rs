@@ -180,13 +180,16 @@ pub fn generate(rows: usize, seed: u64) -> flumen::Result<RecordBatch> {
 
 /// Writes the passengers to `topic`: key = PassengerId, value = the row as JSON (the notebook's
 /// `selectExpr("CAST(PassengerId AS STRING) AS key", "to_json(struct(*)) AS value")`).
+///
+/// `kafka_options` are Spark-style `kafka.*` options for the producer.
 pub async fn load_into_kafka(
     passengers: DataFrame,
     session: &StreamSession,
     servers: &str,
     topic: &str,
+    kafka_options: &[(String, String)],
 ) -> flumen::Result<u64> {
-    session
+    let mut writer = session
         .frame(passengers)
         .select_expr([
             "CAST(PassengerId AS STRING) AS key",
@@ -194,9 +197,11 @@ pub async fn load_into_kafka(
         ])?
         .write_kafka()
         .bootstrap_servers(servers)
-        .topic(topic)
-        .save()
-        .await
+        .topic(topic);
+    for (k, v) in kafka_options {
+        writer = writer.option(k.as_str(), v);
+    }
+    writer.save().await
 }
 
 /// The static class table: 1 First Class, 2 Second Class, 3 Third Class.
@@ -224,12 +229,14 @@ pub fn class_names(session: &StreamSession) -> flumen::Result<DataFrame> {
 pub fn enriched_stream(
     session: &StreamSession,
     servers: &str,
+    kafka_options: &[(String, String)],
     schema: SchemaRef,
 ) -> flumen::Result<StreamFrame> {
     let raw = session
         .read_stream()
         .kafka()
         .bootstrap_servers(servers)
+        .options(kafka_options.iter().cloned())
         .subscribe([RAW_TOPIC])
         .starting_offsets(StartingOffsets::Earliest)
         .load()?;

@@ -13,10 +13,15 @@ async fn run_titanic(max_per_trigger: Option<u64>) -> (Vec<Record>, Vec<Streamin
     let session = StreamSession::new();
     let passengers = session.read_csv(titanic_csv()).await.unwrap();
     let schema = Arc::new(passengers.schema().as_arrow().clone());
-    let loaded =
-        titanic::load_into_kafka(passengers, &session, kafka.bootstrap_servers(), RAW_TOPIC)
-            .await
-            .unwrap();
+    let loaded = titanic::load_into_kafka(
+        passengers,
+        &session,
+        kafka.bootstrap_servers(),
+        RAW_TOPIC,
+        &[],
+    )
+    .await
+    .unwrap();
     assert_eq!(loaded, 891);
 
     let raw = session

@@ -63,8 +63,10 @@ pub fn produce_to(
     records: &[KeyValue<'_>],
     headers: &[(&str, Option<&[u8]>)],
 ) {
+    // One record per batch: tansu 0.6 reports wrong latest offsets for multi-record batches.
     let producer: BaseProducer = ClientConfig::new()
         .set("bootstrap.servers", servers)
+        .set("batch.num.messages", "1")
         .create()
         .expect("producer");
     for (key, value) in records {
@@ -92,8 +94,7 @@ pub fn produce_to(
 
 /// Produces text values (no keys).
 pub fn produce_values(servers: &str, topic: &str, values: &[&str]) {
-    let records: Vec<KeyValue<'_>> =
-        values.iter().map(|v| (None, Some(v.as_bytes()))).collect();
+    let records: Vec<KeyValue<'_>> = values.iter().map(|v| (None, Some(v.as_bytes()))).collect();
     produce(servers, topic, &records);
 }
 

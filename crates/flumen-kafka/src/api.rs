@@ -97,6 +97,17 @@ macro_rules! source_setters {
                 self.$field = self.$field.option(key, value);
                 self
             }
+
+            /// Several Spark-style options at once.
+            pub fn options<K: Into<String>, V: ToString>(
+                mut self,
+                options: impl IntoIterator<Item = (K, V)>,
+            ) -> Self {
+                for (k, v) in options {
+                    self = self.option(k, v);
+                }
+                self
+            }
         }
     };
 }
@@ -150,6 +161,17 @@ impl KafkaStreamWriter {
     /// A Spark-style option (`kafka.*` producer properties pass through to librdkafka).
     pub fn option(mut self, key: impl Into<String>, value: impl ToString) -> Self {
         self.writer = self.writer.option(key, value);
+        self
+    }
+
+    /// Several Spark-style options at once.
+    pub fn options<K: Into<String>, V: ToString>(
+        mut self,
+        options: impl IntoIterator<Item = (K, V)>,
+    ) -> Self {
+        for (k, v) in options {
+            self = self.option(k, v);
+        }
         self
     }
 
@@ -257,6 +279,17 @@ mod batch_setters {
             self.set(key, value)
         }
 
+        /// Several Spark-style options at once.
+        pub fn options<K: Into<String>, V: ToString>(
+            mut self,
+            options: impl IntoIterator<Item = (K, V)>,
+        ) -> Self {
+            for (k, v) in options {
+                self = self.set(k, v);
+            }
+            self
+        }
+
         /// Reads the range and returns it as a DataFrame with the Kafka schema.
         pub async fn load(self) -> Result<DataFrame> {
             let config = SourceConfig::from_options(&self.options, false)?;
@@ -319,6 +352,17 @@ impl KafkaBatchWriter {
     /// A Spark-style option (`kafka.*` producer properties pass through).
     pub fn option(mut self, key: impl Into<String>, value: impl ToString) -> Self {
         self.options.set(key, value.to_string());
+        self
+    }
+
+    /// Several Spark-style options at once.
+    pub fn options<K: Into<String>, V: ToString>(
+        mut self,
+        options: impl IntoIterator<Item = (K, V)>,
+    ) -> Self {
+        for (k, v) in options {
+            self = self.option(k, v);
+        }
         self
     }
 
