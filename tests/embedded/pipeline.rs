@@ -688,3 +688,92 @@ async fn static_join_builds_its_hash_table_once_per_query() {
          +--------+--------------+"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn current_timestamp_is_the_batch_timestamp() {
+    let kafka = EmbeddedKafka::with_topics(&[("t", 1)]).unwrap();
+    produce_values(kafka.bootstrap_servers(), "t", &["a", "b", "c"]);
+    let session = StreamSession::new();
+    let checkpoint = temp_dir();
+    let query = session
+        .read_stream()
+        .kafka()
+        .bootstrap_servers(kafka.bootstrap_servers())
+        .subscribe(["t"])
+        .starting_offsets(StartingOffsets::Earliest)
+        .load()
+        .unwrap()
+        .select([
+            current_timestamp().alias("now"),
+            (current_timestamp() + interval("5 seconds").unwrap()).alias("later"),
+        ])
+        .unwrap()
+        .write_stream()
+        .memory()
+        .query_name("stamps")
+        .checkpoint_location(checkpoint.path())
+        .start()
+        .await
+        .unwrap();
+    query.process_all_available().await.unwrap();
+    query.stop().await.unwrap();
+    let offsets = std::fs::read_to_string(checkpoint.path().join("offsets/0")).unwrap();
+    let meta: serde_json::Value = serde_json::from_str(offsets.lines().nth(1).unwrap()).unwrap();
+    let batch_ms = meta["batchTimestampMs"].as_i64().unwrap();
+    let table = sql_table(
+        &session,
+        "SELECT count(DISTINCT now) AS distinct_now, \
+                min(CAST(now AS BIGINT)) / 1000000 AS now_ms, \
+                min(CAST(later AS BIGINT) - CAST(now AS BIGINT)) / 1000000 AS diff_ms FROM stamps",
+    )
+    .await;
+    assert_eq!(
+        table,
+        format!(
+            "+--------------+---------------+---------+\n\
+             | distinct_now | now_ms        | diff_ms |\n\
+             +--------------+---------------+---------+\n\
+             | 1            | {batch_ms} | 5000    |\n\
+             +--------------+---------------+---------+"
+        )
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_sink_routes_by_topic_and_partition_columns() {
+    let kafka = EmbeddedKafka::with_topics(&[("in", 1), ("even", 2), ("odd", 2)]).unwrap();
+    produce_values(kafka.bootstrap_servers(), "in", &["1", "2", "3", "4"]);
+    let session = StreamSession::new();
+    let checkpoint = temp_dir();
+    let query = session
+        .read_stream()
+        .kafka()
+        .bootstrap_servers(kafka.bootstrap_servers())
+        .subscribe(["in"])
+        .starting_offsets(StartingOffsets::Earliest)
+        .load()
+        .unwrap()
+        .select_expr([
+            "CASE WHEN CAST(CAST(value AS STRING) AS INT) % 2 = 0 THEN 'even' ELSE 'odd' END AS topic",
+            "CAST(1 AS INT) AS partition",
+            "value",
+        ])
+        .unwrap()
+        .write_stream()
+        .kafka()
+        .bootstrap_servers(kafka.bootstrap_servers())
+        .checkpoint_location(checkpoint.path())
+        .start()
+        .await
+        .unwrap();
+    query.process_all_available().await.unwrap();
+    query.stop().await.unwrap();
+    let read = |topic: &str| -> Vec<(i32, String)> {
+        read_topic(kafka.bootstrap_servers(), topic)
+            .iter()
+            .map(|r| (r.partition, r.value_text().unwrap()))
+            .collect()
+    };
+    assert_eq!(read("even"), [(1, "2".to_string()), (1, "4".to_string())]);
+    assert_eq!(read("odd"), [(1, "1".to_string()), (1, "3".to_string())]);
+}

@@ -294,3 +294,120 @@ async fn memory_stream_source_checkpoints_like_kafka() {
         "+---+\n| n |\n+---+\n| 2 |\n| 3 |\n+---+"
     );
 }
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_a_version_1_checkpoint_fixture() {
+    // tests/fixtures/checkpoint-v1: batch 0 read topic t up to offset 2 and was committed.
+    let kafka = EmbeddedKafka::with_topics(&[("t", 1)]).unwrap();
+    produce_numbers(kafka.bootstrap_servers(), "t", 0, 4);
+    let dir = temp_dir();
+    let checkpoint = dir.path().join("checkpoint");
+    copy_dir(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/checkpoint-v1"),
+        &checkpoint,
+    );
+    let session = StreamSession::new();
+    let query = stream_of(&session, kafka.bootstrap_servers(), "t", 100)
+        .await
+        .write_stream()
+        .memory()
+        .query_name("fixture")
+        .checkpoint_location(&checkpoint)
+        .start()
+        .await
+        .unwrap();
+    query.process_all_available().await.unwrap();
+    query.stop().await.unwrap();
+    assert_eq!(query.id(), "5f1c2e3a-0d4b-4c8e-9a7f-2b6d8e1f0a11");
+    let progress = query.recent_progress();
+    assert_eq!(progress.len(), 1);
+    assert_eq!(
+        progress[0].batch_id, 1,
+        "the next batch after the fixture's committed batch 0"
+    );
+    assert_eq!(
+        sql_table(&session, "SELECT n FROM fixture ORDER BY n").await,
+        "+---+\n| n |\n+---+\n| 2 |\n| 3 |\n+---+"
+    );
+}
+
+/// The Titanic enrichment into a memory table, optionally crashing once after the sink wrote
+/// batch 1; returns the table's rows, ordered.
+async fn titanic_to_memory(per_trigger: Option<u64>, crash: bool) -> String {
+    use flumen_examples::titanic;
+    let kafka = EmbeddedKafka::with_topics(&[(titanic::RAW_TOPIC, 1)]).unwrap();
+    let session = StreamSession::new();
+    let passengers = session.read_csv(titanic_csv()).await.unwrap();
+    let schema = Arc::new(passengers.schema().as_arrow().clone());
+    titanic::load_into_kafka(
+        passengers,
+        &session,
+        kafka.bootstrap_servers(),
+        titanic::RAW_TOPIC,
+        &[],
+    )
+    .await
+    .unwrap();
+    let options: Vec<(String, String)> = per_trigger
+        .map(|n| vec![("maxOffsetsPerTrigger".to_string(), n.to_string())])
+        .unwrap_or_default();
+    let enriched = titanic::enriched_stream(&session, kafka.bootstrap_servers(), &options, schema)
+        .unwrap()
+        .select_columns(&titanic::PRETTY_COLUMNS)
+        .unwrap();
+    let checkpoint = temp_dir();
+    let run = || async {
+        let query = enriched
+            .write_stream()
+            .memory()
+            .query_name("enriched")
+            .checkpoint_location(checkpoint.path())
+            .trigger(Trigger::AvailableNow)
+            .start()
+            .await
+            .unwrap();
+        query.await_termination(None).await.unwrap();
+    };
+    run().await;
+    if crash {
+        // Killed after the sink wrote batch 1, before commits/1: restart re-runs batch 1 and
+        // the rest.
+        std::fs::remove_file(checkpoint.path().join("commits/1")).unwrap();
+        for n in 2..20 {
+            let _ = std::fs::remove_file(checkpoint.path().join(format!("commits/{n}")));
+            let _ = std::fs::remove_file(checkpoint.path().join(format!("offsets/{n}")));
+        }
+        run().await;
+    }
+    sql_table(&session, "SELECT * FROM enriched ORDER BY PassengerId").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn titanic_gives_the_same_rows_straight_in_small_batches_and_after_a_crash() {
+    let straight = titanic_to_memory(None, false).await;
+    assert_eq!(
+        straight.lines().count(),
+        891 + 4,
+        "891 rows plus the table's borders"
+    );
+    assert!(
+        straight.contains("| 1           | Braund, Mr. Owen Harris"),
+        "{}",
+        &straight[..600]
+    );
+    assert_eq!(titanic_to_memory(Some(100), false).await, straight);
+    assert_eq!(titanic_to_memory(Some(100), true).await, straight);
+}

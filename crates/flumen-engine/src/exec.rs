@@ -96,7 +96,6 @@ impl Execution {
     async fn run_loop(&mut self) -> Result<()> {
         let source = Arc::clone(&self.plan.source);
         let mut reader = source.open().await?;
-        self.check_conf_unchanged()?;
 
         // Recover: where does the next batch start, and is there an uncommitted batch to re-run?
         let mut start: SourceOffset;
@@ -283,27 +282,6 @@ impl Execution {
         })
     }
 
-    /// Fails when settings recorded in the last offset log differ from this run's.
-    fn check_conf_unchanged(&self) -> Result<()> {
-        let Some((n, entry)) = self.checkpoint.latest_offsets()? else {
-            return Ok(());
-        };
-        for (key, value) in &self.conf {
-            if let Some(old) = entry.metadata.conf.get(key)
-                && old != value
-            {
-                return Err(FlumenError::checkpoint(
-                    self.checkpoint.root().join("offsets").join(n.to_string()),
-                    format!(
-                        "was written with {key} = {old}, but this query has {value}; \
-                         this cannot change for an existing checkpoint: restore the original setting or start a new checkpoint location"
-                    ),
-                ));
-            }
-        }
-        Ok(())
-    }
-
     /// Sleeps until `due`; returns true when a stop was requested meanwhile.
     async fn sleep_until_or_stop(&self, due: Instant) -> bool {
         let mut stop = self.shared.stop.subscribe();
@@ -466,4 +444,28 @@ impl Execution {
             },
         }
     }
+}
+
+/// Fails when settings recorded in the checkpoint's last offset log differ from `conf`.
+pub(crate) fn check_conf_unchanged(
+    checkpoint: &Checkpoint,
+    conf: &BTreeMap<String, String>,
+) -> Result<()> {
+    let Some((n, entry)) = checkpoint.latest_offsets()? else {
+        return Ok(());
+    };
+    for (key, value) in conf {
+        if let Some(old) = entry.metadata.conf.get(key)
+            && old != value
+        {
+            return Err(FlumenError::checkpoint(
+                checkpoint.root().join("offsets").join(n.to_string()),
+                format!(
+                    "was written with {key} = {old}, but this query has {value}; \
+                     this cannot change for an existing checkpoint: restore the original setting or start a new checkpoint location"
+                ),
+            ));
+        }
+    }
+    Ok(())
 }

@@ -440,6 +440,11 @@ fn keep_stream_on_probe_side(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn Exe
             }
             return Ok(Transformed::no(node));
         };
+        if join.null_aware && contains_input(join.left()) {
+            return datafusion::common::not_impl_err!(
+                "NOT IN (subquery) over a stream is not supported; use a left anti join (JoinType::LeftAnti) on a non-null key"
+            );
+        }
         if contains_input(join.left()) && !contains_input(join.right()) {
             return Ok(Transformed::yes(join.swap_inputs(PartitionMode::CollectLeft)?));
         }

@@ -101,6 +101,8 @@ pub(crate) struct QueryShared {
     pub idle_requested: AtomicU64,
     pub idle_answered: AtomicU64,
     pub task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The id of the task running the query.
+    pub task_id: Mutex<Option<tokio::task::Id>>,
     /// The query's physical plan, for `explain`.
     pub plan: Mutex<Option<Arc<dyn datafusion::physical_plan::ExecutionPlan>>>,
 }
@@ -122,6 +124,7 @@ impl QueryShared {
             idle_requested: AtomicU64::new(0),
             idle_answered: AtomicU64::new(0),
             task: Mutex::new(None),
+            task_id: Mutex::new(None),
             plan: Mutex::new(None),
         }
     }
@@ -293,9 +296,27 @@ impl StreamingQuery {
     }
 
     /// Stops the query after its current batch (a batch is never left half-written) and waits
-    /// for it to end.
+    /// for it to end. Called from inside the query (e.g. in `foreach_batch`), it only asks the
+    /// query to stop after the batch, since waiting there would wait on itself.
     pub async fn stop(&self) -> Result<()> {
         self.shared.stop.send_replace(true);
+        let inside = tokio::task::try_id().is_some_and(|current| {
+            self.shared
+                .task_id
+                .lock()
+                .ok()
+                .and_then(|id| *id)
+                .is_some_and(|id| id == current)
+        });
+        if inside {
+            return Ok(());
+        }
+        let mut changes = self.shared.changed.subscribe();
+        while !self.shared.terminated() {
+            if changes.changed().await.is_err() {
+                break;
+            }
+        }
         let task = self.shared.task.lock().ok().and_then(|mut t| t.take());
         if let Some(task) = task {
             task.await

@@ -172,10 +172,31 @@ impl StreamSession {
             .unwrap_or_default()
     }
 
-    pub(crate) fn add_query(&self, query: StreamingQuery) {
-        if let Ok(mut queries) = self.inner.queries.lock() {
-            queries.push(query);
+    /// Adds a query unless an active one has the same name or id (Spark's rule).
+    pub(crate) fn register_query(&self, query: &StreamingQuery) -> Result<()> {
+        let mut queries = self
+            .inner
+            .queries
+            .lock()
+            .map_err(|_| crate::FlumenError::IllegalState("query list lock poisoned".into()))?;
+        for active in queries.iter().filter(|q| q.is_active()) {
+            if let Some(name) = query.name()
+                && active.name() == Some(name)
+            {
+                return Err(crate::FlumenError::IllegalState(format!(
+                    "Cannot start query with name {name} as a query with that name is already active in this session"
+                )));
+            }
+            if active.id() == query.id() {
+                return Err(crate::FlumenError::IllegalState(format!(
+                    "Cannot start query with id {} as another query with same id is already active. \
+                     Perhaps you are attempting to restart a query from checkpoint that is already active.",
+                    query.id()
+                )));
+            }
         }
+        queries.push(query.clone());
+        Ok(())
     }
 
     /// Stops every running query of the session.

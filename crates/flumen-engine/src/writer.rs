@@ -259,8 +259,8 @@ impl DataStreamWriter {
             }
         };
         let id = checkpoint.query_id()?;
-        // Read the logs now, so a corrupt checkpoint fails here, naming its file.
-        checkpoint.latest_offsets()?;
+        // Read the commit log now, so a corrupt checkpoint fails here, naming its file (the
+        // offset log is read by the settings check below).
         checkpoint.latest_commit()?;
         if session.active_queries().iter().any(|q| q.id() == id) {
             return Err(FlumenError::IllegalState(format!(
@@ -271,6 +271,7 @@ impl DataStreamWriter {
 
         let mut conf = BTreeMap::new();
         conf.insert("flumen.source".to_string(), plan.source.fingerprint());
+        crate::exec::check_conf_unchanged(&checkpoint, &conf)?;
         let read_limit = plan.source.read_limit();
         let shared = Arc::new(QueryShared::new(id, name));
         if let Ok(mut slot) = shared.plan.lock() {
@@ -286,12 +287,19 @@ impl DataStreamWriter {
             read_limit,
             conf,
         };
+        let query = StreamingQuery {
+            shared: Arc::clone(&shared),
+        };
+        // Checked and registered under one lock, so two concurrent starts of the same name or
+        // checkpoint cannot both run.
+        session.register_query(&query)?;
         let task = tokio::spawn(execution.run());
+        if let Ok(mut id) = shared.task_id.lock() {
+            *id = Some(task.id());
+        }
         if let Ok(mut slot) = shared.task.lock() {
             *slot = Some(task);
         }
-        let query = StreamingQuery { shared };
-        session.add_query(query.clone());
         tracing::info!(id = %query.id(), run_id = %query.run_id(), name = ?query.name(), "started streaming query");
         Ok(query)
     }

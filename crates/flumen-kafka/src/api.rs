@@ -293,10 +293,20 @@ mod batch_setters {
         /// Reads the range and returns it as a DataFrame with the Kafka schema.
         pub async fn load(self) -> Result<DataFrame> {
             let config = SourceConfig::from_options(&self.options, false)?;
-            let batch = read_range(config).await?;
-            self.session.create_data_frame(batch)
+            let batches = read_range(config).await?;
+            let schema = crate::schema::kafka_schema(config_headers(&self.options)?);
+            let table =
+                flumen_engine::datafusion::datasource::MemTable::try_new(schema, vec![batches])?;
+            Ok(self
+                .session
+                .context()
+                .read_table(std::sync::Arc::new(table))?)
         }
     }
+}
+
+fn config_headers(options: &Options) -> Result<bool> {
+    options.get_bool("includeHeaders", false)
 }
 
 /// Adds `.write_kafka()` to static DataFrames: Spark's `df.write.format("kafka").save()`.

@@ -14,7 +14,7 @@ use crate::sink::{SinkLayout, create_producer, produce};
 use crate::source::resolve_start;
 
 /// Reads `[startingOffsets, endingOffsets)` of the configured partitions.
-pub(crate) async fn read_range(config: SourceConfig) -> Result<RecordBatch> {
+pub(crate) async fn read_range(config: SourceConfig) -> Result<Vec<RecordBatch>> {
     blocking(move || {
         let description = format!("KafkaRelation[{}]", config.subscription.describe());
         let mut fetcher = KafkaFetcher::new(&config, description)?;
@@ -37,8 +37,8 @@ pub(crate) async fn read_range(config: SourceConfig) -> Result<RecordBatch> {
         };
         let mut ranges = Vec::new();
         for (t, p) in &partitions {
-            let from = start[t][p];
-            let to = end[t][p];
+            let from = crate::offsets::offset_of(&start, t, *p)?;
+            let to = crate::offsets::offset_of(&end, t, *p)?;
             if to < from {
                 return Err(FlumenError::invalid_option(
                     "endingOffsets",

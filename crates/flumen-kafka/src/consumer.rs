@@ -12,11 +12,21 @@ use flumen_engine::{FlumenError, Result};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Headers, Message, Timestamp};
+use rdkafka::message::{BorrowedHeaders, Message, Timestamp};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::types::RDKafkaErrorCode;
 use regex::Regex;
+use std::borrow::Cow;
+use std::ffi::CStr;
 
 use crate::offsets::PartitionOffsets;
+
+/// Rows per record batch handed to the plan.
+pub(crate) const MAX_BATCH_ROWS: usize = 65_536;
+/// Value bytes per record batch (well below Arrow's 2 GiB limit for 32-bit offsets).
+const MAX_BATCH_BYTES: usize = 256 << 20;
+/// Records kept per partition when fetched beyond the current batch.
+const MAX_PENDING_RECORDS: usize = 100_000;
 use crate::options::{SourceConfig, Subscription};
 use crate::schema::{KafkaRowsBuilder, RecordView};
 
@@ -199,19 +209,16 @@ impl KafkaFetcher {
                     elem.partition()
                 )));
             }
-            let offset = match elem.offset() {
-                Offset::Offset(o) => o,
-                Offset::End if matches!(spec, OffsetSpec::Timestamp(_)) => {
-                    let OffsetSpec::Timestamp(ts) = spec else {
-                        unreachable!()
-                    };
+            let offset = match (elem.offset(), spec) {
+                (Offset::Offset(o), _) => o,
+                (Offset::End, OffsetSpec::Timestamp(ts)) => {
                     return Err(self.error(format!(
                         "No offset matched from request of topic-partition {}-{} and timestamp {ts}",
                         elem.topic(),
                         elem.partition()
                     )));
                 }
-                other => {
+                (other, _) => {
                     return Err(self.error(format!(
                         "unexpected offset {other:?} for {}-{}",
                         elem.topic(),
@@ -226,10 +233,12 @@ impl KafkaFetcher {
         Ok(out)
     }
 
-    /// Reads exactly the records in `[from, to)` of each partition, as one record batch.
-    pub fn fetch(&mut self, ranges: &[(TopicPartition, i64, i64)]) -> Result<RecordBatch> {
+    /// Reads exactly the records in `[from, to)` of each partition, as record batches of at most
+    /// [`MAX_BATCH_ROWS`] rows (so no column outgrows Arrow's 32-bit offsets).
+    pub fn fetch(&mut self, ranges: &[(TopicPartition, i64, i64)]) -> Result<Vec<RecordBatch>> {
         let total: i64 = ranges.iter().map(|(_, f, t)| (t - f).max(0)).sum();
-        let mut rows = KafkaRowsBuilder::new(self.include_headers, total as usize);
+        let capacity = (total.max(0) as usize).min(MAX_BATCH_ROWS);
+        let mut out = Batches::new(self.include_headers, capacity);
         // Per partition: the next offset wanted and the end.
         let mut wanted: HashMap<TopicPartition, (i64, i64)> = HashMap::new();
         for (tp, from, to) in ranges {
@@ -255,18 +264,19 @@ impl KafkaFetcher {
                     break;
                 }
                 if let Some(record) = queue.pop_front() {
-                    append_owned(&mut rows, &tp.0, tp.1, &record);
+                    out.append_owned(&tp.0, tp.1, &record)?;
                     *next = record.offset + 1;
                 }
             }
         }
         wanted.retain(|_, (next, to)| next < to);
         if wanted.is_empty() {
-            return rows.finish();
+            return out.finish();
         }
-        self.position_consumer(&wanted)?;
+        self.position_consumer(&wanted, false)?;
 
         let mut last_progress = Instant::now();
+        let mut last_check = Instant::now();
         while !wanted.is_empty() {
             match self.consumer.poll(Duration::from_millis(100)) {
                 Some(Ok(msg)) => {
@@ -275,7 +285,7 @@ impl KafkaFetcher {
                     self.positions.insert(tp.clone(), offset + 1);
                     let Some((next, to)) = wanted.get_mut(&tp) else {
                         // A partition this batch does not need (already complete): keep it.
-                        self.pending.entry(tp).or_default().push_back(own(&msg));
+                        keep_pending(&mut self.pending, &mut self.positions, tp, &msg);
                         continue;
                     };
                     if offset < *next {
@@ -285,16 +295,13 @@ impl KafkaFetcher {
                         self.data_loss(&tp, *next, offset)?;
                     }
                     if offset >= *to {
-                        self.pending
-                            .entry(tp.clone())
-                            .or_default()
-                            .push_back(own(&msg));
+                        keep_pending(&mut self.pending, &mut self.positions, tp.clone(), &msg);
                         wanted.remove(&tp);
                         continue;
                     }
                     let (timestamp, timestamp_type) = timestamp_of(msg.timestamp());
-                    let headers = msg.headers().map(|h| h.iter().map(|h| (h.key, h.value)));
-                    rows.append(
+                    let headers = msg.headers().map(header_pairs);
+                    out.append(
                         &RecordView {
                             key: msg.key(),
                             value: msg.payload(),
@@ -304,8 +311,10 @@ impl KafkaFetcher {
                             timestamp,
                             timestamp_type,
                         },
-                        headers,
-                    );
+                        headers
+                            .as_ref()
+                            .map(|h| h.iter().map(|(k, v)| (k.as_ref(), *v))),
+                    )?;
                     *next = offset + 1;
                     if *next >= *to {
                         wanted.remove(&tp);
@@ -313,55 +322,99 @@ impl KafkaFetcher {
                     last_progress = Instant::now();
                 }
                 Some(Err(KafkaError::PartitionEOF(_))) => {}
-                Some(Err(e)) => {
-                    let text = e.to_string();
-                    if text.contains("Offset out of range") || text.contains("OffsetOutOfRange") {
-                        let tp = wanted.keys().next().cloned().unwrap_or_default();
-                        let from = wanted.get(&tp).map(|w| w.0).unwrap_or_default();
-                        return Err(self.data_loss_error(&tp, from, &text));
-                    }
-                    return Err(self.error(format!("fetch failed: {e}")));
+                Some(Err(KafkaError::MessageConsumption(RDKafkaErrorCode::AutoOffsetReset))) => {
+                    // An offset we need is gone (retention, a recreated topic).
+                    self.skip_lost_records(&mut wanted)?;
+                    last_progress = Instant::now();
                 }
-                None => {
-                    // Records skipped by the broker (transaction markers, compaction) leave
-                    // gaps; the consumer's position tells us it moved past them.
-                    if let Ok(positions) = self.consumer.position() {
-                        for elem in positions.elements() {
-                            let tp = (elem.topic().to_string(), elem.partition());
-                            if let (Offset::Offset(pos), Some((_, to))) =
-                                (elem.offset(), wanted.get(&tp))
-                                && pos >= *to
-                            {
-                                wanted.remove(&tp);
-                            }
-                        }
-                    }
-                    if last_progress.elapsed() > self.timeout {
-                        let missing: Vec<String> = wanted
-                            .iter()
-                            .map(|((t, p), (next, to))| format!("{t}-{p} [{next}, {to})"))
-                            .collect();
-                        return Err(self.error(format!(
-                            "timed out after {:?} fetching {} from Kafka at {}; is the broker reachable? \
-                             (the wait is set by the kafkaConsumer.pollTimeoutMs option)",
-                            self.timeout,
-                            missing.join(", "),
-                            self.bootstrap
-                        )));
-                    }
+                Some(Err(e)) => {
+                    // Transient client errors (a broker restarting, a connection dropped) are
+                    // retried by librdkafka; a lasting one ends in the timeout below.
+                    tracing::warn!(source = %self.description, error = %e, "Kafka consumer error; retrying");
+                }
+                None => {}
+            }
+            if last_check.elapsed() >= Duration::from_millis(100) {
+                last_check = Instant::now();
+                self.finish_skipped_ranges(&mut wanted);
+                if last_progress.elapsed() > self.timeout {
+                    let missing: Vec<String> = wanted
+                        .iter()
+                        .map(|((t, p), (next, to))| format!("{t}-{p} [{next}, {to})"))
+                        .collect();
+                    return Err(self.error(format!(
+                        "timed out after {:?} fetching {} from Kafka at {}; is the broker reachable? \
+                         (the wait is set by the kafkaConsumer.pollTimeoutMs option)",
+                        self.timeout,
+                        missing.join(", "),
+                        self.bootstrap
+                    )));
                 }
             }
         }
-        rows.finish()
+        out.finish()
+    }
+
+    /// Records skipped by the broker (transaction markers, compaction) leave gaps at the end of
+    /// a range; the consumer's position tells when it has moved past them.
+    fn finish_skipped_ranges(&self, wanted: &mut HashMap<TopicPartition, (i64, i64)>) {
+        if let Ok(positions) = self.consumer.position() {
+            for elem in positions.elements() {
+                let tp = (elem.topic().to_string(), elem.partition());
+                if let (Offset::Offset(pos), Some((_, to))) = (elem.offset(), wanted.get(&tp))
+                    && pos >= *to
+                {
+                    wanted.remove(&tp);
+                }
+            }
+        }
+    }
+
+    /// Handles records that no longer exist: an error with `failOnDataLoss` (the default),
+    /// otherwise a warning and a jump to the earliest offset still available.
+    fn skip_lost_records(
+        &mut self,
+        wanted: &mut HashMap<TopicPartition, (i64, i64)>,
+    ) -> Result<()> {
+        let partitions: Vec<TopicPartition> = wanted.keys().cloned().collect();
+        let earliest = self.list_offsets(&partitions, OffsetSpec::Earliest)?;
+        for (tp, (next, to)) in wanted.iter_mut() {
+            let low = earliest
+                .get(&tp.0)
+                .and_then(|p| p.get(&tp.1))
+                .copied()
+                .unwrap_or(*next);
+            if low > *next {
+                if self.fail_on_data_loss {
+                    return Err(self.data_loss_error(
+                        tp,
+                        *next,
+                        &format!("the earliest offset is now {low}"),
+                    ));
+                }
+                tracing::warn!(topic = %tp.0, partition = tp.1, lost_from = *next, lost_to = low.min(*to), "records were lost before they were read (failOnDataLoss=false)");
+                *next = low.min(*to);
+            }
+        }
+        wanted.retain(|_, (next, to)| next < to);
+        if !wanted.is_empty() {
+            self.position_consumer(wanted, true)?;
+        }
+        Ok(())
     }
 
     /// Assigns partitions so each one delivers from the offset `wanted` needs next; only
     /// re-assigns when some partition is not already there.
-    fn position_consumer(&mut self, wanted: &HashMap<TopicPartition, (i64, i64)>) -> Result<()> {
-        let in_place = wanted.iter().all(|(tp, (next, _))| {
-            self.positions.get(tp) == Some(next)
-                && self.pending.get(tp).is_none_or(VecDeque::is_empty)
-        });
+    fn position_consumer(
+        &mut self,
+        wanted: &HashMap<TopicPartition, (i64, i64)>,
+        force: bool,
+    ) -> Result<()> {
+        let in_place = !force
+            && wanted.iter().all(|(tp, (next, _))| {
+                self.positions.get(tp) == Some(next)
+                    && self.pending.get(tp).is_none_or(VecDeque::is_empty)
+            });
         if in_place {
             return Ok(());
         }
@@ -452,26 +505,119 @@ fn own(msg: &rdkafka::message::BorrowedMessage<'_>) -> OwnedRecord {
         timestamp,
         timestamp_type,
         headers: msg.headers().map(|h| {
-            h.iter()
-                .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec)))
+            header_pairs(h)
+                .into_iter()
+                .map(|(k, v)| (k.into_owned(), v.map(<[u8]>::to_vec)))
                 .collect()
         }),
     }
 }
 
-fn append_owned(rows: &mut KafkaRowsBuilder, topic: &str, partition: i32, r: &OwnedRecord) {
-    rows.append(
-        &RecordView {
-            key: r.key.as_deref(),
-            value: r.value.as_deref(),
-            topic,
-            partition,
-            offset: r.offset,
-            timestamp: r.timestamp,
-            timestamp_type: r.timestamp_type,
-        },
-        r.headers
-            .as_ref()
-            .map(|h| h.iter().map(|(k, v)| (k.as_str(), v.as_deref()))),
-    );
+/// Keeps a record fetched past what the current batch needs, for the next batch; a partition
+/// whose buffer grows too large is dropped and re-read from the broker instead.
+fn keep_pending(
+    pending: &mut HashMap<TopicPartition, VecDeque<OwnedRecord>>,
+    positions: &mut HashMap<TopicPartition, i64>,
+    tp: TopicPartition,
+    msg: &rdkafka::message::BorrowedMessage<'_>,
+) {
+    let queue = pending.entry(tp.clone()).or_default();
+    if queue.len() >= MAX_PENDING_RECORDS {
+        queue.clear();
+        positions.remove(&tp);
+        return;
+    }
+    queue.push_back(own(msg));
+}
+
+/// Record batches being filled, a new one every [`MAX_BATCH_ROWS`] rows.
+struct Batches {
+    include_headers: bool,
+    capacity: usize,
+    current: KafkaRowsBuilder,
+    done: Vec<RecordBatch>,
+}
+
+impl Batches {
+    fn new(include_headers: bool, capacity: usize) -> Self {
+        Self {
+            include_headers,
+            capacity,
+            current: KafkaRowsBuilder::new(include_headers, capacity),
+            done: Vec::new(),
+        }
+    }
+
+    fn append<'h>(
+        &mut self,
+        record: &RecordView<'_>,
+        headers: Option<impl Iterator<Item = (&'h str, Option<&'h [u8]>)>>,
+    ) -> Result<()> {
+        if self.current.len() >= MAX_BATCH_ROWS || self.current.value_bytes() >= MAX_BATCH_BYTES {
+            let full = std::mem::replace(
+                &mut self.current,
+                KafkaRowsBuilder::new(self.include_headers, self.capacity),
+            );
+            self.done.push(full.finish()?);
+        }
+        self.current.append(record, headers);
+        Ok(())
+    }
+
+    fn append_owned(&mut self, topic: &str, partition: i32, r: &OwnedRecord) -> Result<()> {
+        self.append(
+            &RecordView {
+                key: r.key.as_deref(),
+                value: r.value.as_deref(),
+                topic,
+                partition,
+                offset: r.offset,
+                timestamp: r.timestamp,
+                timestamp_type: r.timestamp_type,
+            },
+            r.headers
+                .as_ref()
+                .map(|h| h.iter().map(|(k, v)| (k.as_str(), v.as_deref()))),
+        )
+    }
+
+    fn finish(mut self) -> Result<Vec<RecordBatch>> {
+        if !self.current.is_empty() || self.done.is_empty() {
+            self.done.push(self.current.finish()?);
+        }
+        Ok(self.done)
+    }
+}
+
+/// A record's headers. Keys that are not valid UTF-8 are decoded leniently (U+FFFD) — rdkafka's
+/// own accessor would panic on them.
+#[allow(unsafe_code)]
+fn header_pairs(headers: &BorrowedHeaders) -> Vec<(Cow<'_, str>, Option<&[u8]>)> {
+    // SAFETY: `BorrowedHeaders` is rdkafka's zero-sized view of librdkafka's `rd_kafka_headers_t`
+    // (rdkafka itself casts between the two); the pointers librdkafka returns stay valid while
+    // the message, which `headers` borrows from, is alive.
+    unsafe {
+        let native =
+            headers as *const BorrowedHeaders as *const rdkafka::bindings::rd_kafka_headers_t;
+        let count = rdkafka::bindings::rd_kafka_header_cnt(native);
+        let mut pairs = Vec::with_capacity(count);
+        for idx in 0..count {
+            let mut name = std::ptr::null();
+            let mut value = std::ptr::null();
+            let mut size = 0usize;
+            let err = rdkafka::bindings::rd_kafka_header_get_all(
+                native, idx, &mut name, &mut value, &mut size,
+            );
+            if err != rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR
+                || name.is_null()
+            {
+                continue;
+            }
+            let key = String::from_utf8_lossy(CStr::from_ptr(name).to_bytes());
+            let value =
+                (!value.is_null()).then(|| std::slice::from_raw_parts(value as *const u8, size));
+            pairs.push((key, value));
+        }
+        pairs
+    }
 }

@@ -61,6 +61,21 @@ pub fn parse(text: &str, what: &str) -> Result<PartitionOffsets> {
     from_json(&value, what)
 }
 
+/// The offset of `topic`-`partition` in `offsets`; an error naming the partition when absent
+/// (e.g. the broker answered an offset request without it).
+pub fn offset_of(offsets: &PartitionOffsets, topic: &str, partition: i32) -> Result<i64> {
+    offsets
+        .get(topic)
+        .and_then(|p| p.get(&partition))
+        .copied()
+        .ok_or_else(|| FlumenError::Source {
+            source_name: format!("Kafka {topic}-{partition}"),
+            message: format!(
+                "no offset known for partition {topic}-{partition}; the broker did not report it"
+            ),
+        })
+}
+
 /// Number of records between two offset maps (partitions missing from `start` count from 0).
 pub fn count_between(start: &PartitionOffsets, end: &PartitionOffsets) -> u64 {
     let mut total = 0u64;

@@ -120,6 +120,11 @@ impl KafkaRowsBuilder {
         self.offset.len()
     }
 
+    /// Bytes of values added so far.
+    pub fn value_bytes(&self) -> usize {
+        self.value.values_slice().len()
+    }
+
     /// Whether no rows were added.
     pub fn is_empty(&self) -> bool {
         self.len() == 0

@@ -8,7 +8,7 @@ use flumen_engine::{FlumenError, Result};
 use serde_json::Value;
 
 use crate::consumer::{KafkaFetcher, OffsetSpec, blocking};
-use crate::offsets::{self, PartitionOffsets};
+use crate::offsets::{self, PartitionOffsets, offset_of};
 use crate::options::{SourceConfig, StartingOffsets, Subscription};
 use crate::schema::kafka_schema;
 
@@ -134,10 +134,10 @@ pub(crate) fn resolve_start(
             let latest = fetcher.list_offsets(partitions, OffsetSpec::Latest)?;
             let mut out = PartitionOffsets::new();
             for (t, p) in partitions {
-                let o = given[t][p];
+                let o = offset_of(given, t, *p)?;
                 let resolved = match o {
-                    -2 => earliest[t][p],
-                    -1 => latest[t][p],
+                    -2 => offset_of(&earliest, t, *p)?,
+                    -1 => offset_of(&latest, t, *p)?,
                     o if o >= 0 => o,
                     o => {
                         return Err(FlumenError::invalid_option(
@@ -253,7 +253,7 @@ impl SourceReader for KafkaReader {
         }
         for (t, ps) in &latest {
             for (p, l) in ps {
-                let s = start[t][p];
+                let s = offset_of(&start, t, *p)?;
                 if *l < s {
                     let message = format!(
                         "partition {t}-{p}'s latest offset {l} is behind the offset {s} already read: the topic may have been deleted and recreated. \
@@ -270,6 +270,22 @@ impl SourceReader for KafkaReader {
             }
         }
         self.latest = latest.clone();
+        // An available-now query reads only what was there when it started: partitions that
+        // appeared since are left for a later run.
+        let latest = match &cap {
+            Some(cap) => latest
+                .into_iter()
+                .filter_map(|(t, ps)| {
+                    let allowed = cap.get(&t)?;
+                    let ps: std::collections::BTreeMap<i32, i64> = ps
+                        .into_iter()
+                        .filter(|(p, _)| allowed.contains_key(p))
+                        .collect();
+                    Some((t, ps))
+                })
+                .collect(),
+            None => latest,
+        };
         let mut end = match limit {
             ReadLimit::All => latest,
             ReadLimit::MaxRows(n) => rate_limit(&start, &latest, n),
@@ -277,7 +293,7 @@ impl SourceReader for KafkaReader {
         // Never move backwards, never beyond the cap.
         for (t, ps) in end.iter_mut() {
             for (p, e) in ps.iter_mut() {
-                let s = start[t][p];
+                let s = offset_of(&start, t, *p)?;
                 if let Some(c) = cap.as_ref().and_then(|c| c.get(t)).and_then(|c| c.get(p)) {
                     *e = (*e).min(*c);
                 }
@@ -309,7 +325,7 @@ impl SourceReader for KafkaReader {
             .flat_map(|(t, ps)| ps.keys().map(move |p| (t.clone(), *p)))
             .filter(|(t, p)| !start_has(&start, t, *p))
             .collect();
-        let batch = self
+        let batches = self
             .with_fetcher(move |f| {
                 let earliest_new = f.list_offsets(&new_parts, OffsetSpec::Earliest)?;
                 let mut ranges = Vec::new();
@@ -327,11 +343,13 @@ impl SourceReader for KafkaReader {
                 f.fetch(&ranges)
             })
             .await?;
-        let batch = match projection {
-            Some(p) => batch.project(p)?,
-            None => batch,
-        };
-        Ok(vec![batch])
+        match projection {
+            Some(p) => Ok(batches
+                .iter()
+                .map(|b| b.project(p))
+                .collect::<Result<Vec<_>, _>>()?),
+            None => Ok(batches),
+        }
     }
 
     async fn commit(&mut self, end: &SourceOffset) -> Result<()> {
