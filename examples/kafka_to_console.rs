@@ -11,7 +11,7 @@
 
 use clap::Parser;
 use flumen::prelude::*;
-use flumen_examples::{Broker, KafkaArgs, run_until_ctrl_c};
+use flumen_examples::{Broker, KafkaArgs, run_until_ctrl_c, seed_greetings};
 
 /// Stream a topic to the console.
 #[derive(Parser, Debug)]
@@ -34,15 +34,7 @@ async fn main() -> anyhow::Result<()> {
     let session = StreamSession::new();
     if broker.is_embedded() {
         broker.ensure_topics(&[(args.topic.as_str(), 1)]).await?;
-        session
-            .sql("SELECT CAST(NULL AS STRING) AS key, 'Hello ' || CAST(i AS STRING) AS value FROM (VALUES (0), (1), (2), (3), (4)) AS t(i)")
-            .await?
-            .write_kafka()
-            .bootstrap_servers(broker.servers())
-        .options(broker.kafka_options())
-            .topic(&args.topic)
-            .save()
-            .await?;
+        seed_greetings(&session, &broker, &args.topic).await?;
     }
 
     let kafka_df = session

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use clap::Parser;
 use flumen::datafusion::arrow::datatypes::DataType;
 use flumen::prelude::*;
-use flumen_examples::{Broker, KafkaArgs, run_until_ctrl_c};
+use flumen_examples::{Broker, KafkaArgs, run_until_ctrl_c, seed_greetings};
 
 /// Tag every record of one topic and write it to another.
 #[derive(Parser, Debug)]
@@ -52,15 +52,7 @@ async fn main() -> anyhow::Result<()> {
             );
             std::fs::remove_dir_all(&args.checkpoint)?;
         }
-        session
-            .sql("SELECT 'Hello ' || CAST(i AS STRING) AS value FROM (VALUES (0), (1), (2), (3), (4)) AS t(i)")
-            .await?
-            .write_kafka()
-            .bootstrap_servers(broker.servers())
-        .options(broker.kafka_options())
-            .topic(&args.input)
-            .save()
-            .await?;
+        seed_greetings(&session, &broker, &args.input).await?;
     }
 
     let kafka_df = session

@@ -48,8 +48,13 @@ async fn main() -> anyhow::Result<()> {
     println!("1. Loaded {loaded} passengers into {RAW_TOPIC}");
 
     let checkpoint = std::env::temp_dir().join(format!("flumen-titanic-{}", std::process::id()));
-    let enriched =
-        titanic::enriched_stream(&session, broker.servers(), &broker.kafka_options(), schema)?;
+    let enriched = titanic::enriched_stream(
+        &session,
+        broker.servers(),
+        RAW_TOPIC,
+        &broker.kafka_options(),
+        schema,
+    )?;
     let query = titanic::to_kafka_records(&enriched)?
         .write_stream()
         .kafka()

@@ -68,8 +68,13 @@ async fn main() -> anyhow::Result<()> {
         println!("Loaded {n} passengers into the topic {RAW_TOPIC}");
     }
 
-    let enriched_df =
-        titanic::enriched_stream(&session, broker.servers(), &broker.kafka_options(), schema)?;
+    let enriched_df = titanic::enriched_stream(
+        &session,
+        broker.servers(),
+        RAW_TOPIC,
+        &broker.kafka_options(),
+        schema,
+    )?;
     let pretty_df = enriched_df.select_columns(&PRETTY_COLUMNS)?;
     let trigger = if args.available_now {
         Trigger::AvailableNow

@@ -59,34 +59,8 @@ async fn titanic_enrichment_against_a_real_broker() {
         891
     );
 
-    let stream = session
-        .read_stream()
-        .kafka()
-        .bootstrap_servers(&servers)
-        .subscribe([raw.as_str()])
-        .starting_offsets(StartingOffsets::Earliest)
-        .max_offsets_per_trigger(300)
-        .load()
-        .unwrap()
-        .select_expr(["CAST(value AS STRING) AS json_str"])
-        .unwrap()
-        .with_column("data", from_json(col("json_str"), schema).unwrap())
-        .unwrap()
-        .select_expr(["data.*"])
-        .unwrap()
-        .with_column(
-            "is_adult",
-            when(col("Age").gt_eq(lit(18)), lit("yes"))
-                .otherwise(lit("no"))
-                .unwrap(),
-        )
-        .unwrap()
-        .join(
-            titanic::class_names(&session).unwrap(),
-            JoinType::Left,
-            &["Pclass"],
-        )
-        .unwrap();
+    let options = vec![("maxOffsetsPerTrigger".to_string(), "300".to_string())];
+    let stream = titanic::enriched_stream(&session, &servers, &raw, &options, schema).unwrap();
     let checkpoint = temp_dir();
     let query = titanic::to_kafka_records(&stream)
         .unwrap()

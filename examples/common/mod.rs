@@ -158,6 +158,25 @@ impl Broker {
     }
 }
 
+/// Writes `Hello 0..4` to `topic` (the notebook's first cell), for examples that start on an
+/// empty embedded broker.
+pub async fn seed_greetings(
+    session: &StreamSession,
+    broker: &Broker,
+    topic: &str,
+) -> anyhow::Result<()> {
+    session
+        .sql("SELECT 'Hello ' || CAST(i AS STRING) AS value FROM (VALUES (0), (1), (2), (3), (4)) AS t(i)")
+        .await?
+        .write_kafka()
+        .bootstrap_servers(broker.servers())
+        .options(broker.kafka_options())
+        .topic(topic)
+        .save()
+        .await?;
+    Ok(())
+}
+
 /// Waits for Ctrl-C, or for every query to end (returning the first error).
 pub async fn run_until_ctrl_c(queries: &[StreamingQuery]) -> anyhow::Result<()> {
     let all_done = async {

@@ -226,18 +226,21 @@ pub fn class_names(session: &StreamSession) -> flumen::Result<DataFrame> {
 
 /// The enriched passenger stream: parse the JSON with the CSV's schema, add `is_adult`
 /// (`yes` when Age >= 18, else `no` — a missing age is `no`), left-join the class names.
+///
+/// `options` are extra source options (e.g. `maxOffsetsPerTrigger`, `kafka.*`).
 pub fn enriched_stream(
     session: &StreamSession,
     servers: &str,
-    kafka_options: &[(String, String)],
+    raw_topic: &str,
+    options: &[(String, String)],
     schema: SchemaRef,
 ) -> flumen::Result<StreamFrame> {
     let raw = session
         .read_stream()
         .kafka()
         .bootstrap_servers(servers)
-        .options(kafka_options.iter().cloned())
-        .subscribe([RAW_TOPIC])
+        .options(options.iter().cloned())
+        .subscribe([raw_topic])
         .starting_offsets(StartingOffsets::Earliest)
         .load()?;
     let parsed = raw

@@ -24,38 +24,17 @@ async fn run_titanic(max_per_trigger: Option<u64>) -> (Vec<Record>, Vec<Streamin
     .unwrap();
     assert_eq!(loaded, 891);
 
-    let raw = session
-        .read_stream()
-        .kafka()
-        .bootstrap_servers(kafka.bootstrap_servers())
-        .subscribe([RAW_TOPIC])
-        .starting_offsets(StartingOffsets::Earliest);
-    let raw = match max_per_trigger {
-        Some(n) => raw.max_offsets_per_trigger(n),
-        None => raw,
-    };
-    let enriched = raw
-        .load()
-        .unwrap()
-        .select_expr(["CAST(value AS STRING) AS json_str"])
-        .unwrap()
-        .with_column("data", from_json(col("json_str"), schema).unwrap())
-        .unwrap()
-        .select_expr(["data.*"])
-        .unwrap()
-        .with_column(
-            "is_adult",
-            when(col("Age").gt_eq(lit(18)), lit("yes"))
-                .otherwise(lit("no"))
-                .unwrap(),
-        )
-        .unwrap()
-        .join(
-            titanic::class_names(&session).unwrap(),
-            JoinType::Left,
-            &["Pclass"],
-        )
-        .unwrap();
+    let options: Vec<(String, String)> = max_per_trigger
+        .map(|n| vec![("maxOffsetsPerTrigger".to_string(), n.to_string())])
+        .unwrap_or_default();
+    let enriched = titanic::enriched_stream(
+        &session,
+        kafka.bootstrap_servers(),
+        RAW_TOPIC,
+        &options,
+        schema,
+    )
+    .unwrap();
     let checkpoint = temp_dir();
     let query = titanic::to_kafka_records(&enriched)
         .unwrap()

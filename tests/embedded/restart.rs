@@ -364,10 +364,16 @@ async fn titanic_to_memory(per_trigger: Option<u64>, crash: bool) -> String {
     let options: Vec<(String, String)> = per_trigger
         .map(|n| vec![("maxOffsetsPerTrigger".to_string(), n.to_string())])
         .unwrap_or_default();
-    let enriched = titanic::enriched_stream(&session, kafka.bootstrap_servers(), &options, schema)
-        .unwrap()
-        .select_columns(&titanic::PRETTY_COLUMNS)
-        .unwrap();
+    let enriched = titanic::enriched_stream(
+        &session,
+        kafka.bootstrap_servers(),
+        titanic::RAW_TOPIC,
+        &options,
+        schema,
+    )
+    .unwrap()
+    .select_columns(&titanic::PRETTY_COLUMNS)
+    .unwrap();
     let checkpoint = temp_dir();
     let run = || async {
         let query = enriched
