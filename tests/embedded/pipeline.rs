@@ -806,3 +806,39 @@ async fn processed_offsets_are_committed_to_the_group_for_monitoring() {
     .unwrap();
     assert_eq!(committed, rdkafka::Offset::Offset(3));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trigger_once_reads_everything_available_in_one_batch_then_stops() {
+    let kafka = EmbeddedKafka::with_topics(&[("t", 1)]).unwrap();
+    produce_values(kafka.bootstrap_servers(), "t", &["a", "b", "c", "d"]);
+    let session = StreamSession::new();
+    let query = session
+        .read_stream()
+        .kafka()
+        .bootstrap_servers(kafka.bootstrap_servers())
+        .subscribe(["t"])
+        .starting_offsets(StartingOffsets::Earliest)
+        .max_offsets_per_trigger(1)
+        .load()
+        .unwrap()
+        .write_stream()
+        .memory()
+        .query_name("once")
+        .trigger(Trigger::Once)
+        .start()
+        .await
+        .unwrap();
+    assert!(
+        query
+            .await_termination(Some(std::time::Duration::from_secs(60)))
+            .await
+            .unwrap()
+    );
+    let progress = query.recent_progress();
+    assert_eq!(progress.len(), 1);
+    assert_eq!(
+        progress[0].num_input_rows, 4,
+        "Once ignores maxOffsetsPerTrigger, as in Spark"
+    );
+    assert!(!query.is_active());
+}

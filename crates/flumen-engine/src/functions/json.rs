@@ -514,6 +514,75 @@ mod tests {
         assert!(corrupt.is_null(0) && corrupt.is_null(6));
     }
 
+    /// Property: whatever mix of good, malformed, null and blank records a batch holds, each row
+    /// decodes exactly as it would alone (checked against serde_json as the oracle).
+    #[test]
+    fn every_row_decodes_as_it_would_alone() {
+        use rand::rngs::StdRng;
+        use rand::{Rng, SeedableRng};
+        let mut rng = StdRng::seed_from_u64(7);
+        for _ in 0..300 {
+            let rows: Vec<Option<String>> = (0..rng.random_range(0..12))
+                .map(|i| match rng.random_range(0..9) {
+                    0 => None,
+                    1 => Some("  ".to_string()),
+                    2 => Some(format!("{{\"id\":{i}")),
+                    3 => Some(format!("{{\"id\":{i}}} {{\"id\":1}}")),
+                    4 => Some(format!("{{\"id\":\"x{i}\"}}")),
+                    5 => Some(format!("[{i}]")),
+                    6 => Some(format!("{{\"age\":{i}.5,\"extra\":[1,{{\"a\":2}}]}}")),
+                    _ => Some(format!(
+                        "{{\"id\":{i},\"age\":{}}}",
+                        rng.random_range(0..90)
+                    )),
+                })
+                .collect();
+            let input: ArrayRef = Arc::new(StringArray::from(rows.clone()));
+            let out = decode_json_column(&input, &schema(), &JsonOptions::default()).unwrap();
+            assert_eq!(out.len(), rows.len());
+            let ids = out.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
+            let ages = out
+                .column(1)
+                .as_any()
+                .downcast_ref::<Float64Array>()
+                .unwrap();
+            let corrupt = out.column(2).as_string::<i32>();
+            for (i, row) in rows.iter().enumerate() {
+                let Some(text) = row.as_deref().filter(|t| !t.trim().is_empty()) else {
+                    assert!(
+                        out.is_null(i),
+                        "null/blank input gives a null struct: {row:?}"
+                    );
+                    continue;
+                };
+                assert!(out.is_valid(i));
+                let parsed: Option<serde_json::Value> = serde_json::from_str(text).ok();
+                let good = parsed.as_ref().is_some_and(|v| {
+                    v.is_object()
+                        && v.get("id").is_none_or(|id| id.is_i64())
+                        && v.get("age").is_none_or(|a| a.is_number())
+                });
+                if good {
+                    let v = parsed.unwrap();
+                    assert_eq!(
+                        ids.is_valid(i).then(|| ids.value(i)),
+                        v.get("id").and_then(|x| x.as_i64()),
+                        "{text}"
+                    );
+                    assert_eq!(
+                        ages.is_valid(i).then(|| ages.value(i)),
+                        v.get("age").and_then(|x| x.as_f64()),
+                        "{text}"
+                    );
+                    assert!(corrupt.is_null(i), "{text}");
+                } else {
+                    assert!(ids.is_null(i) && ages.is_null(i), "{text}");
+                    assert_eq!(corrupt.value(i), text);
+                }
+            }
+        }
+    }
+
     #[test]
     fn failfast_names_the_record() {
         let input: ArrayRef = Arc::new(StringArray::from(vec![Some("{oops")]));
