@@ -6,7 +6,6 @@ use std::sync::{Arc, RwLock};
 
 use async_trait::async_trait;
 use datafusion::arrow::array::RecordBatch;
-use datafusion::arrow::compute::concat_batches;
 use datafusion::arrow::datatypes::SchemaRef;
 use serde_json::{Value, json};
 
@@ -127,24 +126,34 @@ impl SourceReader for MemoryStream {
         projection: Option<&[usize]>,
     ) -> Result<Vec<RecordBatch>> {
         let (start, end) = (rows_of(start)? as usize, rows_of(end)? as usize);
-        let all = {
-            let rows = self
-                .rows
-                .read()
-                .map_err(|_| FlumenError::IllegalState("memory stream lock poisoned".into()))?;
-            concat_batches(&self.schema, rows.iter())?
-        };
-        if end > all.num_rows() {
+        let rows = self
+            .rows
+            .read()
+            .map_err(|_| FlumenError::IllegalState("memory stream lock poisoned".into()))?;
+        let total: usize = rows.iter().map(RecordBatch::num_rows).sum();
+        if end > total {
             return Err(FlumenError::Source {
                 source_name: self.description(),
-                message: format!("offset {end} is beyond the {} rows added", all.num_rows()),
+                message: format!("offset {end} is beyond the {total} rows added"),
             });
         }
-        let slice = all.slice(start, end - start);
-        Ok(vec![match projection {
-            Some(p) => slice.project(p)?,
-            None => slice,
-        }])
+        // Slice the batches overlapping [start, end) without copying rows.
+        let mut out = Vec::new();
+        let mut first_row = 0;
+        for batch in rows.iter() {
+            let last_row = first_row + batch.num_rows();
+            let from = start.max(first_row);
+            let to = end.min(last_row);
+            if from < to {
+                let slice = batch.slice(from - first_row, to - from);
+                out.push(match projection {
+                    Some(p) => slice.project(p)?,
+                    None => slice,
+                });
+            }
+            first_row = last_row;
+        }
+        Ok(out)
     }
 
     fn count_between(&self, start: &SourceOffset, end: &SourceOffset) -> Option<u64> {

@@ -128,9 +128,15 @@ impl KafkaFetcher {
     /// The partitions `subscription` covers now. Topics that do not exist yet have none
     /// (subscribe and pattern wait for them); assigned partitions must exist.
     pub fn partitions(&self, subscription: &Subscription) -> Result<Vec<TopicPartition>> {
+        // One topic: ask for just that one (cheap on big clusters; consumers do not auto-create
+        // topics). Otherwise every topic, which a pattern needs anyway.
+        let single = match subscription {
+            Subscription::Subscribe(topics) if topics.len() == 1 => Some(topics[0].as_str()),
+            _ => None,
+        };
         let metadata = self
             .consumer
-            .fetch_metadata(None, self.timeout)
+            .fetch_metadata(single, self.timeout)
             .map_err(|e| self.unreachable("read topic metadata", &e))?;
         let mut existing: BTreeMap<String, Vec<i32>> = BTreeMap::new();
         for topic in metadata.topics() {
