@@ -102,6 +102,14 @@ async fn failfast_json_stops_the_query_naming_the_record() {
         .to_string();
     assert!(err.contains("Malformed records are detected in record parsing. Parse Mode: FAILFAST. Record: {broken"), "{err}");
     assert!(query.exception().is_some());
+    assert!(
+        query
+            .status()
+            .message
+            .starts_with("Terminated with exception: Execution error: Malformed records"),
+        "{}",
+        query.status().message
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -85,10 +85,13 @@ impl Execution {
         }
         shared.update(|s| {
             s.terminated = true;
-            s.status.message = "Stopped".into();
             s.status.is_trigger_active = false;
-            if let Err(e) = outcome {
-                s.error = Some(Arc::new(e));
+            match outcome {
+                Ok(()) => s.status.message = "Stopped".into(),
+                Err(e) => {
+                    s.status.message = format!("Terminated with exception: {e}");
+                    s.error = Some(Arc::new(e));
+                }
             }
         });
     }
@@ -149,6 +152,10 @@ impl Execution {
                     .await?;
                     start = end;
                     next_batch = n + 1;
+                    if self.trigger == Trigger::Once {
+                        // Spark's Once runs one batch: here, the one that was left uncommitted.
+                        return Ok(());
+                    }
                 }
             }
         }
