@@ -248,9 +248,7 @@ pub(crate) fn produce(
             }
         }
     }
-    producer
-        .flush(rdkafka::util::Timeout::Never)
-        .map_err(|e| sink_error(format!("cannot flush the producer: {e}")))?;
+    wait_for_deliveries(producer);
     let tracker = producer.context();
     let failed = tracker.failed.load(Ordering::SeqCst) - failed_before;
     if failed > 0 {
@@ -265,6 +263,19 @@ pub(crate) fn produce(
         )));
     }
     Ok(rows)
+}
+
+/// Waits until every produced record is acknowledged or has failed (librdkafka fails it after
+/// `message.timeout.ms`, so this ends). rdkafka's own `flush` polls in 100 ms slices, which
+/// would put a 100 ms floor under every micro-batch; this serves delivery reports as they come.
+fn wait_for_deliveries(producer: &BaseProducer<DeliveryTracker>) {
+    loop {
+        producer.poll(Duration::ZERO);
+        if producer.in_flight_count() == 0 {
+            return;
+        }
+        producer.poll(Duration::from_millis(1));
+    }
 }
 
 /// The streaming Kafka sink.
