@@ -62,6 +62,8 @@ type TopicPartition = (String, i32);
 /// A consumer positioned by the engine, plus what it fetched beyond the last batch.
 pub(crate) struct KafkaFetcher {
     consumer: BaseConsumer,
+    /// Answers metadata and offset requests, never fetches.
+    lookups: BaseConsumer,
     description: String,
     bootstrap: String,
     timeout: Duration,
@@ -94,12 +96,21 @@ impl KafkaFetcher {
         for (k, v) in &config.client {
             client.set(k, v);
         }
-        let consumer: BaseConsumer = client.create().map_err(|e| FlumenError::Source {
-            source_name: description.clone(),
-            message: format!("cannot create the Kafka consumer: {e}; check the kafka.* options"),
-        })?;
+        let create = |client: &ClientConfig| -> Result<BaseConsumer> {
+            client.create().map_err(|e| FlumenError::Source {
+                source_name: description.clone(),
+                message: format!(
+                    "cannot create the Kafka consumer: {e}; check the kafka.* options"
+                ),
+            })
+        };
+        let consumer = create(&client)?;
+        // Metadata and offset lookups get a client of their own: on the fetching consumer's
+        // connection they would queue behind its long-polling fetch requests.
+        let lookups = create(&client)?;
         Ok(Self {
             consumer,
+            lookups,
             description,
             bootstrap: config.bootstrap_servers.clone(),
             timeout: config.poll_timeout,
@@ -135,7 +146,7 @@ impl KafkaFetcher {
             _ => None,
         };
         let metadata = self
-            .consumer
+            .lookups
             .fetch_metadata(single, self.timeout)
             .map_err(|e| self.unreachable("read topic metadata", &e))?;
         let mut existing: BTreeMap<String, Vec<i32>> = BTreeMap::new();
@@ -204,7 +215,7 @@ impl KafkaFetcher {
                 .map_err(|e| self.error(format!("bad partition {t}-{p}: {e}")))?;
         }
         let result = self
-            .consumer
+            .lookups
             .offsets_for_times(tpl, self.timeout)
             .map_err(|e| self.unreachable("read partition offsets", &e))?;
         for elem in result.elements() {
