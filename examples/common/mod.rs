@@ -15,7 +15,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 /// The Kafka flags every example takes.
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct KafkaArgs {
-    /// Kafka to use, as HOST:PORT[,HOST:PORT] (default: an embedded broker).
+    /// Kafka to use, as `HOST:PORT` or a comma-separated list (default: an embedded broker).
     #[arg(long)]
     pub bootstrap_servers: Option<String>,
     /// A librdkafka property for every Kafka client, as KEY=VALUE (repeatable), e.g.

@@ -417,3 +417,79 @@ async fn titanic_gives_the_same_rows_straight_in_small_batches_and_after_a_crash
     assert_eq!(titanic_to_memory(Some(100), false).await, straight);
     assert_eq!(titanic_to_memory(Some(100), true).await, straight);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_from_inside_foreach_batch_ends_the_query_after_that_batch() {
+    let kafka = EmbeddedKafka::with_topics(&[("numbers", 1)]).unwrap();
+    produce_numbers(kafka.bootstrap_servers(), "numbers", 0, 6);
+    let checkpoint = temp_dir();
+    let session = StreamSession::new();
+    let handle: Arc<Mutex<Option<StreamingQuery>>> = Arc::default();
+    let seen: Seen = Arc::default();
+    let (inner_handle, inner_seen) = (Arc::clone(&handle), Arc::clone(&seen));
+    let query = stream_of(&session, kafka.bootstrap_servers(), "numbers", 2)
+        .await
+        .write_stream()
+        .checkpoint_location(checkpoint.path())
+        .foreach_batch(move |_df, id| {
+            let handle = Arc::clone(&inner_handle);
+            let seen = Arc::clone(&inner_seen);
+            async move {
+                seen.lock().unwrap().push((id, vec![]));
+                let query = handle.lock().unwrap().clone();
+                if id == 1
+                    && let Some(query) = query
+                {
+                    query.stop().await?;
+                }
+                Ok(())
+            }
+        })
+        .start()
+        .await
+        .unwrap();
+    *handle.lock().unwrap() = Some(query.clone());
+    assert!(
+        query
+            .await_termination(Some(std::time::Duration::from_secs(60)))
+            .await
+            .unwrap()
+    );
+    let ids: Vec<u64> = seen.lock().unwrap().iter().map(|(id, _)| *id).collect();
+    assert_eq!(
+        ids,
+        [0, 1],
+        "the query stops after the batch that asked for it"
+    );
+    assert!(
+        checkpoint.path().join("commits/1").exists(),
+        "that batch is still committed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn processing_time_trigger_runs_batches_on_its_interval() {
+    let kafka = EmbeddedKafka::with_topics(&[("numbers", 1)]).unwrap();
+    produce_numbers(kafka.bootstrap_servers(), "numbers", 0, 3);
+    let session = StreamSession::new();
+    let query = stream_of(&session, kafka.bootstrap_servers(), "numbers", 100)
+        .await
+        .write_stream()
+        .memory()
+        .query_name("interval")
+        .trigger(Trigger::processing_time("200 milliseconds").unwrap())
+        .start()
+        .await
+        .unwrap();
+    query.process_all_available().await.unwrap();
+    produce_numbers(kafka.bootstrap_servers(), "numbers", 3, 5);
+    query.process_all_available().await.unwrap();
+    query.stop().await.unwrap();
+    let progress = query.recent_progress();
+    assert_eq!(progress.iter().map(|p| p.num_input_rows).sum::<u64>(), 5);
+    assert_eq!(progress.last().map(|p| p.batch_id), Some(1));
+    assert_eq!(
+        sql_table(&session, "SELECT count(*) AS c FROM interval").await,
+        "+---+\n| c |\n+---+\n| 5 |\n+---+"
+    );
+}
