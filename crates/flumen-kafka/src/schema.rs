@@ -10,15 +10,19 @@ use flumen_engine::datafusion::arrow::array::{
 };
 use flumen_engine::datafusion::arrow::buffer::{NullBuffer, OffsetBuffer};
 use flumen_engine::datafusion::arrow::datatypes::{
-    DataType, Field, Fields, Schema, SchemaRef, TimeUnit,
+    DataType, Field, FieldRef, Fields, Schema, SchemaRef, TimeUnit,
 };
 
 /// The type of the `headers` column: `array<struct<key: string, value: binary>>`.
 pub fn headers_type() -> DataType {
-    DataType::List(Arc::new(Field::new_list_field(
+    DataType::List(header_item())
+}
+
+fn header_item() -> FieldRef {
+    Arc::new(Field::new_list_field(
         DataType::Struct(header_fields()),
         true,
-    )))
+    ))
 }
 
 fn header_fields() -> Fields {
@@ -180,11 +184,8 @@ impl KafkaRowsBuilder {
                 ],
                 None,
             )?;
-            let DataType::List(item) = headers_type() else {
-                unreachable!("headers_type is a list")
-            };
             let list = ListArray::try_new(
-                item,
+                header_item(),
                 OffsetBuffer::new(self.header_offsets.into()),
                 Arc::new(entries),
                 Some(NullBuffer::from(self.header_validity)),
