@@ -379,3 +379,90 @@ async fn changing_the_subscription_of_a_checkpoint_is_refused() {
         "{err}"
     );
 }
+
+/// Fills partition 0 of `topic` past the mock broker's 5 MiB retention, so its oldest records
+/// are deleted; returns the earliest offset left.
+fn age_out_records(servers: &str, topic: &str) -> i64 {
+    let value = vec![b'x'; 1024];
+    let records: Vec<KeyValue<'_>> = (0..6000).map(|_| (None, Some(value.as_slice()))).collect();
+    produce(servers, topic, &records);
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = rdkafka::config::ClientConfig::new()
+        .set("bootstrap.servers", servers)
+        .create()
+        .unwrap();
+    let (low, high) = consumer
+        .fetch_watermarks(topic, 0, Duration::from_secs(10))
+        .unwrap();
+    assert_eq!(high, 6000);
+    assert!(
+        low > 0,
+        "the mock broker should have dropped the oldest records"
+    );
+    low
+}
+
+fn from_offset_zero(
+    session: &StreamSession,
+    servers: &str,
+    fail_on_data_loss: bool,
+) -> StreamFrame {
+    session
+        .read_stream()
+        .kafka()
+        .bootstrap_servers(servers)
+        .subscribe(["t"])
+        .starting_offsets(StartingOffsets::Specific(
+            [("t".to_string(), [(0, 0)].into())].into(),
+        ))
+        .fail_on_data_loss(fail_on_data_loss)
+        .load()
+        .unwrap()
+        .select_expr(["offset"])
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_lost_before_they_were_read_fail_the_query_by_default() {
+    let kafka = EmbeddedKafka::with_topics(&[("t", 1)]).unwrap();
+    age_out_records(kafka.bootstrap_servers(), "t");
+    let session = StreamSession::new();
+    let query = from_offset_zero(&session, kafka.bootstrap_servers(), true)
+        .write_stream()
+        .memory()
+        .query_name("lossy")
+        .start()
+        .await
+        .unwrap();
+    let err = query
+        .await_termination(Some(Duration::from_secs(60)))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("Some data may have been lost"), "{err}");
+    assert!(err.contains("failOnDataLoss"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fail_on_data_loss_false_skips_to_the_earliest_record_left() {
+    let kafka = EmbeddedKafka::with_topics(&[("t", 1)]).unwrap();
+    let low = age_out_records(kafka.bootstrap_servers(), "t");
+    let session = StreamSession::new();
+    let query = memory_query(
+        from_offset_zero(&session, kafka.bootstrap_servers(), false),
+        "skipped",
+    )
+    .await;
+    query.stop().await.unwrap();
+    assert_eq!(
+        sql_table(
+            &session,
+            "SELECT min(\"offset\") AS first, max(\"offset\") AS last, count(*) AS n FROM skipped"
+        )
+        .await,
+        format!(
+            "+-------+------+------+\n| first | last | n    |\n+-------+------+------+\n| {low:<5} | 5999 | {:<4} |\n+-------+------+------+",
+            6000 - low
+        )
+    );
+}
