@@ -11,7 +11,7 @@ use flumen_engine::datafusion::arrow::array::RecordBatch;
 use flumen_engine::{FlumenError, Result};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::{BorrowedHeaders, Message, Timestamp};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaErrorCode;
@@ -29,6 +29,10 @@ const MAX_BATCH_BYTES: usize = 256 << 20;
 const MAX_PENDING_RECORDS: usize = 100_000;
 use crate::options::{SourceConfig, Subscription};
 use crate::schema::{KafkaRowsBuilder, RecordView};
+
+fn is_timeout(e: &KafkaError) -> bool {
+    e.rdkafka_error_code() == Some(RDKafkaErrorCode::OperationTimedOut)
+}
 
 /// Runs blocking Kafka work on tokio's blocking pool.
 pub(crate) async fn blocking<T: Send + 'static>(
@@ -67,6 +71,8 @@ pub(crate) struct KafkaFetcher {
     description: String,
     bootstrap: String,
     timeout: Duration,
+    retries: u32,
+    retry_interval: Duration,
     include_headers: bool,
     fail_on_data_loss: bool,
     /// The next offset the consumer will deliver, per assigned partition.
@@ -114,6 +120,8 @@ impl KafkaFetcher {
             description,
             bootstrap: config.bootstrap_servers.clone(),
             timeout: config.poll_timeout,
+            retries: config.fetch_offset_retries,
+            retry_interval: config.fetch_offset_retry_interval,
             include_headers: config.include_headers,
             fail_on_data_loss: config.fail_on_data_loss,
             positions: HashMap::new(),
@@ -125,6 +133,28 @@ impl KafkaFetcher {
         FlumenError::Source {
             source_name: self.description.clone(),
             message,
+        }
+    }
+
+    /// Runs a metadata or offset request, retrying a failure `fetchOffset.numRetries` times
+    /// (Spark's rule). A request that used up its whole timeout is not retried: the broker is
+    /// unreachable rather than briefly unavailable, and the timeout is the promised bound.
+    fn retrying<T>(&self, request: impl Fn() -> KafkaResult<T>) -> KafkaResult<T> {
+        let mut attempt = 0;
+        loop {
+            let started = Instant::now();
+            match request() {
+                Err(e)
+                    if attempt < self.retries
+                        && !is_timeout(&e)
+                        && started.elapsed() < self.timeout =>
+                {
+                    attempt += 1;
+                    tracing::debug!(source = %self.description, error = %e, attempt, "retrying Kafka request");
+                    std::thread::sleep(self.retry_interval);
+                }
+                result => return result,
+            }
         }
     }
 
@@ -146,8 +176,7 @@ impl KafkaFetcher {
             _ => None,
         };
         let metadata = self
-            .lookups
-            .fetch_metadata(single, self.timeout)
+            .retrying(|| self.lookups.fetch_metadata(single, self.timeout))
             .map_err(|e| self.unreachable("read topic metadata", &e))?;
         let mut existing: BTreeMap<String, Vec<i32>> = BTreeMap::new();
         for topic in metadata.topics() {
@@ -215,8 +244,7 @@ impl KafkaFetcher {
                 .map_err(|e| self.error(format!("bad partition {t}-{p}: {e}")))?;
         }
         let result = self
-            .lookups
-            .offsets_for_times(tpl, self.timeout)
+            .retrying(|| self.lookups.offsets_for_times(tpl.clone(), self.timeout))
             .map_err(|e| self.unreachable("read partition offsets", &e))?;
         for elem in result.elements() {
             if let Err(e) = elem.error() {

@@ -104,6 +104,10 @@ pub struct SourceConfig {
     pub include_headers: bool,
     /// `kafkaConsumer.pollTimeoutMs` (default 30 s).
     pub poll_timeout: Duration,
+    /// `fetchOffset.numRetries` (default 3): retries of a failed metadata or offset request.
+    pub fetch_offset_retries: u32,
+    /// `fetchOffset.retryIntervalMs` (default 10 ms): the pause between those retries.
+    pub fetch_offset_retry_interval: Duration,
     /// `kafka.group.id`: when set, committed batch offsets are also committed to this consumer
     /// group, for lag monitoring only (the checkpoint stays the source of truth).
     pub group_id: Option<String>,
@@ -280,6 +284,13 @@ impl SourceConfig {
             poll_timeout: options
                 .get_millis("kafkaConsumer.pollTimeoutMs")?
                 .unwrap_or(DEFAULT_POLL_TIMEOUT),
+            fetch_offset_retries: u32::try_from(
+                options.get_u64("fetchOffset.numRetries")?.unwrap_or(3),
+            )
+            .map_err(|_| FlumenError::invalid_option("fetchOffset.numRetries", "too large"))?,
+            fetch_offset_retry_interval: options
+                .get_millis("fetchOffset.retryIntervalMs")?
+                .unwrap_or(Duration::from_millis(10)),
             group_id,
             client,
         })
