@@ -38,8 +38,10 @@ pub struct KafkaStreamReader {
     reader: DataStreamReader,
 }
 
+/// The source setters shared by the streaming and the batch reader, each written in terms of
+/// the type's own `option`.
 macro_rules! source_setters {
-    ($ty:ident, $field:ident) => {
+    ($ty:ident) => {
         impl $ty {
             /// `kafka.bootstrap.servers`: `host:port[,host:port...]`. Required.
             pub fn bootstrap_servers(self, servers: impl AsRef<str>) -> Self {
@@ -71,7 +73,8 @@ macro_rules! source_setters {
             }
 
             /// `startingOffsets`: where a new query starts. Default: latest for streams,
-            /// earliest for batch reads. Ignored when restarting from a checkpoint.
+            /// earliest for batch reads (where latest is not allowed). Ignored when restarting
+            /// from a checkpoint.
             pub fn starting_offsets(self, offsets: StartingOffsets) -> Self {
                 self.option("startingOffsets", String::from(offsets))
             }
@@ -92,10 +95,32 @@ macro_rules! source_setters {
                 self.option("includeHeaders", include.to_string())
             }
 
-            /// A Spark-style option (`kafka.*` properties pass through to librdkafka).
-            pub fn option(mut self, key: impl Into<String>, value: impl ToString) -> Self {
-                self.$field = self.$field.option(key, value);
+            /// Several Spark-style options at once.
+            pub fn options<K: Into<String>, V: ToString>(
+                mut self,
+                options: impl IntoIterator<Item = (K, V)>,
+            ) -> Self {
+                for (k, v) in options {
+                    self = self.option(k, v);
+                }
                 self
+            }
+        }
+    };
+}
+
+/// The sink setters shared by the streaming and the batch writer.
+macro_rules! sink_setters {
+    ($ty:ident) => {
+        impl $ty {
+            /// `kafka.bootstrap.servers`. Required.
+            pub fn bootstrap_servers(self, servers: impl AsRef<str>) -> Self {
+                self.option("kafka.bootstrap.servers", servers.as_ref())
+            }
+
+            /// `topic`: the topic for every row; overrides a `topic` column.
+            pub fn topic(self, topic: impl AsRef<str>) -> Self {
+                self.option("topic", topic.as_ref())
             }
 
             /// Several Spark-style options at once.
@@ -112,9 +137,18 @@ macro_rules! source_setters {
     };
 }
 
-source_setters!(KafkaStreamReader, reader);
+source_setters!(KafkaStreamReader);
+source_setters!(KafkaBatchReader);
+sink_setters!(KafkaStreamWriter);
+sink_setters!(KafkaBatchWriter);
 
 impl KafkaStreamReader {
+    /// A Spark-style option (`kafka.*` properties pass through to librdkafka).
+    pub fn option(mut self, key: impl Into<String>, value: impl ToString) -> Self {
+        self.reader = self.reader.option(key, value);
+        self
+    }
+
     /// `maxOffsetsPerTrigger`: at most this many records per micro-batch, split over
     /// partitions by backlog. Default: no limit.
     pub fn max_offsets_per_trigger(self, records: u64) -> Self {
@@ -148,30 +182,9 @@ pub struct KafkaStreamWriter {
 }
 
 impl KafkaStreamWriter {
-    /// `kafka.bootstrap.servers`. Required.
-    pub fn bootstrap_servers(self, servers: impl AsRef<str>) -> Self {
-        self.option("kafka.bootstrap.servers", servers.as_ref())
-    }
-
-    /// `topic`: the topic for every row; overrides a `topic` column.
-    pub fn topic(self, topic: impl AsRef<str>) -> Self {
-        self.option("topic", topic.as_ref())
-    }
-
     /// A Spark-style option (`kafka.*` producer properties pass through to librdkafka).
     pub fn option(mut self, key: impl Into<String>, value: impl ToString) -> Self {
         self.writer = self.writer.option(key, value);
-        self
-    }
-
-    /// Several Spark-style options at once.
-    pub fn options<K: Into<String>, V: ToString>(
-        mut self,
-        options: impl IntoIterator<Item = (K, V)>,
-    ) -> Self {
-        for (k, v) in options {
-            self = self.option(k, v);
-        }
         self
     }
 
@@ -232,76 +245,28 @@ pub struct KafkaBatchReader {
 }
 
 impl KafkaBatchReader {
-    fn set(mut self, key: impl Into<String>, value: impl ToString) -> Self {
+    /// A Spark-style option.
+    pub fn option(mut self, key: impl Into<String>, value: impl ToString) -> Self {
         self.options.set(key, value.to_string());
         self
     }
-}
 
-/// Mirror of the streaming reader's setters for the batch reader.
-mod batch_setters {
-    use super::*;
+    /// `endingOffsets` (default latest; exclusive).
+    pub fn ending_offsets(self, offsets: StartingOffsets) -> Self {
+        self.option("endingOffsets", String::from(offsets))
+    }
 
-    impl KafkaBatchReader {
-        /// `kafka.bootstrap.servers`. Required.
-        pub fn bootstrap_servers(self, servers: impl AsRef<str>) -> Self {
-            self.set("kafka.bootstrap.servers", servers.as_ref())
-        }
-
-        /// `subscribe`: these topics.
-        pub fn subscribe<S: AsRef<str>>(self, topics: impl IntoIterator<Item = S>) -> Self {
-            let list: Vec<String> = topics.into_iter().map(|t| t.as_ref().to_string()).collect();
-            self.set("subscribe", list.join(","))
-        }
-
-        /// `subscribePattern`: every topic matching this regex.
-        pub fn subscribe_pattern(self, pattern: impl AsRef<str>) -> Self {
-            self.set("subscribePattern", pattern.as_ref())
-        }
-
-        /// `startingOffsets` (default earliest; latest is not allowed).
-        pub fn starting_offsets(self, offsets: StartingOffsets) -> Self {
-            self.set("startingOffsets", String::from(offsets))
-        }
-
-        /// `endingOffsets` (default latest; exclusive).
-        pub fn ending_offsets(self, offsets: StartingOffsets) -> Self {
-            self.set("endingOffsets", String::from(offsets))
-        }
-
-        /// `includeHeaders` (default false).
-        pub fn include_headers(self, include: bool) -> Self {
-            self.set("includeHeaders", include.to_string())
-        }
-
-        /// A Spark-style option.
-        pub fn option(self, key: impl Into<String>, value: impl ToString) -> Self {
-            self.set(key, value)
-        }
-
-        /// Several Spark-style options at once.
-        pub fn options<K: Into<String>, V: ToString>(
-            mut self,
-            options: impl IntoIterator<Item = (K, V)>,
-        ) -> Self {
-            for (k, v) in options {
-                self = self.set(k, v);
-            }
-            self
-        }
-
-        /// Reads the range and returns it as a DataFrame with the Kafka schema.
-        pub async fn load(self) -> Result<DataFrame> {
-            let config = SourceConfig::from_options(&self.options, false)?;
-            let batches = read_range(config).await?;
-            let schema = crate::schema::kafka_schema(config_headers(&self.options)?);
-            let table =
-                flumen_engine::datafusion::datasource::MemTable::try_new(schema, vec![batches])?;
-            Ok(self
-                .session
-                .context()
-                .read_table(std::sync::Arc::new(table))?)
-        }
+    /// Reads the range and returns it as a DataFrame with the Kafka schema.
+    pub async fn load(self) -> Result<DataFrame> {
+        let config = SourceConfig::from_options(&self.options, false)?;
+        let batches = read_range(config).await?;
+        let schema = crate::schema::kafka_schema(config_headers(&self.options)?);
+        let table =
+            flumen_engine::datafusion::datasource::MemTable::try_new(schema, vec![batches])?;
+        Ok(self
+            .session
+            .context()
+            .read_table(std::sync::Arc::new(table))?)
     }
 }
 
@@ -349,30 +314,9 @@ impl std::fmt::Debug for KafkaBatchWriter {
 }
 
 impl KafkaBatchWriter {
-    /// `kafka.bootstrap.servers`. Required.
-    pub fn bootstrap_servers(self, servers: impl AsRef<str>) -> Self {
-        self.option("kafka.bootstrap.servers", servers.as_ref())
-    }
-
-    /// `topic`: the topic for every row; overrides a `topic` column.
-    pub fn topic(self, topic: impl AsRef<str>) -> Self {
-        self.option("topic", topic.as_ref())
-    }
-
     /// A Spark-style option (`kafka.*` producer properties pass through).
     pub fn option(mut self, key: impl Into<String>, value: impl ToString) -> Self {
         self.options.set(key, value.to_string());
-        self
-    }
-
-    /// Several Spark-style options at once.
-    pub fn options<K: Into<String>, V: ToString>(
-        mut self,
-        options: impl IntoIterator<Item = (K, V)>,
-    ) -> Self {
-        for (k, v) in options {
-            self = self.option(k, v);
-        }
         self
     }
 
