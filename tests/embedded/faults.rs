@@ -18,14 +18,7 @@ async fn memory_query(frame: StreamFrame, name: &str) -> StreamingQuery {
 }
 
 fn earliest(session: &StreamSession, servers: &str, topic: &str) -> StreamFrame {
-    session
-        .read_stream()
-        .kafka()
-        .bootstrap_servers(servers)
-        .subscribe([topic])
-        .starting_offsets(StartingOffsets::Earliest)
-        .load()
-        .unwrap()
+    earliest_reader(session, servers, topic).load().unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -144,12 +144,7 @@ async fn console_sink_prints_batches_like_spark() {
     );
     let session = StreamSession::new();
     let capture = Capture::default();
-    let query = session
-        .read_stream()
-        .kafka()
-        .bootstrap_servers(kafka.bootstrap_servers())
-        .subscribe(["demo-topic"])
-        .starting_offsets(StartingOffsets::Earliest)
+    let query = earliest_reader(&session, kafka.bootstrap_servers(), "demo-topic")
         .load()
         .unwrap()
         .select_expr(["CAST(key AS STRING)", "CAST(value AS STRING)"])
@@ -195,12 +190,7 @@ async fn kafka_to_kafka_prefixes_every_value() {
     );
     let session = StreamSession::new();
     let checkpoint = temp_dir();
-    let query = session
-        .read_stream()
-        .kafka()
-        .bootstrap_servers(kafka.bootstrap_servers())
-        .subscribe(["demo-topic"])
-        .starting_offsets(StartingOffsets::Earliest)
+    let query = earliest_reader(&session, kafka.bootstrap_servers(), "demo-topic")
         .load()
         .unwrap()
         .select_expr([
@@ -257,12 +247,7 @@ async fn two_queries_run_side_by_side_from_one_source_definition() {
     let kafka = EmbeddedKafka::with_topics(&[("t", 1)]).unwrap();
     produce_values(kafka.bootstrap_servers(), "t", &["1", "2", "3"]);
     let session = StreamSession::new();
-    let stream = session
-        .read_stream()
-        .kafka()
-        .bootstrap_servers(kafka.bootstrap_servers())
-        .subscribe(["t"])
-        .starting_offsets(StartingOffsets::Earliest)
+    let stream = earliest_reader(&session, kafka.bootstrap_servers(), "t")
         .load()
         .unwrap()
         .select_expr(["CAST(value AS STRING) AS v"])
@@ -313,12 +298,7 @@ async fn sql_over_a_registered_stream_is_a_stream() {
         ],
     );
     let session = StreamSession::new();
-    session
-        .read_stream()
-        .kafka()
-        .bootstrap_servers(kafka.bootstrap_servers())
-        .subscribe(["people"])
-        .starting_offsets(StartingOffsets::Earliest)
+    earliest_reader(&session, kafka.bootstrap_servers(), "people")
         .load()
         .unwrap()
         .create_or_replace_temp_view("people_raw")
@@ -360,12 +340,7 @@ async fn foreach_batch_gets_each_batch_with_its_id() {
     let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
     let sink = Arc::clone(&seen);
     let checkpoint = temp_dir();
-    let query = session
-        .read_stream()
-        .kafka()
-        .bootstrap_servers(kafka.bootstrap_servers())
-        .subscribe(["t"])
-        .starting_offsets(StartingOffsets::Earliest)
+    let query = earliest_reader(&session, kafka.bootstrap_servers(), "t")
         .max_offsets_per_trigger(2)
         .load()
         .unwrap()
@@ -448,12 +423,7 @@ async fn headers_are_read_and_written() {
     produce(kafka.bootstrap_servers(), "in", &[(None, Some(b"w"))]);
     let session = StreamSession::new();
     let checkpoint = temp_dir();
-    let stream = session
-        .read_stream()
-        .kafka()
-        .bootstrap_servers(kafka.bootstrap_servers())
-        .subscribe(["in"])
-        .starting_offsets(StartingOffsets::Earliest)
+    let stream = earliest_reader(&session, kafka.bootstrap_servers(), "in")
         .include_headers(true)
         .load()
         .unwrap();
@@ -513,12 +483,7 @@ async fn progress_reports_are_spark_shaped() {
         &[],
     );
     let session = StreamSession::new();
-    let query = session
-        .read_stream()
-        .kafka()
-        .bootstrap_servers(kafka.bootstrap_servers())
-        .subscribe(["t"])
-        .starting_offsets(StartingOffsets::Earliest)
+    let query = earliest_reader(&session, kafka.bootstrap_servers(), "t")
         .load()
         .unwrap()
         .write_stream()
@@ -622,12 +587,7 @@ async fn static_join_builds_its_hash_table_once_per_query() {
     let kafka = EmbeddedKafka::with_topics(&[("t", 1)]).unwrap();
     let session = StreamSession::new();
     let classes = titanic::class_names(&session).unwrap();
-    let query = session
-        .read_stream()
-        .kafka()
-        .bootstrap_servers(kafka.bootstrap_servers())
-        .subscribe(["t"])
-        .starting_offsets(StartingOffsets::Earliest)
+    let query = earliest_reader(&session, kafka.bootstrap_servers(), "t")
         .load()
         .unwrap()
         .select_expr(["CAST(CAST(value AS STRING) AS BIGINT) AS Pclass"])
@@ -674,12 +634,7 @@ async fn current_timestamp_is_the_batch_timestamp() {
     produce_values(kafka.bootstrap_servers(), "t", &["a", "b", "c"]);
     let session = StreamSession::new();
     let checkpoint = temp_dir();
-    let query = session
-        .read_stream()
-        .kafka()
-        .bootstrap_servers(kafka.bootstrap_servers())
-        .subscribe(["t"])
-        .starting_offsets(StartingOffsets::Earliest)
+    let query = earliest_reader(&session, kafka.bootstrap_servers(), "t")
         .load()
         .unwrap()
         .select([
@@ -724,12 +679,7 @@ async fn kafka_sink_routes_by_topic_and_partition_columns() {
     produce_values(kafka.bootstrap_servers(), "in", &["1", "2", "3", "4"]);
     let session = StreamSession::new();
     let checkpoint = temp_dir();
-    let query = session
-        .read_stream()
-        .kafka()
-        .bootstrap_servers(kafka.bootstrap_servers())
-        .subscribe(["in"])
-        .starting_offsets(StartingOffsets::Earliest)
+    let query = earliest_reader(&session, kafka.bootstrap_servers(), "in")
         .load()
         .unwrap()
         .select_expr([
@@ -763,12 +713,7 @@ async fn processed_offsets_are_committed_to_the_group_for_monitoring() {
     let kafka = EmbeddedKafka::with_topics(&[("t", 1)]).unwrap();
     produce_values(kafka.bootstrap_servers(), "t", &["a", "b", "c"]);
     let session = StreamSession::new();
-    let query = session
-        .read_stream()
-        .kafka()
-        .bootstrap_servers(kafka.bootstrap_servers())
-        .subscribe(["t"])
-        .starting_offsets(StartingOffsets::Earliest)
+    let query = earliest_reader(&session, kafka.bootstrap_servers(), "t")
         .option("kafka.group.id", "flumen-monitor")
         .load()
         .unwrap()
@@ -812,12 +757,7 @@ async fn trigger_once_reads_everything_available_in_one_batch_then_stops() {
     let kafka = EmbeddedKafka::with_topics(&[("t", 1)]).unwrap();
     produce_values(kafka.bootstrap_servers(), "t", &["a", "b", "c", "d"]);
     let session = StreamSession::new();
-    let query = session
-        .read_stream()
-        .kafka()
-        .bootstrap_servers(kafka.bootstrap_servers())
-        .subscribe(["t"])
-        .starting_offsets(StartingOffsets::Earliest)
+    let query = earliest_reader(&session, kafka.bootstrap_servers(), "t")
         .max_offsets_per_trigger(1)
         .load()
         .unwrap()

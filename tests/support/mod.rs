@@ -162,6 +162,20 @@ pub fn read_topic(servers: &str, topic: &str) -> Vec<Record> {
     records
 }
 
+/// A Kafka stream reader of `topic` starting at the earliest offset; add options, then `load()`.
+pub fn earliest_reader(
+    session: &StreamSession,
+    servers: &str,
+    topic: &str,
+) -> flumen::kafka::KafkaStreamReader {
+    session
+        .read_stream()
+        .kafka()
+        .bootstrap_servers(servers)
+        .subscribe([topic])
+        .starting_offsets(StartingOffsets::Earliest)
+}
+
 /// The Titanic CSV: `FLUMEN_TITANIC_CSV`, else `../shared/data/titanic.csv` beside the repository.
 pub fn titanic_csv() -> PathBuf {
     let path = std::env::var_os("FLUMEN_TITANIC_CSV")
