@@ -172,29 +172,45 @@ impl StreamSession {
             .unwrap_or_default()
     }
 
-    /// Adds a query unless an active one has the same name or id (Spark's rule).
-    pub(crate) fn register_query(&self, query: &StreamingQuery) -> Result<()> {
-        let mut queries = self
-            .inner
-            .queries
-            .lock()
-            .map_err(|_| crate::FlumenError::IllegalState("query list lock poisoned".into()))?;
+    /// Fails when an active query has `name` or `id` (Spark's rule).
+    fn check_free(queries: &[StreamingQuery], name: Option<&str>, id: Option<&str>) -> Result<()> {
         for active in queries.iter().filter(|q| q.is_active()) {
-            if let Some(name) = query.name()
+            if let Some(name) = name
                 && active.name() == Some(name)
             {
                 return Err(crate::FlumenError::IllegalState(format!(
                     "Cannot start query with name {name} as a query with that name is already active in this session"
                 )));
             }
-            if active.id() == query.id() {
+            if let Some(id) = id
+                && active.id() == id
+            {
                 return Err(crate::FlumenError::IllegalState(format!(
-                    "Cannot start query with id {} as another query with same id is already active. \
-                     Perhaps you are attempting to restart a query from checkpoint that is already active.",
-                    query.id()
+                    "Cannot start query with id {id} as another query with same id is already active. \
+                     Perhaps you are attempting to restart a query from checkpoint that is already active."
                 )));
             }
         }
+        Ok(())
+    }
+
+    fn lock_queries(&self) -> Result<std::sync::MutexGuard<'_, Vec<StreamingQuery>>> {
+        self.inner
+            .queries
+            .lock()
+            .map_err(|_| crate::FlumenError::IllegalState("query list lock poisoned".into()))
+    }
+
+    /// Fails early when an active query already has `name` (before a sink claims the name).
+    pub(crate) fn ensure_name_free(&self, name: &str) -> Result<()> {
+        Self::check_free(&self.lock_queries()?, Some(name), None)
+    }
+
+    /// Adds a query unless an active one has the same name or id; checked and added under one
+    /// lock, so two concurrent starts cannot both pass.
+    pub(crate) fn register_query(&self, query: &StreamingQuery) -> Result<()> {
+        let mut queries = self.lock_queries()?;
+        Self::check_free(&queries, query.name(), Some(query.id()))?;
         queries.push(query.clone());
         Ok(())
     }

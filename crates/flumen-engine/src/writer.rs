@@ -206,15 +206,8 @@ impl DataStreamWriter {
         let name = self
             .query_name
             .or_else(|| self.options.get("queryName").map(str::to_string));
-        if let Some(name) = &name
-            && session
-                .active_queries()
-                .iter()
-                .any(|q| q.name() == Some(name.as_str()))
-        {
-            return Err(FlumenError::IllegalState(format!(
-                "Cannot start query with name {name} as a query with that name is already active in this session"
-            )));
+        if let Some(name) = &name {
+            session.ensure_name_free(name)?;
         }
 
         let state = self.frame.dataframe().clone().into_parts().0;
@@ -262,12 +255,6 @@ impl DataStreamWriter {
         // Read the commit log now, so a corrupt checkpoint fails here, naming its file (the
         // offset log is read by the settings check below).
         checkpoint.latest_commit()?;
-        if session.active_queries().iter().any(|q| q.id() == id) {
-            return Err(FlumenError::IllegalState(format!(
-                "Cannot start query with id {id} as another query with same id is already active. \
-                 Perhaps you are attempting to restart a query from checkpoint that is already active."
-            )));
-        }
 
         let mut conf = BTreeMap::new();
         conf.insert("flumen.source".to_string(), plan.source.fingerprint());
