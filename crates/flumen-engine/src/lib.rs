@@ -54,7 +54,9 @@ pub use error::{FlumenError, Result};
 pub use frame::StreamFrame;
 pub use memory_stream::MemoryStream;
 pub use plan::StreamTable;
-pub use progress::{SinkProgress, SourceProgress, StreamingQueryProgress, StreamingQueryStatus};
+pub use progress::{
+    SinkProgress, SourceProgress, StateOperatorProgress, StreamingQueryProgress, StreamingQueryStatus,
+};
 pub use query::{OutputMode, RECENT_PROGRESS_RETAINED, StreamingQuery, Trigger};
 pub use reader::DataStreamReader;
 pub use session::StreamSession;

@@ -38,7 +38,7 @@ pub struct StreamingQueryProgress {
     pub event_time: BTreeMap<String, String>,
     /// Stateful operators (none for stateless queries).
     #[serde(default)]
-    pub state_operators: Vec<Value>,
+    pub state_operators: Vec<StateOperatorProgress>,
     /// One entry per source.
     pub sources: Vec<SourceProgress>,
     /// The sink.
@@ -55,6 +55,37 @@ impl StreamingQueryProgress {
     pub fn pretty_json(&self) -> String {
         serde_json::to_string_pretty(self).unwrap_or_default()
     }
+}
+
+/// Progress of one stateful operator (Spark's `StateOperatorProgress`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StateOperatorProgress {
+    /// E.g. `stateStoreSave` (aggregation) or `dedupe`.
+    pub operator_name: String,
+    /// Rows (keys) held in state after the batch.
+    pub num_rows_total: u64,
+    /// Rows (keys) created or changed by the batch.
+    pub num_rows_updated: u64,
+    /// Time spent updating state, ms.
+    pub all_updates_time_ms: u64,
+    /// Rows (keys) evicted by the watermark in this batch.
+    pub num_rows_removed: u64,
+    /// Time spent evicting, ms.
+    pub all_removals_time_ms: u64,
+    /// Time spent writing the state to the checkpoint, ms.
+    pub commit_time_ms: u64,
+    /// Bytes of memory the state holds (keys, accumulators and index).
+    pub memory_used_bytes: u64,
+    /// Input rows ignored because they were behind the watermark.
+    pub num_rows_dropped_by_watermark: u64,
+    /// Always 1: Flumen does not shuffle.
+    pub num_shuffle_partitions: u64,
+    /// Always 1: one state store per operator.
+    pub num_state_store_instances: u64,
+    /// Store-specific metrics, e.g. `stateOnCurrentVersionSizeBytes`.
+    #[serde(default)]
+    pub custom_metrics: BTreeMap<String, u64>,
 }
 
 /// Progress of one source (Spark's `SourceProgress`).
