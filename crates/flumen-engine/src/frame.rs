@@ -13,13 +13,15 @@ use datafusion::common::{Column, DFSchema};
 use datafusion::dataframe::DataFrame;
 use datafusion::datasource::ViewTable;
 use datafusion::functions::core::expr_fn::get_field;
-use datafusion::logical_expr::{Expr, JoinType, col};
+use datafusion::logical_expr::{Expr, Extension, JoinType, LogicalPlan, SortExpr, col};
 
 use regex::Regex;
 
 use crate::error::{FlumenError, Result};
 use crate::plan::stream_sources;
 use crate::session::StreamSession;
+use crate::stateful::dedup::Deduplicate;
+use crate::stateful::watermark::{EventTimeWatermark, parse_delay};
 use crate::writer::DataStreamWriter;
 
 const LEFT: &str = "__flumen_left";
@@ -252,6 +254,85 @@ impl StreamFrame {
         Ok(self.with_df(self.df.clone().join_on(right, how, equalities)?))
     }
 
+    /// Declares `column` as event time, with rows up to `delay` late (`"10 minutes"`): stateful
+    /// operators after this drop rows behind the watermark and evict state it has passed.
+    /// See [`crate::stateful`] for how the watermark is computed.
+    pub fn with_watermark(&self, column: &str, delay: &str) -> Result<Self> {
+        let delay_ms = parse_delay(delay)?;
+        let (state, plan) = self.df.clone().into_parts();
+        let node = EventTimeWatermark::try_new(plan, column.to_string(), delay_ms)?;
+        let plan = LogicalPlan::Extension(Extension {
+            node: Arc::new(node),
+        });
+        Ok(self.with_df(DataFrame::new(state, plan)))
+    }
+
+    /// Groups rows for an aggregation: `group_by([window(col("t"), "1 minute")])?.count()`.
+    pub fn group_by(&self, keys: impl IntoIterator<Item = Expr>) -> GroupedFrame {
+        GroupedFrame {
+            frame: self.clone(),
+            keys: keys.into_iter().collect(),
+        }
+    }
+
+    /// Sorts by the given columns, ascending (on a stream: only after an aggregation in
+    /// complete mode, as in Spark).
+    pub fn order_by(&self, columns: impl IntoIterator<Item = Expr>) -> Result<Self> {
+        self.sort(columns.into_iter().map(|c| c.sort(true, true)).collect())
+    }
+
+    /// Sorts by DataFusion sort expressions (`col("n").sort(false, true)` for descending).
+    pub fn sort(&self, exprs: Vec<SortExpr>) -> Result<Self> {
+        Ok(self.with_df(self.df.clone().sort(exprs)?))
+    }
+
+    /// Keeps the first row of each distinct combination of `columns` (all columns when empty).
+    ///
+    /// On a stream the keys seen are state: kept forever, unless a watermark is declared on a
+    /// column among `columns`, in which case keys behind the watermark are evicted and rows
+    /// behind it dropped.
+    pub fn drop_duplicates(&self, columns: &[&str]) -> Result<Self> {
+        self.deduplicate(columns, false)
+    }
+
+    /// Keeps the first row of each distinct combination of `columns`, remembering each key
+    /// until the watermark passes its first row's event time plus the watermark delay. Needs
+    /// `with_watermark` first; the event-time column need not be among `columns`.
+    pub fn drop_duplicates_within_watermark(&self, columns: &[&str]) -> Result<Self> {
+        if !self.is_streaming() {
+            return Err(FlumenError::Unsupported(
+                "dropDuplicatesWithinWatermark is not supported with batch DataFrames/DataSets"
+                    .into(),
+            ));
+        }
+        self.deduplicate(columns, true)
+    }
+
+    fn deduplicate(&self, columns: &[&str], within_watermark: bool) -> Result<Self> {
+        let schema = self.df.schema();
+        for c in columns {
+            if !schema.fields().iter().any(|f| f.name() == c) {
+                return Err(FlumenError::invalid_option(
+                    "drop_duplicates",
+                    format!(
+                        "Cannot resolve column name \"{c}\" among ({})",
+                        schema.field_names().join(", ")
+                    ),
+                ));
+            }
+        }
+        let (state, plan) = self.df.clone().into_parts();
+        let node = Deduplicate {
+            input: plan,
+            keys: columns.iter().map(|c| c.to_string()).collect(),
+            within_watermark,
+        };
+        let plan = LogicalPlan::Extension(Extension {
+            node: Arc::new(node),
+        });
+        Ok(self.with_df(DataFrame::new(state, plan)))
+    }
+
     /// Registers the frame under `name` for SQL: `session.sql("SELECT ... FROM name")` then
     /// reads it (as a stream when this frame is one).
     pub fn create_or_replace_temp_view(&self, name: &str) -> Result<()> {
@@ -280,6 +361,32 @@ impl StreamFrame {
             ));
         }
         Ok(self.df)
+    }
+}
+
+/// A frame grouped by keys, waiting for its aggregates ([`StreamFrame::group_by`]).
+#[derive(Debug, Clone)]
+pub struct GroupedFrame {
+    frame: StreamFrame,
+    keys: Vec<Expr>,
+}
+
+impl GroupedFrame {
+    /// Rows per group, in a column named `count` (Spark's).
+    pub fn count(&self) -> Result<StreamFrame> {
+        self.agg([datafusion::functions_aggregate::expr_fn::count(datafusion::logical_expr::lit(1))
+            .alias("count")])
+    }
+
+    /// The given aggregates per group (`sum(col("x")).alias("total")`, `avg`, `min`, `max`,
+    /// and any DataFusion aggregate whose state can be merged).
+    pub fn agg(&self, aggregates: impl IntoIterator<Item = Expr>) -> Result<StreamFrame> {
+        let df = self
+            .frame
+            .df
+            .clone()
+            .aggregate(self.keys.clone(), aggregates.into_iter().collect())?;
+        Ok(self.frame.with_df(df))
     }
 }
 

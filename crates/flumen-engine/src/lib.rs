@@ -48,10 +48,11 @@ mod reader;
 mod session;
 pub mod sink;
 pub mod source;
+pub mod stateful;
 mod writer;
 
 pub use error::{FlumenError, Result};
-pub use frame::StreamFrame;
+pub use frame::{GroupedFrame, StreamFrame};
 pub use memory_stream::MemoryStream;
 pub use plan::StreamTable;
 pub use progress::{
@@ -68,11 +69,13 @@ pub use datafusion;
 /// The names most programs need: `use flumen_engine::prelude::*;`.
 pub mod prelude {
     pub use crate::functions::{
-        cast, cast_string, col, concat, current_timestamp, from_json, from_json_with_options,
-        interval, lit, struct_, to_json, when,
+        avg, cast, cast_string, col, concat, count, current_timestamp, from_json,
+        from_json_with_options, interval, lit, max, min, session_window, sliding_window, struct_,
+        sum, to_json, when, window, window_with_start,
     };
     pub use crate::{
-        DataStreamWriter, FlumenError, MemoryStream, OutputMode, StreamFrame, StreamSession,
+        DataStreamWriter, FlumenError, GroupedFrame, MemoryStream, OutputMode, StreamFrame,
+        StreamSession,
         StreamingQuery, StreamingQueryProgress, Trigger,
     };
     pub use datafusion::logical_expr::JoinType;

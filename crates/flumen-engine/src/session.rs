@@ -17,6 +17,7 @@ use crate::plan::StreamTable;
 use crate::query::StreamingQuery;
 use crate::reader::DataStreamReader;
 use crate::source::SourceRef;
+use crate::stateful::planner::FlumenQueryPlanner;
 
 /// A session: static DataFrames and SQL as in DataFusion, plus streams and streaming queries.
 ///
@@ -82,6 +83,7 @@ impl StreamSession {
             .with_config(config)
             .with_default_features()
             .with_expr_planners(planners)
+            .with_query_planner(Arc::new(FlumenQueryPlanner))
             .build();
         let ctx = SessionContext::new_with_state(state);
         ctx.add_analyzer_rule(Arc::new(LenientBinaryCast));

@@ -29,6 +29,9 @@ pub use spark::{
 
 pub(crate) use spark::BATCH_TIMESTAMP_MS;
 
+pub use crate::stateful::windows::{session_window, sliding_window, window, window_with_start};
+pub use datafusion::functions_aggregate::expr_fn::{avg, count, max, min, sum};
+
 use crate::error::Result;
 
 /// A column by name, matched exactly as written (`col("Age")` is the column `Age`).
@@ -169,4 +172,6 @@ pub(crate) fn register(ctx: &datafusion::prelude::SessionContext) {
     ctx.register_udf(ScalarUDF::from(SparkConcat::default()));
     ctx.register_udf(ScalarUDF::from(BatchTimestamp::default()));
     ctx.register_udf(ScalarUDF::from(BinaryToString::default()));
+    ctx.register_udf(ScalarUDF::from(crate::stateful::windows::TimeWindow::default()));
+    ctx.register_udf(ScalarUDF::from(crate::stateful::windows::SessionWindow::default()));
 }

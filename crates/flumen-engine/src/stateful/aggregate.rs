@@ -1,0 +1,850 @@
+//! Streaming aggregation: `group_by(..).agg(..)` whose groups live across micro-batches.
+//!
+//! DataFusion plans the aggregation as usual; Flumen then swaps the `AggregateExec` for a
+//! [`StatefulAggregateExec`] built from the same grouping and aggregate expressions. Per batch
+//! it groups the new rows, folds them into fresh accumulators (DataFusion's
+//! `GroupsAccumulator`s, or row accumulators behind an adapter), merges in the stored
+//! intermediate state of the groups it touched, and stores the new intermediate state. Final
+//! values are computed from intermediate state whenever a group is emitted, so nothing in
+//! state is ever consumed by evaluation.
+//!
+//! Output modes (Spark's): *update* emits the groups this batch changed; *complete* emits every
+//! group, ordered by key; *append* emits a group once, when the watermark passes its window's
+//! end (or its event time), and then forgets it. With a watermark on the grouping, append and
+//! update evict state behind the watermark, and rows behind it are dropped and counted.
+//! Sliding windows put each row in every window containing it; session windows merge
+//! overlapping sessions of a key.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, Int8Array, RecordBatch, UInt32Array,
+};
+use datafusion::arrow::compute::{concat_batches, filter, take};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::arrow::row::{RowConverter, SortField};
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::error::Result as DFResult;
+use datafusion::execution::TaskContext;
+use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
+use datafusion::logical_expr::{EmitTo, GroupsAccumulator};
+use datafusion::physical_expr::GroupsAccumulatorAdapter;
+use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
+use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
+use datafusion::physical_plan::execution_plan::{ChildrenPropertiesMode, ReplaceChildrenOptions};
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, PhysicalExpr, PlanProperties,
+    SendableRecordBatchStream,
+};
+
+use super::store::{Loc, StateStore};
+use super::windows::{WindowExpr, WindowKind, as_window_expr, event_time_micros, window_structs};
+use super::{
+    OperatorHandle, StatefulOperator, WatermarkSpec, column_name, evaluate, process_whole_input,
+};
+use crate::error::{FlumenError, Result};
+use crate::progress::StateOperatorProgress;
+use crate::query::OutputMode;
+
+/// Which grouping key carries event time, and how to read its end.
+#[derive(Debug, Clone, Copy)]
+enum EventKey {
+    /// A window struct: its `end` field.
+    Window(usize),
+    /// A plain timestamp.
+    Timestamp(usize),
+}
+
+impl EventKey {
+    fn index(&self) -> usize {
+        match self {
+            EventKey::Window(i) | EventKey::Timestamp(i) => *i,
+        }
+    }
+
+    /// Event time (µs) per row that decides lateness and eviction: a window's end, or the
+    /// timestamp itself.
+    fn times(&self, keys: &[ArrayRef]) -> Result<Vec<Option<i64>>> {
+        let column = &keys[self.index()];
+        let times = match self {
+            EventKey::Window(_) => event_time_micros(column.as_struct().column(1))?,
+            EventKey::Timestamp(_) => event_time_micros(column)?,
+        };
+        Ok(times.iter().collect())
+    }
+}
+
+/// The parts of the operator that the execution stream needs.
+struct Core {
+    groups: Vec<(Arc<dyn PhysicalExpr>, String)>,
+    /// The window grouping expression, if any, and its position among the groups.
+    window: Option<(usize, WindowExpr)>,
+    aggregates: Vec<Arc<AggregateFunctionExpr>>,
+    filters: Vec<Option<Arc<dyn PhysicalExpr>>>,
+    /// Output: grouping columns then aggregate columns.
+    schema: SchemaRef,
+    /// Grouping columns as stored (a constant key stands in when there is no grouping).
+    key_schema: SchemaRef,
+    /// Where each aggregate's intermediate state columns start, and how many it has.
+    state_ranges: Vec<std::ops::Range<usize>>,
+    event: Option<EventKey>,
+    mode: OutputMode,
+    state: Mutex<AggregateState>,
+}
+
+struct AggregateState {
+    store: StateStore,
+    /// Session windows: the sessions of each non-window key (row bytes), as (start, end, key).
+    sessions: HashMap<Box<[u8]>, Vec<Session>>,
+    watermark_ms: i64,
+    evicted_at_ms: i64,
+    metrics: StateOperatorProgress,
+    reservation: Option<MemoryReservation>,
+}
+
+#[derive(Debug, Clone)]
+struct Session {
+    start: i64,
+    end: i64,
+    key: Box<[u8]>,
+}
+
+/// The physical operator; see the module docs.
+pub(crate) struct StatefulAggregateExec {
+    core: Arc<Core>,
+    input: Arc<dyn ExecutionPlan>,
+    properties: Arc<PlanProperties>,
+}
+
+impl fmt::Debug for StatefulAggregateExec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StatefulAggregateExec").finish()
+    }
+}
+
+impl StatefulAggregateExec {
+    /// Replaces `aggregate` (the streaming aggregation DataFusion planned) with a stateful one.
+    pub fn replace(
+        aggregate: &AggregateExec,
+        watermark: Option<&WatermarkSpec>,
+        mode: OutputMode,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let schema = aggregate.schema();
+        // A Final aggregation reads a Partial one: take the grouping over the raw rows.
+        let (source, input) = match aggregate.mode() {
+            AggregateMode::Final | AggregateMode::FinalPartitioned => {
+                let mut child = Arc::clone(aggregate.input());
+                loop {
+                    if let Some(partial) = child.as_ref().downcast_ref::<AggregateExec>() {
+                        break (partial.clone(), Arc::clone(partial.input()));
+                    }
+                    let Some(next) = child.children().first().map(|c| Arc::clone(*c)) else {
+                        return Err(FlumenError::IllegalState(
+                            "a final aggregation without its partial aggregation; this is a bug in Flumen, please report it".into(),
+                        ));
+                    };
+                    child = next;
+                }
+            }
+            _ => (aggregate.clone(), Arc::clone(aggregate.input())),
+        };
+        let group_by = source.group_expr();
+        if !group_by.is_single() {
+            return Err(FlumenError::Unsupported(
+                "Grouping Sets is not supported on streaming DataFrames/Datasets".into(),
+            ));
+        }
+        let groups: Vec<(Arc<dyn PhysicalExpr>, String)> = group_by.expr().to_vec();
+        let mut window = None;
+        for (i, (expr, _)) in groups.iter().enumerate() {
+            if let Some(w) = as_window_expr(expr)? {
+                if window.is_some() {
+                    return Err(FlumenError::Unsupported(
+                        "Multiple time/session window expressions would result in a cartesian product of rows, therefore they are currently not supported.".into(),
+                    ));
+                }
+                window = Some((i, w));
+            }
+        }
+        if let Some((_, w)) = &window
+            && matches!(w.kind, WindowKind::Session(_))
+            && mode == OutputMode::Update
+        {
+            return Err(FlumenError::Unsupported(
+                "Update output mode not supported for session window on streaming DataFrames/DataSets".into(),
+            ));
+        }
+        let event = watermark.and_then(|wm| {
+            groups.iter().enumerate().find_map(|(i, (expr, _))| {
+                match &window {
+                    Some((wi, w)) if *wi == i => {
+                        (column_name(&w.time) == Some(wm.column.as_str())).then_some(EventKey::Window(i))
+                    }
+                    _ => (column_name(expr) == Some(wm.column.as_str())).then_some(EventKey::Timestamp(i)),
+                }
+            })
+        });
+        if mode == OutputMode::Append && event.is_none() {
+            return Err(FlumenError::Unsupported(
+                "Append output mode not supported when there are streaming aggregations on streaming DataFrames/DataSets without watermark".into(),
+            ));
+        }
+        let aggregates = source.aggr_expr().to_vec();
+        if aggregates.iter().any(|a| a.is_distinct()) {
+            return Err(FlumenError::Unsupported(
+                "Distinct aggregations are not supported on streaming DataFrames/Datasets. Consider using approx_count_distinct() instead.".into(),
+            ));
+        }
+        let key_fields: Vec<Field> = if groups.is_empty() {
+            vec![Field::new("__flumen_global", DataType::Int8, false)]
+        } else {
+            schema.fields()[..groups.len()]
+                .iter()
+                .map(|f| f.as_ref().clone())
+                .collect()
+        };
+        let key_schema = Arc::new(Schema::new(key_fields));
+        let mut value_fields = Vec::new();
+        let mut state_ranges = Vec::new();
+        for (j, agg) in aggregates.iter().enumerate() {
+            let fields = agg.state_fields()?;
+            let start = value_fields.len();
+            for f in fields {
+                value_fields.push(
+                    f.as_ref()
+                        .clone()
+                        .with_name(format!("{j}_{}", f.name()))
+                        .with_nullable(true),
+                );
+            }
+            state_ranges.push(start..value_fields.len());
+        }
+        let value_schema = Arc::new(Schema::new(value_fields));
+        let store = StateStore::new(Arc::clone(&key_schema), value_schema)?;
+        let core = Core {
+            groups,
+            window,
+            aggregates,
+            filters: source.filter_expr().to_vec(),
+            schema: Arc::clone(&schema),
+            key_schema,
+            state_ranges,
+            event,
+            mode,
+            state: Mutex::new(AggregateState {
+                store,
+                sessions: HashMap::new(),
+                watermark_ms: 0,
+                evicted_at_ms: i64::MIN,
+                metrics: StateOperatorProgress {
+                    operator_name: "stateStoreSave".into(),
+                    num_shuffle_partitions: 1,
+                    num_state_store_instances: 1,
+                    ..Default::default()
+                },
+                reservation: None,
+            }),
+        };
+        let properties = Arc::new(aggregate.properties().as_ref().clone());
+        Ok(Arc::new(Self {
+            core: Arc::new(core),
+            input,
+            properties,
+        }))
+    }
+
+    /// The handle the micro-batch loop drives this operator through.
+    pub fn handle(&self) -> OperatorHandle {
+        Arc::new(AggregateHandle(Arc::clone(&self.core)))
+    }
+}
+
+impl Core {
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, AggregateState>> {
+        self.state
+            .lock()
+            .map_err(|_| FlumenError::IllegalState("aggregation state poisoned by an earlier panic".into()))
+    }
+
+    fn new_accumulator(agg: &Arc<AggregateFunctionExpr>) -> Result<Box<dyn GroupsAccumulator>> {
+        if agg.groups_accumulator_supported() {
+            return Ok(agg.create_groups_accumulator()?);
+        }
+        let agg = Arc::clone(agg);
+        Ok(Box::new(GroupsAccumulatorAdapter::new(move || {
+            agg.create_accumulator()
+        })))
+    }
+
+    /// Final values from intermediate state rows, one per row.
+    fn finals(&self, state: &[ArrayRef], rows: usize) -> Result<Vec<ArrayRef>> {
+        let groups: Vec<usize> = (0..rows).collect();
+        self.aggregates
+            .iter()
+            .zip(&self.state_ranges)
+            .map(|(agg, range)| {
+                let mut acc = Self::new_accumulator(agg)?;
+                acc.merge_batch(&state[range.clone()], &groups, rows)?;
+                Ok(acc.evaluate(EmitTo::All)?)
+            })
+            .collect()
+    }
+
+    /// An output batch from stored keys and intermediate state.
+    fn output(&self, keys: &[ArrayRef], state: &[ArrayRef]) -> Result<RecordBatch> {
+        let rows = keys.first().map_or(0, |k| k.len());
+        let mut columns: Vec<ArrayRef> = if self.groups.is_empty() {
+            Vec::new()
+        } else {
+            keys.to_vec()
+        };
+        columns.extend(self.finals(state, rows)?);
+        let columns = columns
+            .into_iter()
+            .zip(self.schema.fields())
+            .map(|(c, f)| {
+                if c.data_type() == f.data_type() {
+                    Ok(c)
+                } else {
+                    Ok(datafusion::arrow::compute::cast(&c, f.data_type())?)
+                }
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(RecordBatch::try_new_with_options(
+            Arc::clone(&self.schema),
+            columns,
+            &datafusion::arrow::array::RecordBatchOptions::new().with_row_count(Some(rows)),
+        )?)
+    }
+
+    /// Keys, aggregate inputs and filters of the input rows, windows expanded, late rows
+    /// removed (their count is returned last).
+    #[allow(clippy::type_complexity)]
+    fn evaluate_input(
+        &self,
+        batch: &RecordBatch,
+        watermark_ms: i64,
+    ) -> Result<(Vec<ArrayRef>, Vec<Vec<ArrayRef>>, Vec<Option<ArrayRef>>, u64)> {
+        let rows = batch.num_rows();
+        let mut keys: Vec<ArrayRef> = Vec::with_capacity(self.groups.len().max(1));
+        for (i, (expr, _)) in self.groups.iter().enumerate() {
+            keys.push(match &self.window {
+                Some((wi, w)) if *wi == i => evaluate(&w.time, batch)?,
+                _ => evaluate(expr, batch)?,
+            });
+        }
+        if self.groups.is_empty() {
+            keys.push(Arc::new(Int8Array::from(vec![0i8; rows])));
+        }
+        let mut values: Vec<Vec<ArrayRef>> = self
+            .aggregates
+            .iter()
+            .map(|a| a.expressions().iter().map(|e| evaluate(e, batch)).collect())
+            .collect::<DFResult<_>>()?;
+        let mut filters: Vec<Option<ArrayRef>> = self
+            .filters
+            .iter()
+            .map(|f| f.as_ref().map(|f| evaluate(f, batch)).transpose())
+            .collect::<DFResult<_>>()?;
+
+        if let Some((wi, w)) = &self.window {
+            // Windows: one output row per (row, window); rows without event time have none.
+            let times = event_time_micros(&keys[*wi])?;
+            let mut indices: Vec<u32> = Vec::with_capacity(rows);
+            let mut starts = Vec::with_capacity(rows);
+            let mut ends = Vec::with_capacity(rows);
+            for (row, time) in times.iter().enumerate() {
+                let Some(t) = time else { continue };
+                match w.kind {
+                    WindowKind::Time(spec) => spec.for_each_window(t, |s| {
+                        indices.push(row as u32);
+                        starts.push(s);
+                        ends.push(s + spec.duration_us);
+                    }),
+                    WindowKind::Session(gap) => {
+                        indices.push(row as u32);
+                        starts.push(t);
+                        ends.push(t + gap);
+                    }
+                }
+            }
+            let indices = UInt32Array::from(indices);
+            let pick = |a: &ArrayRef| -> Result<ArrayRef> { Ok(take(a, &indices, None)?) };
+            for (i, key) in keys.iter_mut().enumerate() {
+                *key = if i == *wi {
+                    window_structs(self.key_schema.field(i).data_type(), &starts, &ends, None)?
+                } else {
+                    pick(key)?
+                };
+            }
+            for v in values.iter_mut().flatten() {
+                *v = pick(v)?;
+            }
+            for f in filters.iter_mut().flatten() {
+                *f = pick(f)?;
+            }
+        }
+
+        let mut dropped = 0;
+        if let Some(event) = self.event {
+            let watermark_us = watermark_ms.saturating_mul(1000);
+            let keep: BooleanArray = event
+                .times(&keys)?
+                .into_iter()
+                .map(|t| Some(t.is_none_or(|t| t > watermark_us)))
+                .collect();
+            dropped = keep.false_count() as u64;
+            if dropped > 0 {
+                let pick = |a: &ArrayRef| -> Result<ArrayRef> { Ok(filter(a, &keep)?) };
+                for key in keys.iter_mut() {
+                    *key = pick(key)?;
+                }
+                for v in values.iter_mut().flatten() {
+                    *v = pick(v)?;
+                }
+                for f in filters.iter_mut().flatten() {
+                    *f = pick(f)?;
+                }
+            }
+        }
+        Ok((keys, values, filters, dropped))
+    }
+
+    /// Runs one micro-batch; returns the rows to emit.
+    fn process(&self, input: Vec<RecordBatch>, input_schema: &SchemaRef, ctx: &TaskContext) -> Result<RecordBatch> {
+        let started = Instant::now();
+        let mut guard = self.lock()?;
+        let state = &mut *guard;
+        let batch = concat_batches(input_schema, &input)?;
+        let (keys, values, filters, dropped) = self.evaluate_input(&batch, state.watermark_ms)?;
+        let rows = keys[0].len();
+
+        // Group the rows: local group ids, in order of first appearance.
+        let (group_ids, group_keys, merge_from, replaced) = match &self.window {
+            Some((wi, w)) if matches!(w.kind, WindowKind::Session(_)) => {
+                self.assign_sessions(state, &keys, *wi)?
+            }
+            _ => {
+                let rows_fmt = state.store.key_rows(&keys)?;
+                let mut local: HashMap<&[u8], usize> = HashMap::new();
+                let mut first: Vec<u32> = Vec::new();
+                let mut ids = Vec::with_capacity(rows);
+                for i in 0..rows {
+                    let next = first.len();
+                    let id = *local.entry(rows_fmt.row(i).data()).or_insert_with(|| {
+                        first.push(i as u32);
+                        next
+                    });
+                    ids.push(id);
+                }
+                let first = UInt32Array::from(first);
+                let group_keys: Vec<ArrayRef> = keys
+                    .iter()
+                    .map(|k| Ok(take(k, &first, None)?))
+                    .collect::<Result<_>>()?;
+                let group_rows = state.store.key_rows(&group_keys)?;
+                let mut merge_from = Vec::new();
+                for g in 0..group_rows.num_rows() {
+                    if let Some(loc) = state.store.get(group_rows.row(g).as_ref()) {
+                        merge_from.push((loc, g));
+                    }
+                }
+                (ids, group_keys, merge_from, Vec::new())
+            }
+        };
+        let groups = group_keys[0].len();
+
+        let mut new_state: Vec<ArrayRef> = Vec::new();
+        if groups > 0 {
+            let locs: Vec<Loc> = merge_from.iter().map(|(l, _)| *l).collect();
+            let targets: Vec<usize> = merge_from.iter().map(|(_, g)| *g).collect();
+            let old = state.store.gather_values(&locs)?;
+            for (j, agg) in self.aggregates.iter().enumerate() {
+                let mut acc = Self::new_accumulator(agg)?;
+                let filter = filters[j].as_ref().map(|f| f.as_boolean());
+                acc.update_batch(&values[j], &group_ids, filter, groups)?;
+                if !locs.is_empty() {
+                    acc.merge_batch(&old[self.state_ranges[j].clone()], &targets, groups)?;
+                }
+                new_state.extend(acc.state(EmitTo::All)?);
+            }
+            state.store.remove_keys(&replaced)?;
+            let group_rows = state.store.key_rows(&group_keys)?;
+            state.store.upsert(group_keys.clone(), &group_rows, new_state.clone());
+        }
+        let updates_ms = started.elapsed().as_millis() as u64;
+
+        let mut out = match self.mode {
+            OutputMode::Update if groups > 0 => vec![self.output(&group_keys, &new_state)?],
+            _ => Vec::new(),
+        };
+
+        // Evict what the watermark has passed (never in complete mode).
+        let removal_start = Instant::now();
+        let mut removed = 0u64;
+        if let Some(event) = self.event
+            && self.mode != OutputMode::Complete
+            && state.watermark_ms > state.evicted_at_ms
+        {
+            let watermark_us = state.watermark_ms.saturating_mul(1000);
+            let (keys, values) = state.store.remove_where(|keys, _| {
+                Ok(event
+                    .times(keys)?
+                    .into_iter()
+                    .map(|t| Some(t.is_some_and(|t| t <= watermark_us)))
+                    .collect())
+            })?;
+            state.evicted_at_ms = state.watermark_ms;
+            removed = keys[0].len() as u64;
+            if removed > 0 && self.window.as_ref().is_some_and(|(_, w)| matches!(w.kind, WindowKind::Session(_))) {
+                self.forget_sessions(state, &keys)?;
+            }
+            if self.mode == OutputMode::Append && removed > 0 {
+                out.push(self.output(&keys, &values)?);
+            }
+        }
+        let removals_ms = removal_start.elapsed().as_millis() as u64;
+        if self.mode == OutputMode::Complete {
+            let (keys, values) = state.store.all_sorted()?;
+            out.push(self.output(&keys, &values)?);
+        }
+        state.store.maybe_compact()?;
+
+        let memory = state.store.memory_bytes() as u64;
+        let reservation = state.reservation.get_or_insert_with(|| {
+            MemoryConsumer::new("StreamingAggregationState").register(ctx.memory_pool())
+        });
+        reservation.try_resize(memory as usize).map_err(|e| {
+            FlumenError::DataFusion(datafusion::error::DataFusionError::ResourcesExhausted(format!(
+                "the aggregation state ({memory} bytes, {} keys) does not fit in the session's memory pool ({e}); \
+                 add a watermark so old windows are evicted, or give the session more memory",
+                state.store.len()
+            )))
+        })?;
+        let m = &mut state.metrics;
+        m.num_rows_total = state.store.len() as u64;
+        m.num_rows_updated = groups as u64;
+        m.num_rows_removed = removed;
+        m.num_rows_dropped_by_watermark = dropped;
+        m.all_updates_time_ms = updates_ms;
+        m.all_removals_time_ms = removals_ms;
+        m.memory_used_bytes = memory;
+        Ok(concat_batches(&self.schema, &out)?)
+    }
+
+    /// Session windows: merges the batch's rows with the stored sessions of their key.
+    /// Returns row group ids, group keys, stored sessions to merge in (location, group) and the
+    /// stored session keys the merge replaces.
+    #[allow(clippy::type_complexity)]
+    fn assign_sessions(
+        &self,
+        state: &mut AggregateState,
+        keys: &[ArrayRef],
+        wi: usize,
+    ) -> Result<(Vec<usize>, Vec<ArrayRef>, Vec<(Loc, usize)>, Vec<Box<[u8]>>)> {
+        let rows = keys[0].len();
+        let others: Vec<ArrayRef> = keys
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != wi)
+            .map(|(_, k)| Arc::clone(k))
+            .collect();
+        let other_rows = self.other_key_rows(&others, rows)?;
+        let window = keys[wi].as_struct();
+        let starts = event_time_micros(window.column(0))?;
+        let ends = event_time_micros(window.column(1))?;
+
+        let mut by_key: Vec<(Box<[u8]>, Vec<usize>)> = Vec::new();
+        let mut position: HashMap<Box<[u8]>, usize> = HashMap::new();
+        for row in 0..rows {
+            let key: Box<[u8]> = other_rows.row(row).as_ref().into();
+            let p = *position.entry(key.clone()).or_insert_with(|| {
+                by_key.push((key, Vec::new()));
+                by_key.len() - 1
+            });
+            by_key[p].1.push(row);
+        }
+
+        let mut group_ids = vec![0usize; rows];
+        let mut representative: Vec<u32> = Vec::new();
+        let mut group_starts = Vec::new();
+        let mut group_ends = Vec::new();
+        let mut merge_from = Vec::new();
+        let mut replaced = Vec::new();
+        for (key, key_rows) in by_key {
+            let stored = state.sessions.remove(&key).unwrap_or_default();
+            // Intervals: stored sessions first, then rows, sorted by start.
+            let mut items: Vec<(i64, i64, Option<usize>, Option<Session>)> = stored
+                .into_iter()
+                .map(|s| (s.start, s.end, None, Some(s)))
+                .chain(key_rows.iter().map(|&r| (starts.value(r), ends.value(r), Some(r), None)))
+                .collect();
+            items.sort_by_key(|(s, e, row, _)| (*s, *e, row.is_some()));
+            let mut merged: Vec<(i64, i64, Vec<usize>, Vec<Session>)> = Vec::new();
+            for (s, e, row, old) in items {
+                match merged.last_mut() {
+                    Some(last) if s <= last.1 => {
+                        last.1 = last.1.max(e);
+                        last.2.extend(row);
+                        last.3.extend(old);
+                    }
+                    _ => merged.push((s, e, row.into_iter().collect(), old.into_iter().collect())),
+                }
+            }
+            let mut kept = Vec::new();
+            for (s, e, rows_in, olds) in merged {
+                if rows_in.is_empty() {
+                    // Untouched by this batch.
+                    kept.extend(olds);
+                    continue;
+                }
+                let g = representative.len();
+                representative.push(rows_in[0] as u32);
+                group_starts.push(s);
+                group_ends.push(e);
+                for r in rows_in {
+                    group_ids[r] = g;
+                }
+                for old in olds {
+                    if let Some(loc) = state.store.get(&old.key) {
+                        merge_from.push((loc, g));
+                    }
+                    replaced.push(old.key);
+                }
+                kept.push(Session { start: s, end: e, key: Box::default() });
+            }
+            state.sessions.insert(key, kept);
+        }
+        let representative = UInt32Array::from(representative);
+        let mut group_keys: Vec<ArrayRef> = Vec::with_capacity(keys.len());
+        for (i, k) in keys.iter().enumerate() {
+            group_keys.push(if i == wi {
+                window_structs(self.key_schema.field(i).data_type(), &group_starts, &group_ends, None)?
+            } else {
+                take(k, &representative, None)?
+            });
+        }
+        // Fill in the stored keys of the new sessions.
+        let full_rows = state.store.key_rows(&group_keys)?;
+        let others: Vec<ArrayRef> = group_keys
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != wi)
+            .map(|(_, k)| Arc::clone(k))
+            .collect();
+        let other_rows = self.other_key_rows(&others, group_starts.len())?;
+        for g in 0..group_starts.len() {
+            if let Some(list) = state.sessions.get_mut(other_rows.row(g).as_ref())
+                && let Some(s) = list
+                    .iter_mut()
+                    .find(|s| s.key.is_empty() && s.start == group_starts[g] && s.end == group_ends[g])
+            {
+                s.key = full_rows.row(g).as_ref().into();
+            }
+        }
+        Ok((group_ids, group_keys, merge_from, replaced))
+    }
+
+    fn other_key_rows(&self, others: &[ArrayRef], rows: usize) -> Result<datafusion::arrow::row::Rows> {
+        let columns: Vec<ArrayRef> = if others.is_empty() {
+            vec![Arc::new(Int8Array::from(vec![0i8; rows]))]
+        } else {
+            others.to_vec()
+        };
+        let converter = RowConverter::new(
+            columns
+                .iter()
+                .map(|c| SortField::new(c.data_type().clone()))
+                .collect(),
+        )?;
+        Ok(converter.convert_columns(&columns)?)
+    }
+
+    /// Drops evicted sessions from the per-key session lists.
+    fn forget_sessions(&self, state: &mut AggregateState, evicted: &[ArrayRef]) -> Result<()> {
+        let Some((wi, _)) = &self.window else { return Ok(()) };
+        let rows = state.store.key_rows(evicted)?;
+        let others: Vec<ArrayRef> = evicted
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| i != wi)
+            .map(|(_, k)| Arc::clone(k))
+            .collect();
+        let other_rows = self.other_key_rows(&others, rows.num_rows())?;
+        for r in 0..rows.num_rows() {
+            let other = other_rows.row(r);
+            if let Some(list) = state.sessions.get_mut(other.as_ref()) {
+                list.retain(|s| s.key.as_ref() != rows.row(r).as_ref());
+                if list.is_empty() {
+                    state.sessions.remove(other.as_ref());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Rebuilds the session lists from the store (after a restore).
+    fn rebuild_sessions(&self, state: &mut AggregateState) -> Result<()> {
+        state.sessions.clear();
+        let Some((wi, w)) = &self.window else { return Ok(()) };
+        if !matches!(w.kind, WindowKind::Session(_)) {
+            return Ok(());
+        }
+        let (keys, _) = state.store.all_sorted()?;
+        let rows = state.store.key_rows(&keys)?;
+        let others: Vec<ArrayRef> = keys
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| i != wi)
+            .map(|(_, k)| Arc::clone(k))
+            .collect();
+        let other_rows = self.other_key_rows(&others, rows.num_rows())?;
+        let window = keys[*wi].as_struct();
+        let starts = event_time_micros(window.column(0))?;
+        let ends = event_time_micros(window.column(1))?;
+        for r in 0..rows.num_rows() {
+            state
+                .sessions
+                .entry(other_rows.row(r).as_ref().into())
+                .or_default()
+                .push(Session {
+                    start: starts.value(r),
+                    end: ends.value(r),
+                    key: rows.row(r).as_ref().into(),
+                });
+        }
+        Ok(())
+    }
+}
+
+struct AggregateHandle(Arc<Core>);
+
+impl StatefulOperator for AggregateHandle {
+    fn restore(&self, dir: &Path, version: u64) -> Result<()> {
+        let mut state = self.0.lock()?;
+        state.store.load(dir, version)?;
+        self.0.rebuild_sessions(&mut state)?;
+        state.metrics.num_rows_total = state.store.len() as u64;
+        state.metrics.memory_used_bytes = state.store.memory_bytes() as u64;
+        Ok(())
+    }
+
+    fn begin_batch(&self, watermark_ms: i64) {
+        if let Ok(mut state) = self.0.state.lock() {
+            state.watermark_ms = watermark_ms;
+            let m = &mut state.metrics;
+            m.num_rows_updated = 0;
+            m.num_rows_removed = 0;
+            m.num_rows_dropped_by_watermark = 0;
+            m.all_updates_time_ms = 0;
+            m.all_removals_time_ms = 0;
+        }
+    }
+
+    fn commit(&self, dir: &Path, version: u64) -> Result<()> {
+        let mut state = self.0.lock()?;
+        let started = Instant::now();
+        let bytes = state.store.commit(dir, version)?;
+        state.metrics.commit_time_ms = started.elapsed().as_millis() as u64;
+        state
+            .metrics
+            .custom_metrics
+            .insert("stateOnCurrentVersionSizeBytes".into(), bytes);
+        Ok(())
+    }
+
+    fn progress(&self) -> StateOperatorProgress {
+        self.0
+            .state
+            .lock()
+            .map(|s| s.metrics.clone())
+            .unwrap_or_default()
+    }
+
+    fn wants_batch_for_watermark(&self, current_ms: i64, next_ms: i64) -> bool {
+        self.0.event.is_some() && self.0.mode != OutputMode::Complete && next_ms > current_ms
+    }
+}
+
+impl DisplayAs for StatefulAggregateExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        let groups: Vec<&str> = self.core.groups.iter().map(|(_, n)| n.as_str()).collect();
+        let aggs: Vec<&str> = self.core.aggregates.iter().map(|a| a.name()).collect();
+        write!(
+            f,
+            "StatefulAggregateExec: mode={:?}, group_by=[{}], aggr=[{}]",
+            self.core.mode,
+            groups.join(", "),
+            aggs.join(", ")
+        )
+    }
+}
+
+impl ExecutionPlan for StatefulAggregateExec {
+    fn name(&self) -> &str {
+        "StatefulAggregateExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.input]
+    }
+
+    fn apply_expressions(
+        &self,
+        f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> DFResult<TreeNodeRecursion>,
+    ) -> DFResult<TreeNodeRecursion> {
+        for (expr, _) in &self.core.groups {
+            if f(expr)? == TreeNodeRecursion::Stop {
+                return Ok(TreeNodeRecursion::Stop);
+            }
+        }
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn replace_children(
+        self: Arc<Self>,
+        mut children: Vec<Arc<dyn ExecutionPlan>>,
+        _options: ReplaceChildrenOptions,
+    ) -> DFResult<Arc<dyn ExecutionPlan>> {
+        let input = children.pop().unwrap_or_else(|| Arc::clone(&self.input));
+        Ok(Arc::new(Self {
+            core: Arc::clone(&self.core),
+            input,
+            properties: Arc::clone(&self.properties),
+        }))
+    }
+
+    #[allow(deprecated)]
+    fn with_new_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> DFResult<Arc<dyn ExecutionPlan>> {
+        self.replace_children(
+            children,
+            ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute),
+        )
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> DFResult<SendableRecordBatchStream> {
+        let input = self.input.execute(partition, Arc::clone(&context))?;
+        let core = Arc::clone(&self.core);
+        let input_schema = self.input.schema();
+        Ok(process_whole_input(
+            input,
+            Arc::clone(&self.core.schema),
+            move |batches| core.process(batches, &input_schema, &context),
+        ))
+    }
+}

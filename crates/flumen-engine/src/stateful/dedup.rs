@@ -1,0 +1,420 @@
+//! Streaming deduplication: `drop_duplicates(columns)` and `drop_duplicates_within_watermark`.
+//!
+//! The first row of each key passes; later rows with a key already seen are dropped. The keys
+//! seen live in a [`StateStore`]. With a watermark whose column is among the keys, keys behind
+//! the watermark are evicted and rows behind it dropped (Spark's `dropDuplicates`). Within the
+//! watermark, a key is remembered until the watermark passes its first row's event time plus
+//! the delay, whatever the key columns are (Spark's `dropDuplicatesWithinWatermark`).
+
+use std::collections::HashSet;
+use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, Int64Array, RecordBatch, UInt32Array,
+};
+use datafusion::arrow::compute::{concat_batches, filter_record_batch, take};
+use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef};
+use datafusion::common::DFSchemaRef;
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::error::Result as DFResult;
+use datafusion::execution::TaskContext;
+use datafusion::logical_expr::{Expr, LogicalPlan, UserDefinedLogicalNodeCore};
+use datafusion::physical_plan::execution_plan::{ChildrenPropertiesMode, ReplaceChildrenOptions};
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, PhysicalExpr, PlanProperties,
+    SendableRecordBatchStream,
+};
+
+use super::store::StateStore;
+use super::windows::event_time_micros;
+use super::{OperatorHandle, StatefulOperator, WatermarkSpec, process_whole_input};
+use crate::error::{FlumenError, Result};
+use crate::progress::StateOperatorProgress;
+
+/// Logical node for deduplication (see the module docs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Deduplicate {
+    pub input: LogicalPlan,
+    /// Key columns; empty means every column.
+    pub keys: Vec<String>,
+    pub within_watermark: bool,
+}
+
+impl Hash for Deduplicate {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.input.hash(state);
+        self.keys.hash(state);
+        self.within_watermark.hash(state);
+    }
+}
+
+impl PartialOrd for Deduplicate {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        (&self.keys, self.within_watermark).partial_cmp(&(&other.keys, other.within_watermark))
+    }
+}
+
+impl UserDefinedLogicalNodeCore for Deduplicate {
+    fn name(&self) -> &str {
+        if self.within_watermark {
+            "DeduplicateWithinWatermark"
+        } else {
+            "Deduplicate"
+        }
+    }
+
+    fn inputs(&self) -> Vec<&LogicalPlan> {
+        vec![&self.input]
+    }
+
+    fn schema(&self) -> &DFSchemaRef {
+        self.input.schema()
+    }
+
+    fn expressions(&self) -> Vec<Expr> {
+        Vec::new()
+    }
+
+    fn fmt_for_explain(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "{}: keys=[{}]", self.name(), self.keys.join(", "))
+    }
+
+    fn with_exprs_and_inputs(&self, _exprs: Vec<Expr>, mut inputs: Vec<LogicalPlan>) -> DFResult<Self> {
+        Ok(Self {
+            input: inputs.pop().unwrap_or_else(|| self.input.clone()),
+            keys: self.keys.clone(),
+            within_watermark: self.within_watermark,
+        })
+    }
+}
+
+struct Core {
+    input_schema: SchemaRef,
+    key_indices: Vec<usize>,
+    within_watermark: bool,
+    /// Event-time column and, within the watermark, the delay (µs).
+    event: Option<(usize, i64)>,
+    state: Mutex<DedupState>,
+}
+
+struct DedupState {
+    store: StateStore,
+    watermark_ms: i64,
+    evicted_at_ms: i64,
+    metrics: StateOperatorProgress,
+}
+
+/// The physical operator.
+pub(crate) struct DedupExec {
+    core: Arc<Core>,
+    input: Arc<dyn ExecutionPlan>,
+    properties: Arc<PlanProperties>,
+}
+
+impl fmt::Debug for DedupExec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DedupExec").finish()
+    }
+}
+
+impl DedupExec {
+    /// Plans `node` over `input`; the watermark is added by [`DedupExec::with_watermark`].
+    pub fn try_new(node: &Deduplicate, input: Arc<dyn ExecutionPlan>) -> Result<Self> {
+        Self::build(input, &node.keys, node.within_watermark, None, false)
+    }
+
+    fn build(
+        input: Arc<dyn ExecutionPlan>,
+        keys: &[String],
+        within_watermark: bool,
+        watermark: Option<&WatermarkSpec>,
+        streaming: bool,
+    ) -> Result<Self> {
+        let schema = input.schema();
+        let key_indices: Vec<usize> = if keys.is_empty() {
+            (0..schema.fields().len()).collect()
+        } else {
+            keys.iter()
+                .map(|k| {
+                    schema.index_of(k).map_err(|_| {
+                        FlumenError::InvalidOption {
+                            option: "drop_duplicates".into(),
+                            reason: format!(
+                                "Cannot resolve column name \"{k}\" among ({})",
+                                schema.fields().iter().map(|f| f.name().as_str()).collect::<Vec<_>>().join(", ")
+                            ),
+                        }
+                    })
+                })
+                .collect::<Result<_>>()?
+        };
+        let event_index = watermark.and_then(|w| schema.index_of(&w.column).ok());
+        let event = match (watermark, event_index) {
+            (Some(w), Some(i)) if within_watermark => Some((i, w.delay_ms * 1000)),
+            (Some(_), Some(i)) if key_indices.contains(&i) => Some((i, 0)),
+            _ => None,
+        };
+        if streaming && within_watermark && event.is_none() {
+            return Err(FlumenError::Unsupported(
+                "dropDuplicatesWithinWatermark is not supported on streaming DataFrames/DataSets without watermark".into(),
+            ));
+        }
+        let key_schema = Arc::new(schema.project(&key_indices)?);
+        let value_schema = Arc::new(Schema::new(vec![Field::new("expires_us", DataType::Int64, true)]));
+        let properties = Arc::new(input.properties().as_ref().clone());
+        Ok(Self {
+            core: Arc::new(Core {
+                input_schema: schema,
+                key_indices,
+                within_watermark,
+                event,
+                state: Mutex::new(DedupState {
+                    store: StateStore::new(key_schema, value_schema)?,
+                    watermark_ms: 0,
+                    evicted_at_ms: i64::MIN,
+                    metrics: StateOperatorProgress {
+                        operator_name: if within_watermark {
+                            "dedupeWithinWatermark".into()
+                        } else {
+                            "dedupe".into()
+                        },
+                        num_shuffle_partitions: 1,
+                        num_state_store_instances: 1,
+                        ..Default::default()
+                    },
+                }),
+            }),
+            input,
+            properties,
+        })
+    }
+
+    /// The same operator, aware of the query's watermark.
+    pub fn with_watermark(&self, watermark: Option<&WatermarkSpec>) -> Result<Arc<dyn ExecutionPlan>> {
+        let schema = &self.core.input_schema;
+        let keys: Vec<String> = self
+            .core
+            .key_indices
+            .iter()
+            .map(|&i| schema.field(i).name().clone())
+            .collect();
+        Ok(Arc::new(Self::build(
+            Arc::clone(&self.input),
+            &keys,
+            self.core.within_watermark,
+            watermark,
+            true,
+        )?))
+    }
+
+    /// The handle the micro-batch loop drives this operator through.
+    pub fn handle(&self) -> OperatorHandle {
+        Arc::new(DedupHandle(Arc::clone(&self.core)))
+    }
+}
+
+impl Core {
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, DedupState>> {
+        self.state
+            .lock()
+            .map_err(|_| FlumenError::IllegalState("deduplication state poisoned by an earlier panic".into()))
+    }
+
+    fn process(&self, input: Vec<RecordBatch>) -> Result<RecordBatch> {
+        let started = Instant::now();
+        let mut guard = self.lock()?;
+        let state = &mut *guard;
+        let batch = concat_batches(&self.input_schema, &input)?;
+        let keys: Vec<ArrayRef> = self
+            .key_indices
+            .iter()
+            .map(|&i| Arc::clone(batch.column(i)))
+            .collect();
+        let rows = state.store.key_rows(&keys)?;
+        let times = match self.event {
+            Some((i, _)) => Some(event_time_micros(batch.column(i))?),
+            None => None,
+        };
+        let watermark_us = state.watermark_ms.saturating_mul(1000);
+        let mut seen: HashSet<&[u8]> = HashSet::new();
+        let mut keep = Vec::with_capacity(batch.num_rows());
+        let mut first_rows: Vec<u32> = Vec::new();
+        let mut dropped = 0u64;
+        for i in 0..batch.num_rows() {
+            if let Some(times) = &times
+                && times.is_valid(i)
+                && times.value(i) <= watermark_us
+            {
+                dropped += 1;
+                keep.push(false);
+                continue;
+            }
+            let key = rows.row(i).data();
+            let new = state.store.get(key).is_none() && seen.insert(key);
+            if new {
+                first_rows.push(i as u32);
+            }
+            keep.push(new);
+        }
+        let output = filter_record_batch(&batch, &BooleanArray::from(keep))?;
+
+        let first = UInt32Array::from(first_rows);
+        let new_keys: Vec<ArrayRef> = keys
+            .iter()
+            .map(|k| Ok(take(k, &first, None)?))
+            .collect::<Result<_>>()?;
+        let expires: Int64Array = match (&times, self.event) {
+            (Some(times), Some((_, delay_us))) => first
+                .values()
+                .iter()
+                .map(|&r| times.is_valid(r as usize).then(|| times.value(r as usize) + delay_us))
+                .collect(),
+            _ => first.values().iter().map(|_| None).collect(),
+        };
+        let new_rows = state.store.key_rows(&new_keys)?;
+        let added = new_rows.num_rows() as u64;
+        state.store.upsert(new_keys, &new_rows, vec![Arc::new(expires)]);
+        let updates_ms = started.elapsed().as_millis() as u64;
+
+        let removal = Instant::now();
+        let mut removed = 0;
+        if self.event.is_some() && state.watermark_ms > state.evicted_at_ms {
+            let (gone, _) = state.store.remove_where(|_, values| {
+                let expires = values[0].as_primitive::<Int64Type>();
+                Ok(expires
+                    .iter()
+                    .map(|e| Some(e.is_some_and(|e| e <= watermark_us)))
+                    .collect())
+            })?;
+            removed = gone.first().map_or(0, |g| g.len() as u64);
+            state.evicted_at_ms = state.watermark_ms;
+        }
+        state.store.maybe_compact()?;
+        let m = &mut state.metrics;
+        m.num_rows_total = state.store.len() as u64;
+        m.num_rows_updated = added;
+        m.num_rows_removed = removed;
+        m.num_rows_dropped_by_watermark = dropped;
+        m.all_updates_time_ms = updates_ms;
+        m.all_removals_time_ms = removal.elapsed().as_millis() as u64;
+        m.memory_used_bytes = state.store.memory_bytes() as u64;
+        Ok(output)
+    }
+}
+
+struct DedupHandle(Arc<Core>);
+
+impl StatefulOperator for DedupHandle {
+    fn restore(&self, dir: &Path, version: u64) -> Result<()> {
+        let mut state = self.0.lock()?;
+        state.store.load(dir, version)?;
+        state.metrics.num_rows_total = state.store.len() as u64;
+        Ok(())
+    }
+
+    fn begin_batch(&self, watermark_ms: i64) {
+        if let Ok(mut state) = self.0.state.lock() {
+            state.watermark_ms = watermark_ms;
+            state.metrics.num_rows_updated = 0;
+            state.metrics.num_rows_removed = 0;
+            state.metrics.num_rows_dropped_by_watermark = 0;
+        }
+    }
+
+    fn commit(&self, dir: &Path, version: u64) -> Result<()> {
+        let mut state = self.0.lock()?;
+        let started = Instant::now();
+        let bytes = state.store.commit(dir, version)?;
+        state.metrics.commit_time_ms = started.elapsed().as_millis() as u64;
+        state
+            .metrics
+            .custom_metrics
+            .insert("stateOnCurrentVersionSizeBytes".into(), bytes);
+        Ok(())
+    }
+
+    fn progress(&self) -> StateOperatorProgress {
+        self.0
+            .state
+            .lock()
+            .map(|s| s.metrics.clone())
+            .unwrap_or_default()
+    }
+
+    fn wants_batch_for_watermark(&self, current_ms: i64, next_ms: i64) -> bool {
+        self.0.event.is_some() && next_ms > current_ms
+    }
+}
+
+impl DisplayAs for DedupExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(
+            f,
+            "DedupExec: keys={:?}, within_watermark={}",
+            self.core.key_indices, self.core.within_watermark
+        )
+    }
+}
+
+impl ExecutionPlan for DedupExec {
+    fn name(&self) -> &str {
+        "DedupExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.input]
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> DFResult<TreeNodeRecursion>,
+    ) -> DFResult<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn replace_children(
+        self: Arc<Self>,
+        mut children: Vec<Arc<dyn ExecutionPlan>>,
+        _options: ReplaceChildrenOptions,
+    ) -> DFResult<Arc<dyn ExecutionPlan>> {
+        let input = children.pop().unwrap_or_else(|| Arc::clone(&self.input));
+        Ok(Arc::new(Self {
+            core: Arc::clone(&self.core),
+            input,
+            properties: Arc::clone(&self.properties),
+        }))
+    }
+
+    #[allow(deprecated)]
+    fn with_new_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> DFResult<Arc<dyn ExecutionPlan>> {
+        self.replace_children(
+            children,
+            ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute),
+        )
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> DFResult<SendableRecordBatchStream> {
+        let input = self.input.execute(partition, context)?;
+        let core = Arc::clone(&self.core);
+        Ok(process_whole_input(
+            input,
+            Arc::clone(&self.core.input_schema),
+            move |batches| core.process(batches),
+        ))
+    }
+}

@@ -1,0 +1,108 @@
+//! Event time and state: watermarks, windows, streaming aggregation and deduplication.
+//!
+//! Stateful operators are physical plan nodes that live as long as the query: the query's one
+//! physical plan is re-executed every micro-batch, and these nodes keep their state between
+//! executions. The micro-batch loop drives them through [`StatefulOperator`]: it hands each
+//! batch its watermark, writes their state to the checkpoint after the batch, restores it on
+//! restart, and reads their metrics for progress reports.
+
+pub(crate) mod aggregate;
+pub(crate) mod dedup;
+pub(crate) mod planner;
+pub(crate) mod store;
+pub(crate) mod watermark;
+pub mod windows;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{ArrayRef, RecordBatch};
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::error::{DataFusionError, Result as DFResult};
+use datafusion::physical_expr::expressions::{CastExpr, Column, TryCastExpr};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{PhysicalExpr, SendableRecordBatchStream};
+use futures::{StreamExt, TryStreamExt};
+
+use crate::error::{FlumenError, Result};
+use crate::progress::StateOperatorProgress;
+
+/// The watermark declared with `with_watermark`: its column and delay.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct WatermarkSpec {
+    /// The event-time column.
+    pub column: String,
+    /// How late rows may be, ms.
+    pub delay_ms: i64,
+}
+
+/// What the micro-batch loop needs from a stateful operator.
+pub(crate) trait StatefulOperator: Send + Sync {
+    /// Restores the state as of `version` (the state after batch `version - 1`).
+    fn restore(&self, dir: &Path, version: u64) -> Result<()>;
+    /// Sets the watermark the next execution uses to drop late rows and evict state (ms).
+    fn begin_batch(&self, watermark_ms: i64);
+    /// Writes the state changes of the batch just executed as `version`.
+    fn commit(&self, dir: &Path, version: u64) -> Result<()>;
+    /// Metrics of the last batch.
+    fn progress(&self) -> StateOperatorProgress;
+    /// Whether a batch without new data should run because the watermark moved from
+    /// `current` to `next` (Spark's `shouldRunAnotherBatch`).
+    fn wants_batch_for_watermark(&self, current_ms: i64, next_ms: i64) -> bool;
+}
+
+/// A shared handle to a stateful operator of a query's plan.
+pub(crate) type OperatorHandle = Arc<dyn StatefulOperator>;
+
+/// The column a physical expression reads, looking through casts.
+pub(crate) fn column_name(expr: &Arc<dyn PhysicalExpr>) -> Option<&str> {
+    let any = expr.as_ref();
+    if let Some(c) = any.downcast_ref::<Column>() {
+        return Some(c.name());
+    }
+    if let Some(c) = any.downcast_ref::<CastExpr>() {
+        return column_name(c.expr());
+    }
+    if let Some(c) = any.downcast_ref::<TryCastExpr>() {
+        return column_name(c.expr());
+    }
+    None
+}
+
+/// Evaluates `expr` over `batch` as an array.
+pub(crate) fn evaluate(expr: &Arc<dyn PhysicalExpr>, batch: &RecordBatch) -> DFResult<ArrayRef> {
+    expr.evaluate(batch)?.into_array(batch.num_rows())
+}
+
+/// A stream that collects its whole input (one micro-batch), then yields what `process`
+/// makes of it as one batch.
+pub(crate) fn process_whole_input<F>(
+    input: SendableRecordBatchStream,
+    schema: SchemaRef,
+    process: F,
+) -> SendableRecordBatchStream
+where
+    F: FnOnce(Vec<RecordBatch>) -> Result<RecordBatch> + Send + 'static,
+{
+    let output = futures::stream::once(async move {
+        let batches: Vec<RecordBatch> = input.try_collect().await?;
+        process(batches).map_err(to_df)
+    })
+    .filter(|r| futures::future::ready(!matches!(r, Ok(b) if b.num_rows() == 0)));
+    Box::pin(RecordBatchStreamAdapter::new(schema, output))
+}
+
+/// A Flumen error inside DataFusion execution (unwrapped again by the micro-batch loop).
+pub(crate) fn to_df(e: FlumenError) -> DataFusionError {
+    match e {
+        FlumenError::DataFusion(e) => e,
+        other => DataFusionError::External(Box::new(other)),
+    }
+}
+
+/// Milliseconds since the epoch as Spark's ISO-8601 text.
+pub(crate) fn iso_millis(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
