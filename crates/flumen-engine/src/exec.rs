@@ -26,6 +26,9 @@ use crate::plan::QueryPlan;
 use crate::progress::{SinkProgress, SourceProgress, StreamingQueryProgress, rate};
 use crate::query::{OutputMode, QueryShared, Trigger};
 use crate::sink::StreamSink;
+use crate::stateful::iso_millis;
+use crate::stateful::store::StateStore;
+use crate::stateful::watermark::{EventTimeStats, WatermarkTracker};
 use crate::source::{ReadLimit, SourceOffset, SourceReader};
 
 /// How long an idle query waits between looks for new data, at most.
@@ -43,6 +46,13 @@ pub(crate) struct Execution {
     pub trigger: Trigger,
     pub read_limit: ReadLimit,
     pub conf: BTreeMap<String, String>,
+    /// Partitions idle this long stop holding the watermark back (`None`: never).
+    pub watermark_idle_timeout: Option<Duration>,
+    /// The query's watermark, when it declares one (set up by the run loop).
+    pub tracker: Option<WatermarkTracker>,
+    /// Whether a batch without new data should run next (the watermark moved and a stateful
+    /// operator has state to evict or emit).
+    pub run_no_data_batch: bool,
 }
 
 /// Timings of one trigger, by Spark's phase names.
@@ -115,6 +125,7 @@ impl Execution {
                     }
                 };
                 next_batch = 0;
+                self.restore_state(0, watermark_ms)?;
             }
             Some((n, entry)) => {
                 let end = entry.offsets.first().cloned().ok_or_else(|| {
@@ -130,7 +141,11 @@ impl Execution {
                 if committed.as_ref().is_some_and(|(c, _)| *c >= n) {
                     start = end;
                     next_batch = n + 1;
+                    self.restore_state(next_batch, watermark_ms)?;
                 } else {
+                    // The batch runs again with the watermark it was logged with.
+                    watermark_ms = entry.metadata.batch_watermark_ms;
+                    self.restore_state(n, watermark_ms)?;
                     let batch_start = self.batch_start(n)?;
                     tracing::info!(
                         batch = n,
@@ -150,6 +165,7 @@ impl Execution {
                         trigger_start,
                     )
                     .await?;
+                    watermark_ms = self.watermark_or(watermark_ms);
                     start = end;
                     next_batch = n + 1;
                     if self.trigger == Trigger::Once {
@@ -197,7 +213,10 @@ impl Execution {
             let end = reader.latest_offset(&start, limit, target.as_ref()).await?;
             phases.record("latestOffset", t);
 
-            if end == start {
+            if end == start && self.no_data_batch_due() {
+                // The watermark moved: run a batch without data so state is evicted and
+                // finished windows are emitted now, not when the next row arrives.
+            } else if end == start {
                 // No new data: everything available when `idle_ticket` was read is committed.
                 self.shared
                     .idle_answered
@@ -249,9 +268,13 @@ impl Execution {
                 trigger_start,
             )
             .await?;
+            watermark_ms = self.watermark_or(watermark_ms);
             if next_batch >= MIN_BATCHES_TO_RETAIN {
-                self.checkpoint
-                    .purge_before(next_batch + 1 - MIN_BATCHES_TO_RETAIN)?;
+                let keep_from = next_batch + 1 - MIN_BATCHES_TO_RETAIN;
+                self.checkpoint.purge_before(keep_from)?;
+                for i in 0..self.plan.operators.len() {
+                    StateStore::purge(&self.state_dir(i), keep_from)?;
+                }
             }
             start = end;
             next_batch += 1;
@@ -289,6 +312,79 @@ impl Execution {
         })
     }
 
+    /// Restores the stateful operators for running batch `version` next, and the watermark.
+    fn restore_state(&mut self, version: u64, watermark_ms: i64) -> Result<()> {
+        for (i, operator) in self.plan.operators.iter().enumerate() {
+            operator.restore(&self.state_dir(i), version)?;
+        }
+        if let Some((spec, _)) = &self.plan.watermark {
+            self.tracker = Some(WatermarkTracker::new(
+                spec.delay_ms,
+                self.watermark_idle_timeout,
+                watermark_ms,
+            ));
+        }
+        Ok(())
+    }
+
+    /// `state/<operator>` in the checkpoint.
+    fn state_dir(&self, operator: usize) -> std::path::PathBuf {
+        self.checkpoint
+            .root()
+            .join("state")
+            .join(operator.to_string())
+    }
+
+    /// The watermark for the next batch (`current` when the query declares none).
+    fn watermark_or(&self, current: i64) -> i64 {
+        self.tracker
+            .as_ref()
+            .map_or(current, WatermarkTracker::watermark_ms)
+    }
+
+    /// Whether the next batch should run without new data: the last batch moved the
+    /// watermark, or idle partitions stopped holding it back, and state waits for it.
+    fn no_data_batch_due(&mut self) -> bool {
+        if self.run_no_data_batch {
+            return true;
+        }
+        let Some(tracker) = &mut self.tracker else {
+            return false;
+        };
+        let before = tracker.watermark_ms();
+        if !tracker.advance(Instant::now()) {
+            return false;
+        }
+        let after = tracker.watermark_ms();
+        self.plan
+            .operators
+            .iter()
+            .any(|op| op.wants_batch_for_watermark(before, after))
+    }
+
+    /// Spark's `eventTime` progress: the batch's watermark, and min/max/avg event times.
+    fn event_time_progress(
+        &self,
+        watermark_ms: i64,
+        stats: Option<&EventTimeStats>,
+    ) -> BTreeMap<String, String> {
+        let mut out = BTreeMap::new();
+        if self.plan.watermark.is_none() {
+            return out;
+        }
+        out.insert("watermark".into(), iso_millis(watermark_ms));
+        if let Some(stats) = stats
+            && let (Some(min), Some(max)) = (stats.min, stats.max)
+            && stats.count > 0
+        {
+            out.insert("min".into(), iso_millis(min.div_euclid(1000)));
+            out.insert("max".into(), iso_millis(max.div_euclid(1000)));
+            let avg = (stats.sum / stats.count as i128) as i64;
+            out.insert("avg".into(), iso_millis(avg.div_euclid(1000)));
+        }
+        out
+    }
+
     /// Sleeps until `due`; returns true when a stop was requested meanwhile.
     async fn sleep_until_or_stop(&self, due: Instant) -> bool {
         let mut stop = self.shared.stop.subscribe();
@@ -317,33 +413,63 @@ impl Execution {
         let span = tracing::info_span!("batch", batch_id);
         async {
             self.shared.set_status("Processing new data", true, true);
+            for operator in &self.plan.operators {
+                operator.begin_batch(watermark_ms);
+            }
             let t = Instant::now();
-            let input = reader
-                .get_batch(start, end, self.plan.projection.as_deref())
-                .await?;
+            let input = if start == end {
+                Vec::new()
+            } else {
+                reader
+                    .get_batch(start, end, self.plan.projection.as_deref())
+                    .await?
+            };
             phases.record("getBatch", t);
             let input_rows: u64 = input.iter().map(|b| b.num_rows() as u64).sum();
 
             let t = Instant::now();
             let output = self.execute_plan(input, batch_timestamp_ms).await?;
             let output_rows: i64 = output.iter().map(|b| b.num_rows() as i64).sum();
+            for (i, operator) in self.plan.operators.iter().enumerate() {
+                operator.commit(&self.state_dir(i), batch_id + 1)?;
+            }
             self.sink
                 .add_batch(batch_id, &self.plan.output_schema, output, self.mode)
                 .await?;
             phases.record("addBatch", t);
 
+            let event_stats = self
+                .plan
+                .watermark
+                .as_ref()
+                .and_then(|(_, slot)| slot.lock().ok().map(|s| s.clone()));
+            let next_watermark_ms = match (&mut self.tracker, &event_stats) {
+                (Some(tracker), Some(stats)) => {
+                    let now = Instant::now();
+                    tracker.observe(stats, now);
+                    tracker.advance(now);
+                    tracker.watermark_ms()
+                }
+                _ => watermark_ms,
+            };
+            self.run_no_data_batch = self
+                .plan
+                .operators
+                .iter()
+                .any(|op| op.wants_batch_for_watermark(watermark_ms, next_watermark_ms));
+
             let t = Instant::now();
             self.checkpoint.write_commit(
                 batch_id,
                 &CommitEntry {
-                    next_batch_watermark_ms: watermark_ms,
+                    next_batch_watermark_ms: next_watermark_ms,
                 },
             )?;
             reader.commit(end).await?;
             phases.record("commitOffsets", t);
             phases.record("triggerExecution", trigger_start);
 
-            let progress = self.progress(
+            let mut progress = self.progress(
                 batch_id,
                 input_rows,
                 output_rows,
@@ -353,6 +479,8 @@ impl Execution {
                 latest,
                 reader,
             );
+            progress.event_time = self.event_time_progress(watermark_ms, event_stats.as_ref());
+            progress.state_operators = self.plan.operators.iter().map(|op| op.progress()).collect();
             self.shared.push_progress(progress);
             self.shared
                 .set_status("Waiting for next trigger", true, false);

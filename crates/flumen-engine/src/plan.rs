@@ -18,11 +18,12 @@ use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::datasource::{TableProvider, TableType, provider_as_source, source_as_provider};
 use datafusion::error::Result as DFResult;
 use datafusion::execution::TaskContext;
-use datafusion::logical_expr::{Expr, JoinType, LogicalPlan, TableScanBuilder};
+use datafusion::logical_expr::{Expr, Extension, JoinType, LogicalPlan, TableScanBuilder};
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{
     Boundedness, ChildrenPropertiesMode, EmissionType, ReplaceChildrenOptions,
 };
+use datafusion::physical_plan::aggregates::AggregateExec;
 use datafusion::physical_plan::joins::{HashJoinExec, PartitionMode};
 use datafusion::physical_plan::memory::MemoryStream;
 use datafusion::physical_plan::{
@@ -33,6 +34,10 @@ use datafusion::physical_plan::{
 use crate::error::{FlumenError, Result};
 use crate::query::OutputMode;
 use crate::source::SourceRef;
+use crate::stateful::aggregate::StatefulAggregateExec;
+use crate::stateful::dedup::{DedupExec, Deduplicate};
+use crate::stateful::watermark::{EventTimeWatermark, PARTITION_COLUMN, StatsSlot, WatermarkExec};
+use crate::stateful::{OperatorHandle, WatermarkSpec};
 
 macro_rules! unsupported {
     ($($arg:tt)*) => {
@@ -243,7 +248,16 @@ pub(crate) fn check_supported(plan: &LogicalPlan, mode: OutputMode) -> Result<()
             "Queries without streaming sources cannot be executed with writeStream.start()"
         );
     }
-    if mode == OutputMode::Complete {
+    let stateful = stateful_nodes(plan);
+    if stateful.len() > 1 {
+        unsupported!(
+            "Flumen runs one stateful operator per query, and this query has {} ({}); split it into queries connected by a Kafka topic",
+            stateful.len(),
+            stateful.join(", ")
+        );
+    }
+    let aggregated = stateful.iter().any(|s| s == "Aggregate");
+    if mode == OutputMode::Complete && !aggregated {
         unsupported!(
             "Complete output mode not supported when there are no streaming aggregations on streaming DataFrames/Datasets"
         );
@@ -254,17 +268,34 @@ pub(crate) fn check_supported(plan: &LogicalPlan, mode: OutputMode) -> Result<()
             return Ok(TreeNodeRecursion::Jump);
         }
         error = match node {
-            LogicalPlan::Aggregate(_) => Some(
-                "Streaming aggregations (group_by/agg/count) are not supported yet; \
-                 aggregate each micro-batch with foreach_batch instead"
-                    .to_string(),
+            LogicalPlan::Aggregate(aggregate)
+                if aggregate
+                    .group_expr
+                    .iter()
+                    .any(|e| matches!(e, Expr::GroupingSet(_))) =>
+            {
+                Some("Grouping Sets is not supported on streaming DataFrames/Datasets".into())
+            }
+            LogicalPlan::Aggregate(aggregate)
+                if aggregate.aggr_expr.iter().any(|e| {
+                    e.exists(|e| {
+                        Ok(matches!(e, Expr::AggregateFunction(f) if f.params.distinct))
+                    })
+                    .unwrap_or(false)
+                }) =>
+            {
+                Some("Distinct aggregations are not supported on streaming DataFrames/Datasets. Consider using approx_count_distinct() instead.".into())
+            }
+            LogicalPlan::Distinct(datafusion::logical_expr::Distinct::On(_)) => Some(
+                "DISTINCT ON is not supported on streaming DataFrames/Datasets; use drop_duplicates(columns)".into(),
             ),
-            LogicalPlan::Distinct(_) => Some(
-                "Distinct is not supported on streaming DataFrames/Datasets yet (it needs state across micro-batches)".into(),
-            ),
-            LogicalPlan::Sort(_) => Some(
-                "Sorting is not supported on streaming DataFrames/Datasets, unless it is on aggregated DataFrame/Dataset in Complete output mode".into(),
-            ),
+            LogicalPlan::Sort(sort)
+                if mode != OutputMode::Complete || !has_streaming_aggregate(&sort.input) =>
+            {
+                Some(
+                    "Sorting is not supported on streaming DataFrames/Datasets, unless it is on aggregated DataFrame/Dataset in Complete output mode".into(),
+                )
+            }
             LogicalPlan::Limit(_) => Some(
                 "Limit is not supported on streaming DataFrames/Datasets yet (it needs state across micro-batches)".into(),
             ),
@@ -279,6 +310,12 @@ pub(crate) fn check_supported(plan: &LogicalPlan, mode: OutputMode) -> Result<()
                 is_streaming(&join.right),
                 join.join_type,
             ),
+            LogicalPlan::Extension(e)
+                if e.node.as_any().is::<EventTimeWatermark>()
+                    || e.node.as_any().is::<Deduplicate>() =>
+            {
+                None
+            }
             LogicalPlan::Extension(e) => Some(format!(
                 "{} is not supported on streaming DataFrames/Datasets",
                 e.node.name()
@@ -345,6 +382,113 @@ fn check_join(left: bool, right: bool, join_type: JoinType) -> Option<String> {
     }
 }
 
+/// Names of the stateful operations over a stream in `plan`.
+fn stateful_nodes(plan: &LogicalPlan) -> Vec<String> {
+    let mut found = Vec::new();
+    let _ = plan.apply_with_subqueries(|node| {
+        if !is_streaming(node) {
+            return Ok(TreeNodeRecursion::Jump);
+        }
+        match node {
+            LogicalPlan::Aggregate(_) => found.push("Aggregate".to_string()),
+            LogicalPlan::Distinct(_) => found.push("Distinct".to_string()),
+            LogicalPlan::Extension(e) if e.node.as_any().is::<Deduplicate>() => {
+                found.push(e.node.name().to_string())
+            }
+            _ => {}
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    found
+}
+
+fn has_streaming_aggregate(plan: &LogicalPlan) -> bool {
+    let mut found = false;
+    let _ = plan.apply(|node| {
+        found |= matches!(node, LogicalPlan::Aggregate(_)) && is_streaming(node);
+        Ok(if found {
+            TreeNodeRecursion::Stop
+        } else {
+            TreeNodeRecursion::Continue
+        })
+    });
+    found
+}
+
+/// The watermark declared in `plan`, if any (at most one: Flumen queries read one stream).
+fn watermark_of(plan: &LogicalPlan) -> Result<Option<WatermarkSpec>> {
+    let mut found: Vec<WatermarkSpec> = Vec::new();
+    plan.apply_with_subqueries(|node| {
+        if let LogicalPlan::Extension(e) = node
+            && let Some(w) = e.node.as_any().downcast_ref::<EventTimeWatermark>()
+        {
+            found.push(WatermarkSpec {
+                column: w.column.clone(),
+                delay_ms: w.delay_ms,
+            });
+        }
+        Ok(TreeNodeRecursion::Continue)
+    })?;
+    if found.len() > 1 {
+        unsupported!(
+            "with_watermark was called {} times on this query ({}); declare one watermark",
+            found.len(),
+            found
+                .iter()
+                .map(|w| w.column.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    Ok(found.pop())
+}
+
+/// `SELECT DISTINCT` over a stream is Spark's `dropDuplicates()`.
+fn distinct_as_deduplicate(plan: LogicalPlan) -> Result<LogicalPlan> {
+    Ok(plan
+        .transform_up_with_subqueries(|node| match node {
+            LogicalPlan::Distinct(datafusion::logical_expr::Distinct::All(input))
+                if is_streaming(&input) =>
+            {
+                Ok(Transformed::yes(LogicalPlan::Extension(Extension {
+                    node: Arc::new(Deduplicate {
+                        input: Arc::unwrap_or_clone(input),
+                        keys: Vec::new(),
+                        within_watermark: false,
+                    }),
+                })))
+            }
+            other => Ok(Transformed::no(other)),
+        })?
+        .data)
+}
+
+/// Carries the source partition of each row (hidden column) from the scan up to the
+/// watermark node, which records per-partition event times and drops the column.
+fn carry_partition_to_watermark(plan: LogicalPlan) -> Result<LogicalPlan> {
+    let has_hidden = |p: &LogicalPlan| p.schema().fields().iter().any(|f| f.name() == PARTITION_COLUMN);
+    Ok(plan
+        .transform_up_with_subqueries(|node| {
+            if has_hidden(&node) || !node.inputs().iter().any(|i| has_hidden(i)) {
+                return Ok(Transformed::no(node));
+            }
+            match node {
+                LogicalPlan::Projection(p) => {
+                    let mut exprs = p.expr.clone();
+                    exprs.push(Expr::Column(datafusion::common::Column::from_name(
+                        PARTITION_COLUMN,
+                    )));
+                    Ok(Transformed::yes(LogicalPlan::Projection(
+                        datafusion::logical_expr::Projection::try_new(exprs, Arc::clone(&p.input))?,
+                    )))
+                }
+                LogicalPlan::Aggregate(_) | LogicalPlan::Window(_) => Ok(Transformed::no(node)),
+                other => Ok(Transformed::yes(other.recompute_schema()?)),
+            }
+        })?
+        .data)
+}
+
 /// A query's planned form: one physical plan and the slot its micro-batches go into.
 pub(crate) struct QueryPlan {
     pub physical: Arc<dyn ExecutionPlan>,
@@ -354,6 +498,10 @@ pub(crate) struct QueryPlan {
     pub projection: Option<Vec<usize>>,
     pub source: SourceRef,
     pub output_schema: SchemaRef,
+    /// The declared watermark and where the plan leaves each batch's event-time statistics.
+    pub watermark: Option<(WatermarkSpec, StatsSlot)>,
+    /// The stateful operators, in plan order (their index names their state directory).
+    pub operators: Vec<OperatorHandle>,
 }
 
 impl fmt::Debug for QueryPlan {
@@ -371,10 +519,12 @@ pub(crate) async fn plan_query(
     mode: OutputMode,
 ) -> Result<QueryPlan> {
     check_supported(plan, mode)?;
+    let watermark = watermark_of(plan)?;
+    let plan = distinct_as_deduplicate(plan.clone())?;
     let slot: InputSlot = Arc::new(Mutex::new(None));
     let mut source = None;
+    let mut carry_partition = false;
     let rewritten = plan
-        .clone()
         .transform_up_with_subqueries(|node| {
             let Some(table) = stream_table(&node) else {
                 return Ok(Transformed::no(node));
@@ -393,9 +543,28 @@ pub(crate) async fn plan_query(
                     .with_filters(scan.filters.clone())
                     .with_fetch(scan.fetch)
                     .build()?;
-            Ok(Transformed::yes(LogicalPlan::TableScan(replaced)))
+            let replaced = LogicalPlan::TableScan(replaced);
+            // With a watermark, each row's source partition travels up to it.
+            if let (Some(_), Some(partition)) = (&watermark, table.source().partition_column())
+                && replaced.schema().has_column_with_unqualified_name(partition)
+            {
+                carry_partition = true;
+                let mut exprs: Vec<Expr> = replaced.schema().columns().into_iter().map(Expr::Column).collect();
+                let qualifier = replaced.schema().iter().find(|(_, f)| f.name() == partition).and_then(|(q, _)| q.cloned());
+                exprs.push(
+                    Expr::Column(datafusion::common::Column::new(qualifier, partition)).alias(PARTITION_COLUMN),
+                );
+                let projected = datafusion::logical_expr::Projection::try_new(exprs, Arc::new(replaced))?;
+                return Ok(Transformed::yes(LogicalPlan::Projection(projected)));
+            }
+            Ok(Transformed::yes(replaced))
         })?
         .data;
+    let rewritten = if carry_partition {
+        carry_partition_to_watermark(rewritten)?
+    } else {
+        rewritten
+    };
     let source = source.ok_or_else(|| {
         FlumenError::Unsupported(
             "Queries without streaming sources cannot be executed with writeStream.start()".into(),
@@ -403,8 +572,20 @@ pub(crate) async fn plan_query(
     })?;
     let physical = state.create_physical_plan(&rewritten).await?;
     let physical = keep_stream_on_probe_side(physical)?;
+    let physical = make_stateful(physical, watermark.as_ref(), mode)?;
     let projection = find_input(&physical).and_then(|i| i.projection().map(<[usize]>::to_vec));
     let output_schema = physical.schema();
+    let (operators, stats) = stateful_parts(&physical);
+    if operators.len() > 1 {
+        unsupported!(
+            "Flumen runs one stateful operator per query, and this query has {}; split it into queries connected by a Kafka topic",
+            operators.len()
+        );
+    }
+    let watermark = match (watermark, stats) {
+        (Some(spec), Some(stats)) => Some((spec, stats)),
+        _ => None,
+    };
     Ok(QueryPlan {
         physical,
         task_ctx: Arc::new(TaskContext::from(state)),
@@ -412,7 +593,60 @@ pub(crate) async fn plan_query(
         projection,
         source,
         output_schema,
+        watermark,
+        operators,
     })
+}
+
+/// Swaps the streaming aggregation DataFusion planned for Flumen's stateful one, and tells
+/// deduplication about the watermark.
+fn make_stateful(
+    plan: Arc<dyn ExecutionPlan>,
+    watermark: Option<&WatermarkSpec>,
+    mode: OutputMode,
+) -> Result<Arc<dyn ExecutionPlan>> {
+    let mut error = None;
+    let result = plan.transform_down(|node| {
+        if !contains_input(&node) {
+            return Ok(Transformed::new(node, false, TreeNodeRecursion::Jump));
+        }
+        let replaced = if let Some(aggregate) = node.as_ref().downcast_ref::<AggregateExec>() {
+            StatefulAggregateExec::replace(aggregate, watermark, mode)
+        } else if let Some(dedup) = node.as_ref().downcast_ref::<DedupExec>() {
+            dedup.with_watermark(watermark)
+        } else {
+            return Ok(Transformed::no(node));
+        };
+        match replaced {
+            Ok(new) => Ok(Transformed::new(new, true, TreeNodeRecursion::Jump)),
+            Err(e) => {
+                error = Some(e);
+                Ok(Transformed::new(node, false, TreeNodeRecursion::Stop))
+            }
+        }
+    })?;
+    if let Some(e) = error {
+        return Err(e);
+    }
+    Ok(result.data)
+}
+
+/// The stateful operators' handles and the watermark's statistics slot of a physical plan.
+fn stateful_parts(plan: &Arc<dyn ExecutionPlan>) -> (Vec<OperatorHandle>, Option<StatsSlot>) {
+    let mut operators = Vec::new();
+    let mut stats = None;
+    let mut stack = vec![Arc::clone(plan)];
+    while let Some(node) = stack.pop() {
+        if let Some(a) = node.as_ref().downcast_ref::<StatefulAggregateExec>() {
+            operators.push(a.handle());
+        } else if let Some(d) = node.as_ref().downcast_ref::<DedupExec>() {
+            operators.push(d.handle());
+        } else if let Some(w) = node.as_ref().downcast_ref::<WatermarkExec>() {
+            stats = Some(w.stats());
+        }
+        stack.extend(node.children().into_iter().rev().map(Arc::clone));
+    }
+    (operators, stats)
 }
 
 fn find_input(plan: &Arc<dyn ExecutionPlan>) -> Option<&InputExec> {

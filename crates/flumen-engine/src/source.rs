@@ -48,6 +48,12 @@ pub trait StreamSource: Debug + Send + Sync {
         ReadLimit::All
     }
 
+    /// The column holding each row's source partition (Kafka's `partition`), if the source has
+    /// partitions: watermarks are tracked per partition.
+    fn partition_column(&self) -> Option<&str> {
+        None
+    }
+
     /// Opens a reader for one query run.
     async fn open(&self) -> Result<Box<dyn SourceReader>>;
 }

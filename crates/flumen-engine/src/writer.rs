@@ -29,6 +29,10 @@ enum SinkChoice {
     Factory(SinkFactory),
 }
 
+/// How long a source partition may go without rows before it stops holding the watermark back
+/// (option `watermarkIdleTimeout`; `none` disables idleness).
+pub const DEFAULT_WATERMARK_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Builder for a streaming query.
 pub struct DataStreamWriter {
     frame: StreamFrame,
@@ -260,6 +264,16 @@ impl DataStreamWriter {
         conf.insert("flumen.source".to_string(), plan.source.fingerprint());
         crate::exec::check_conf_unchanged(&checkpoint, &conf)?;
         let read_limit = plan.source.read_limit();
+        let watermark_idle_timeout = match self.options.get("watermarkIdleTimeout") {
+            None => Some(DEFAULT_WATERMARK_IDLE_TIMEOUT),
+            Some(v) if v.trim().eq_ignore_ascii_case("none") => None,
+            Some(v) => Some(crate::options::parse_interval(v).map_err(|_| {
+                FlumenError::invalid_option(
+                    "watermarkIdleTimeout",
+                    format!("'{v}' is not an interval; write e.g. '30 seconds', or 'none' to let idle partitions hold the watermark back"),
+                )
+            })?),
+        };
         let shared = Arc::new(QueryShared::new(id, name));
         if let Ok(mut slot) = shared.plan.lock() {
             *slot = Some(Arc::clone(&plan.physical));
@@ -273,6 +287,9 @@ impl DataStreamWriter {
             trigger: self.trigger,
             read_limit,
             conf,
+            watermark_idle_timeout,
+            tracker: None,
+            run_no_data_batch: false,
         };
         let query = StreamingQuery {
             shared: Arc::clone(&shared),

@@ -44,6 +44,10 @@ impl StreamSource for KafkaSource {
         self.config.subscription.describe()
     }
 
+    fn partition_column(&self) -> Option<&str> {
+        Some("partition")
+    }
+
     fn read_limit(&self) -> ReadLimit {
         match self.config.max_offsets_per_trigger {
             Some(n) => ReadLimit::MaxRows(n),

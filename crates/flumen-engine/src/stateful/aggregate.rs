@@ -389,8 +389,11 @@ impl Core {
             }
         }
 
+        // Complete mode keeps every group forever, so nothing is late for it (Spark's rule).
         let mut dropped = 0;
-        if let Some(event) = self.event {
+        if let Some(event) = self.event
+            && self.mode != OutputMode::Complete
+        {
             let watermark_us = watermark_ms.saturating_mul(1000);
             let keep: BooleanArray = event
                 .times(&keys)?

@@ -205,11 +205,6 @@ impl WatermarkExec {
     pub fn stats(&self) -> StatsSlot {
         Arc::clone(&self.stats)
     }
-
-    /// The declared watermark delay, ms.
-    pub fn delay_ms(&self) -> i64 {
-        self.delay_ms
-    }
 }
 
 impl DisplayAs for WatermarkExec {

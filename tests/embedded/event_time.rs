@@ -1,0 +1,458 @@
+//! Event time: watermarks, windows, stateful aggregation in each output mode, deduplication,
+//! state in the checkpoint. Small hand-computed streams with golden outputs per batch.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use flumen::datafusion::arrow::array::{
+    ArrayRef, AsArray, RecordBatch, StringArray, TimestampMillisecondArray,
+};
+use flumen::datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use flumen::datafusion::arrow::util::display::array_value_to_string;
+use flumen::prelude::*;
+use flumen::{StreamingQueryProgress, datafusion};
+use flumen_tests::*;
+
+/// 2026-11-24T12:00:00Z: event times below are minutes after this.
+const BASE_MS: i64 = 1_795_521_600_000;
+
+fn schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("word", DataType::Utf8, true),
+        Field::new("ts", DataType::Timestamp(TimeUnit::Millisecond, None), true),
+    ]))
+}
+
+fn events(rows: &[(&str, i64)]) -> RecordBatch {
+    let words: Vec<&str> = rows.iter().map(|(w, _)| *w).collect();
+    let times: Vec<i64> = rows.iter().map(|(_, m)| BASE_MS + m * 60_000).collect();
+    RecordBatch::try_new(
+        schema(),
+        vec![
+            Arc::new(StringArray::from(words)),
+            Arc::new(TimestampMillisecondArray::from(times)),
+        ],
+    )
+    .unwrap()
+}
+
+/// `HH:MM` of a timestamp in µs or ms.
+fn clock(array: &ArrayRef, row: usize) -> String {
+    let text = array_value_to_string(array, row).unwrap();
+    // e.g. 2026-11-24T12:07:00
+    text.get(11..16).unwrap_or(&text).to_string()
+}
+
+/// Rows as `value value ...`; windows print as `HH:MM-HH:MM`, timestamps as `HH:MM`.
+fn render(batches: &[RecordBatch]) -> Vec<String> {
+    let mut out = Vec::new();
+    for batch in batches {
+        for row in 0..batch.num_rows() {
+            let cells: Vec<String> = batch
+                .columns()
+                .iter()
+                .map(|c| match c.data_type() {
+                    DataType::Struct(_) => {
+                        let s = c.as_struct();
+                        format!("{}-{}", clock(s.column(0), row), clock(s.column(1), row))
+                    }
+                    DataType::Timestamp(_, _) => clock(c, row),
+                    _ => array_value_to_string(c, row).unwrap(),
+                })
+                .collect();
+            out.push(cells.join(" "));
+        }
+    }
+    out
+}
+
+type Outputs = Arc<Mutex<BTreeMap<u64, Vec<String>>>>;
+
+struct Run {
+    /// Non-empty outputs by batch id (a re-run batch overwrites its entry).
+    outputs: BTreeMap<u64, Vec<String>>,
+    progress: Vec<StreamingQueryProgress>,
+}
+
+impl Run {
+    fn non_empty(&self) -> Vec<Vec<String>> {
+        self.outputs.values().filter(|v| !v.is_empty()).cloned().collect()
+    }
+
+    fn dropped(&self) -> u64 {
+        self.progress
+            .iter()
+            .flat_map(|p| p.state_operators.iter())
+            .map(|s| s.num_rows_dropped_by_watermark)
+            .sum()
+    }
+}
+
+/// Runs `build` over a memory stream fed `batches` one trigger at a time.
+async fn run(
+    build: impl Fn(StreamFrame) -> flumen::Result<StreamFrame>,
+    mode: OutputMode,
+    batches: &[&[(&str, i64)]],
+    checkpoint: Option<&std::path::Path>,
+    outputs: Outputs,
+) -> flumen::Result<Run> {
+    let input = Arc::new(MemoryStream::new("events", schema()));
+    let session = StreamSession::new();
+    let frame = build(session.stream(input.clone())?)?;
+    let sink_outputs = Arc::clone(&outputs);
+    let mut writer = frame
+        .write_stream()
+        .output_mode(mode)
+        .foreach_batch(move |df, id| {
+            let outputs = Arc::clone(&sink_outputs);
+            async move {
+                let rows = render(&df.collect().await?);
+                outputs.lock().unwrap().insert(id, rows);
+                Ok(())
+            }
+        });
+    let temporary = temp_dir();
+    writer = writer.checkpoint_location(checkpoint.unwrap_or(temporary.path()));
+    let query = writer.start().await?;
+    for batch in batches {
+        input.add_batch(events(batch))?;
+        query.process_all_available().await?;
+    }
+    let progress = query.recent_progress();
+    query.stop().await?;
+    let outputs = outputs.lock().unwrap().clone();
+    Ok(Run { outputs, progress })
+}
+
+/// The stream of Spark's guide, extended: `donkey` arrives after the watermark passed its
+/// window and is dropped; `fox` moves the watermark past the second windows.
+const GUIDE: &[&[(&str, i64)]] = &[
+    &[("dog", 7), ("owl", 8)],
+    &[("dog", 14), ("cat", 9)],
+    &[("owl", 21)],
+    &[("donkey", 5), ("cat", 16)],
+    &[("fox", 35)],
+];
+
+fn windowed_counts(frame: StreamFrame) -> flumen::Result<StreamFrame> {
+    frame
+        .with_watermark("ts", "10 minutes")?
+        .group_by([window(col("ts"), "10 minutes"), col("word")])
+        .count()
+}
+
+fn fresh() -> Outputs {
+    Arc::new(Mutex::new(BTreeMap::new()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn update_mode_emits_changed_windows_and_drops_late_rows() {
+    let run = run(windowed_counts, OutputMode::Update, GUIDE, None, fresh())
+        .await
+        .unwrap();
+    assert_eq!(
+        run.non_empty(),
+        vec![
+            vec!["12:00-12:10 dog 1", "12:00-12:10 owl 1"],
+            vec!["12:10-12:20 dog 1", "12:00-12:10 cat 1"],
+            vec!["12:20-12:30 owl 1"],
+            vec!["12:10-12:20 cat 1"],
+            vec!["12:30-12:40 fox 1"],
+        ]
+    );
+    assert_eq!(run.dropped(), 1, "donkey at 12:05 is behind the 12:11 watermark");
+    let last = run.progress.last().unwrap();
+    assert_eq!(last.event_time["watermark"], "2026-11-24T12:25:00.000Z");
+    let state = &last.state_operators[0];
+    assert_eq!(state.operator_name, "stateStoreSave");
+    // Windows ending at or before 12:25 were evicted: 12:20-12:30 owl and 12:30-12:40 fox remain.
+    assert_eq!(state.num_rows_total, 2);
+    assert!(state.memory_used_bytes > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn append_mode_emits_each_window_once_after_the_watermark_passes_it() {
+    let run = run(windowed_counts, OutputMode::Append, GUIDE, None, fresh())
+        .await
+        .unwrap();
+    assert_eq!(
+        run.non_empty(),
+        vec![
+            vec!["12:00-12:10 cat 1", "12:00-12:10 dog 1", "12:00-12:10 owl 1"],
+            vec!["12:10-12:20 cat 1", "12:10-12:20 dog 1"],
+        ]
+    );
+    assert_eq!(run.dropped(), 1);
+    // Each window closed in a batch without new data, right after the watermark moved.
+    let closing: Vec<u64> = run
+        .progress
+        .iter()
+        .filter(|p| p.state_operators[0].num_rows_removed > 0)
+        .map(|p| p.num_input_rows)
+        .collect();
+    assert_eq!(closing, vec![0, 0]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn complete_mode_emits_everything_ordered_and_keeps_late_rows() {
+    let build = |f: StreamFrame| windowed_counts(f)?.order_by([col("window"), col("word")]);
+    let run = run(build, OutputMode::Complete, GUIDE, None, fresh())
+        .await
+        .unwrap();
+    let outputs = run.non_empty();
+    assert_eq!(outputs.len(), GUIDE.len(), "one result per data batch");
+    assert_eq!(
+        outputs.last().unwrap(),
+        &vec![
+            "12:00-12:10 cat 1",
+            "12:00-12:10 dog 1",
+            "12:00-12:10 donkey 1",
+            "12:00-12:10 owl 1",
+            "12:10-12:20 cat 1",
+            "12:10-12:20 dog 1",
+            "12:20-12:30 owl 1",
+            "12:30-12:40 fox 1",
+        ]
+    );
+    assert_eq!(run.dropped(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sliding_windows_count_a_row_in_every_window_containing_it() {
+    let build = |f: StreamFrame| {
+        f.group_by([sliding_window(col("ts"), "10 minutes", "5 minutes")])
+            .agg([count(lit(1)).alias("n"), max(col("word")).alias("last")])?
+            .order_by([col("window")])
+    };
+    let batches: &[&[(&str, i64)]] = &[&[("a", 7), ("b", 10)], &[("c", 3)]];
+    let run = run(build, OutputMode::Complete, batches, None, fresh())
+        .await
+        .unwrap();
+    assert_eq!(
+        run.non_empty(),
+        vec![
+            vec!["12:00-12:10 1 a", "12:05-12:15 2 b", "12:10-12:20 1 b"],
+            vec![
+                "11:55-12:05 1 c",
+                "12:00-12:10 2 c",
+                "12:05-12:15 2 b",
+                "12:10-12:20 1 b",
+            ],
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_windows_merge_when_a_row_bridges_them() {
+    let build = |f: StreamFrame| {
+        f.group_by([session_window(col("ts"), "5 minutes"), col("word")])
+            .count()?
+            .order_by([col("word"), col("session_window")])
+    };
+    let batches: &[&[(&str, i64)]] = &[
+        &[("a", 0), ("a", 3), ("b", 1), ("a", 12)],
+        &[("a", 9)],
+        &[("a", 6)],
+    ];
+    let run = run(build, OutputMode::Complete, batches, None, fresh())
+        .await
+        .unwrap();
+    assert_eq!(
+        run.non_empty(),
+        vec![
+            vec!["12:00-12:08 a 2", "12:12-12:17 a 1", "12:01-12:06 b 1"],
+            vec!["12:00-12:08 a 2", "12:09-12:17 a 2", "12:01-12:06 b 1"],
+            vec!["12:00-12:17 a 5", "12:01-12:06 b 1"],
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_windows_close_in_append_mode() {
+    let build = |f: StreamFrame| {
+        f.with_watermark("ts", "0 seconds")?
+            .group_by([session_window(col("ts"), "5 minutes"), col("word")])
+            .count()
+    };
+    let batches: &[&[(&str, i64)]] = &[&[("a", 0), ("a", 3)], &[("b", 20)], &[("a", 1)]];
+    let run = run(build, OutputMode::Append, batches, None, fresh())
+        .await
+        .unwrap();
+    assert_eq!(run.non_empty(), vec![vec!["12:00-12:08 a 2"]]);
+    assert_eq!(run.dropped(), 1, "a at 12:01 ends 12:06, behind the 12:20 watermark");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drop_duplicates_without_and_within_a_watermark() {
+    let plain = |f: StreamFrame| f.drop_duplicates(&["word"]);
+    let batches: &[&[(&str, i64)]] = &[&[("dog", 0), ("cat", 1), ("dog", 2)], &[("cat", 3), ("owl", 4)]];
+    let run1 = run(plain, OutputMode::Append, batches, None, fresh())
+        .await
+        .unwrap();
+    assert_eq!(
+        run1.non_empty(),
+        vec![vec!["dog 12:00", "cat 12:01"], vec!["owl 12:04"]]
+    );
+    assert_eq!(run1.progress.last().unwrap().state_operators[0].num_rows_total, 3);
+
+    let within = |f: StreamFrame| {
+        f.with_watermark("ts", "10 minutes")?
+            .drop_duplicates_within_watermark(&["word"])
+    };
+    let batches: &[&[(&str, i64)]] = &[
+        &[("dog", 0)],
+        &[("dog", 5)],
+        &[("fox", 30)],
+        &[("dog", 25), ("cat", 19)],
+    ];
+    let run2 = run(within, OutputMode::Append, batches, None, fresh())
+        .await
+        .unwrap();
+    // dog's key expired at 12:10 once the watermark reached 12:20; cat at 12:19 is late.
+    assert_eq!(
+        run2.non_empty(),
+        vec![vec!["dog 12:00"], vec!["fox 12:30"], vec!["dog 12:25"]]
+    );
+    assert_eq!(run2.dropped(), 1);
+    let last = run2.progress.last().unwrap();
+    assert_eq!(last.state_operators[0].operator_name, "dedupeWithinWatermark");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_in_the_middle_of_open_windows_equals_an_uninterrupted_run() {
+    for mode in [OutputMode::Append, OutputMode::Update] {
+        let straight = run(windowed_counts, mode, GUIDE, None, fresh())
+            .await
+            .unwrap();
+        for cut in 1..GUIDE.len() {
+            // Stop after `cut` batches, restart from the checkpoint for the rest.
+            let checkpoint = temp_dir();
+            let outputs = fresh();
+            run(windowed_counts, mode, &GUIDE[..cut], Some(checkpoint.path()), Arc::clone(&outputs))
+                .await
+                .unwrap();
+            let resumed = run_resumed(mode, cut, checkpoint.path(), Arc::clone(&outputs), false).await;
+            assert_eq!(resumed, straight.outputs, "{mode:?}, stopped after {cut} batches");
+
+            // Crash after the state of the last batch was written but before its commit.
+            let checkpoint = temp_dir();
+            let outputs = fresh();
+            run(windowed_counts, mode, &GUIDE[..cut], Some(checkpoint.path()), Arc::clone(&outputs))
+                .await
+                .unwrap();
+            let resumed = run_resumed(mode, cut, checkpoint.path(), outputs, true).await;
+            assert_eq!(resumed, straight.outputs, "{mode:?}, crashed in batch after {cut} inputs");
+        }
+    }
+}
+
+/// Resumes a query over the same stream (all `GUIDE` rows; the checkpoint says where to
+/// continue), optionally after removing the last commit as a crash before it would.
+async fn run_resumed(
+    mode: OutputMode,
+    already_fed: usize,
+    checkpoint: &std::path::Path,
+    outputs: Outputs,
+    drop_last_commit: bool,
+) -> BTreeMap<u64, Vec<String>> {
+    if drop_last_commit {
+        let last = std::fs::read_dir(checkpoint.join("commits"))
+            .unwrap()
+            .filter_map(|e| e.unwrap().file_name().to_str()?.parse::<u64>().ok())
+            .max()
+            .unwrap();
+        std::fs::remove_file(checkpoint.join("commits").join(last.to_string())).unwrap();
+        assert!(checkpoint.join(format!("state/0/{}.delta", last + 1)).exists());
+    }
+    let input = Arc::new(MemoryStream::new("events", schema()));
+    for batch in &GUIDE[..already_fed] {
+        input.add_batch(events(batch)).unwrap();
+    }
+    let session = StreamSession::new();
+    let frame = windowed_counts(session.stream(input.clone()).unwrap()).unwrap();
+    let sink_outputs = Arc::clone(&outputs);
+    let query = frame
+        .write_stream()
+        .output_mode(mode)
+        .checkpoint_location(checkpoint)
+        .foreach_batch(move |df, id| {
+            let outputs = Arc::clone(&sink_outputs);
+            async move {
+                let rows = render(&df.collect().await?);
+                outputs.lock().unwrap().insert(id, rows);
+                Ok(())
+            }
+        })
+        .start()
+        .await
+        .unwrap();
+    query.process_all_available().await.unwrap();
+    for batch in &GUIDE[already_fed..] {
+        input.add_batch(events(batch)).unwrap();
+        query.process_all_available().await.unwrap();
+    }
+    query.stop().await.unwrap();
+    let result = outputs.lock().unwrap().clone();
+    result
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsupported_combinations_fail_at_start_with_sparks_messages() {
+    let session = StreamSession::new();
+    let stream = || session.stream(Arc::new(MemoryStream::new("e", schema()))).unwrap();
+    let message = |frame: StreamFrame, mode: OutputMode| {
+        let writer = frame.write_stream().output_mode(mode).memory().query_name("x");
+        async move { writer.start().await.unwrap_err().to_string() }
+    };
+    let counts = stream().group_by([col("word")]).count().unwrap();
+    assert!(
+        message(counts.clone(), OutputMode::Append)
+            .await
+            .contains("Append output mode not supported when there are streaming aggregations on streaming DataFrames/DataSets without watermark")
+    );
+    assert!(
+        message(counts.order_by([col("word")]).unwrap(), OutputMode::Update)
+            .await
+            .contains("Sorting is not supported on streaming DataFrames/Datasets, unless it is on aggregated DataFrame/Dataset in Complete output mode")
+    );
+    assert!(
+        message(stream().drop_duplicates(&["word"]).unwrap(), OutputMode::Complete)
+            .await
+            .contains("Complete output mode not supported when there are no streaming aggregations")
+    );
+    let sessions = stream()
+        .group_by([session_window(col("ts"), "5 minutes"), col("word")])
+        .count()
+        .unwrap();
+    assert!(
+        message(sessions, OutputMode::Update)
+            .await
+            .contains("Update output mode not supported for session window on streaming DataFrames/DataSets")
+    );
+    let distinct = stream()
+        .group_by([col("word")])
+        .agg([datafusion::functions_aggregate::expr_fn::count_distinct(col("ts"))])
+        .unwrap();
+    assert!(
+        message(distinct, OutputMode::Update)
+            .await
+            .contains("Distinct aggregations are not supported on streaming DataFrames/Datasets")
+    );
+    assert!(
+        message(stream().drop_duplicates_within_watermark(&["word"]).unwrap(), OutputMode::Append)
+            .await
+            .contains("dropDuplicatesWithinWatermark is not supported on streaming DataFrames/DataSets without watermark")
+    );
+    let twice = stream()
+        .drop_duplicates(&["word"])
+        .unwrap()
+        .group_by([col("word")])
+        .count()
+        .unwrap();
+    assert!(message(twice, OutputMode::Update).await.contains("one stateful operator per query"));
+    let err = stream().with_watermark("word", "1 minute").unwrap_err().to_string();
+    assert!(
+        err.contains("Event time must be defined on a window or a timestamp, but word is of type Utf8"),
+        "{err}"
+    );
+}
