@@ -2,6 +2,7 @@
 //! finding the Titanic data (`--csv`, `FLUMEN_TITANIC_CSV`, or a seeded generator), and the
 //! notebook's Titanic pipeline, so the examples, tests and benchmarks run the same code.
 
+pub mod chart;
 pub mod titanic;
 
 use std::time::Duration;

@@ -4,8 +4,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use flumen::datafusion::arrow::array::{Float64Array, Int64Array, RecordBatch, StringArray};
-use flumen::datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use flumen::datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use flumen::datafusion::dataframe::DataFrame;
+use flumen::datafusion::logical_expr::Expr;
 use flumen::prelude::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -224,8 +225,37 @@ pub fn class_names(session: &StreamSession) -> flumen::Result<DataFrame> {
     session.create_data_frame(batch)
 }
 
-/// The enriched passenger stream: parse the JSON with the CSV's schema, add `is_adult`
-/// (`yes` when Age >= 18, else `no` — a missing age is `no`), left-join the class names.
+/// The passengers streaming through `raw_topic`, parsed with `schema` (the notebook's
+/// `parsed_stream`: `CAST(value AS STRING)`, `from_json`, `data.*`), from the earliest offset.
+///
+/// `options` are extra source options (e.g. `maxOffsetsPerTrigger`, `kafka.*`).
+pub fn parsed_stream(
+    session: &StreamSession,
+    servers: &str,
+    raw_topic: &str,
+    options: &[(String, String)],
+    schema: SchemaRef,
+) -> flumen::Result<StreamFrame> {
+    session
+        .read_stream()
+        .kafka()
+        .bootstrap_servers(servers)
+        .options(options.iter().cloned())
+        .subscribe([raw_topic])
+        .starting_offsets(StartingOffsets::Earliest)
+        .load()?
+        .select_expr(["CAST(value AS STRING) AS json_str"])?
+        .with_column("data", from_json(col("json_str"), schema)?)?
+        .select_expr(["data.*"])
+}
+
+/// `is_adult`: `yes` when Age >= 18, else `no` (a missing age is `no`).
+pub fn is_adult() -> flumen::Result<Expr> {
+    Ok(when(col("Age").gt_eq(lit(18)), lit("yes")).otherwise(lit("no"))?)
+}
+
+/// The enriched passenger stream: parse the JSON with the CSV's schema, add `is_adult`,
+/// left-join the class names.
 ///
 /// `options` are extra source options (e.g. `maxOffsetsPerTrigger`, `kafka.*`).
 pub fn enriched_stream(
@@ -235,24 +265,46 @@ pub fn enriched_stream(
     options: &[(String, String)],
     schema: SchemaRef,
 ) -> flumen::Result<StreamFrame> {
-    let raw = session
-        .read_stream()
-        .kafka()
-        .bootstrap_servers(servers)
-        .options(options.iter().cloned())
-        .subscribe([raw_topic])
-        .starting_offsets(StartingOffsets::Earliest)
-        .load()?;
-    let parsed = raw
-        .select_expr(["CAST(value AS STRING) AS json_str"])?
-        .with_column("data", from_json(col("json_str"), schema)?)?
-        .select_expr(["data.*"])?;
-    parsed
-        .with_column(
-            "is_adult",
-            when(col("Age").gt_eq(lit(18)), lit("yes")).otherwise(lit("no"))?,
-        )?
+    parsed_stream(session, servers, raw_topic, options, schema)?
+        .with_column("is_adult", is_adult()?)?
         .join(class_names(session)?, JoinType::Left, &["Pclass"])
+}
+
+/// The notebook's event time, `current_timestamp() + interval 5 seconds * PassengerId`, with
+/// `base` in place of the current time so runs can be reproduced.
+pub fn with_event_time(
+    session: &StreamSession,
+    passengers: DataFrame,
+    base: chrono::DateTime<chrono::Utc>,
+) -> flumen::Result<DataFrame> {
+    let micros = lit(base.timestamp_micros()) + col("PassengerId") * lit(5_000_000i64);
+    session
+        .frame(passengers)
+        .with_column(
+            "event_time",
+            cast(
+                micros,
+                DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            ),
+        )?
+        .into_dataframe()
+}
+
+/// Passengers per one-minute event-time window, ordered by window (the notebook's windowed
+/// count; run it in complete mode).
+pub fn windowed_counts(parsed: &StreamFrame) -> flumen::Result<StreamFrame> {
+    parsed
+        .group_by([window(col("event_time"), "1 minute")])
+        .count()?
+        .order_by([col("window")])
+}
+
+/// Passengers per `is_adult` value (the notebook's chart cell; run it in complete mode).
+pub fn is_adult_counts(parsed: &StreamFrame) -> flumen::Result<StreamFrame> {
+    parsed
+        .with_column("is_adult", is_adult()?)?
+        .group_by([col("is_adult")])
+        .count()
 }
 
 /// The Kafka form of the enriched stream: key = PassengerId, value = every column as JSON.

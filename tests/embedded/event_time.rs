@@ -76,7 +76,11 @@ struct Run {
 
 impl Run {
     fn non_empty(&self) -> Vec<Vec<String>> {
-        self.outputs.values().filter(|v| !v.is_empty()).cloned().collect()
+        self.outputs
+            .values()
+            .filter(|v| !v.is_empty())
+            .cloned()
+            .collect()
     }
 
     fn dropped(&self) -> u64 {
@@ -160,7 +164,11 @@ async fn update_mode_emits_changed_windows_and_drops_late_rows() {
             vec!["12:30-12:40 fox 1"],
         ]
     );
-    assert_eq!(run.dropped(), 1, "donkey at 12:05 is behind the 12:11 watermark");
+    assert_eq!(
+        run.dropped(),
+        1,
+        "donkey at 12:05 is behind the 12:11 watermark"
+    );
     let last = run.progress.last().unwrap();
     assert_eq!(last.event_time["watermark"], "2026-11-24T12:25:00.000Z");
     let state = &last.state_operators[0];
@@ -178,7 +186,11 @@ async fn append_mode_emits_each_window_once_after_the_watermark_passes_it() {
     assert_eq!(
         run.non_empty(),
         vec![
-            vec!["12:00-12:10 cat 1", "12:00-12:10 dog 1", "12:00-12:10 owl 1"],
+            vec![
+                "12:00-12:10 cat 1",
+                "12:00-12:10 dog 1",
+                "12:00-12:10 owl 1"
+            ],
             vec!["12:10-12:20 cat 1", "12:10-12:20 dog 1"],
         ]
     );
@@ -279,13 +291,20 @@ async fn session_windows_close_in_append_mode() {
         .await
         .unwrap();
     assert_eq!(run.non_empty(), vec![vec!["12:00-12:08 a 2"]]);
-    assert_eq!(run.dropped(), 1, "a at 12:01 ends 12:06, behind the 12:20 watermark");
+    assert_eq!(
+        run.dropped(),
+        1,
+        "a at 12:01 ends 12:06, behind the 12:20 watermark"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drop_duplicates_without_and_within_a_watermark() {
     let plain = |f: StreamFrame| f.drop_duplicates(&["word"]);
-    let batches: &[&[(&str, i64)]] = &[&[("dog", 0), ("cat", 1), ("dog", 2)], &[("cat", 3), ("owl", 4)]];
+    let batches: &[&[(&str, i64)]] = &[
+        &[("dog", 0), ("cat", 1), ("dog", 2)],
+        &[("cat", 3), ("owl", 4)],
+    ];
     let run1 = run(plain, OutputMode::Append, batches, None, fresh())
         .await
         .unwrap();
@@ -293,7 +312,10 @@ async fn drop_duplicates_without_and_within_a_watermark() {
         run1.non_empty(),
         vec![vec!["dog 12:00", "cat 12:01"], vec!["owl 12:04"]]
     );
-    assert_eq!(run1.progress.last().unwrap().state_operators[0].num_rows_total, 3);
+    assert_eq!(
+        run1.progress.last().unwrap().state_operators[0].num_rows_total,
+        3
+    );
 
     let within = |f: StreamFrame| {
         f.with_watermark("ts", "10 minutes")?
@@ -315,7 +337,10 @@ async fn drop_duplicates_without_and_within_a_watermark() {
     );
     assert_eq!(run2.dropped(), 1);
     let last = run2.progress.last().unwrap();
-    assert_eq!(last.state_operators[0].operator_name, "dedupeWithinWatermark");
+    assert_eq!(
+        last.state_operators[0].operator_name,
+        "dedupeWithinWatermark"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -328,20 +353,39 @@ async fn restart_in_the_middle_of_open_windows_equals_an_uninterrupted_run() {
             // Stop after `cut` batches, restart from the checkpoint for the rest.
             let checkpoint = temp_dir();
             let outputs = fresh();
-            run(windowed_counts, mode, &GUIDE[..cut], Some(checkpoint.path()), Arc::clone(&outputs))
-                .await
-                .unwrap();
-            let resumed = run_resumed(mode, cut, checkpoint.path(), Arc::clone(&outputs), false).await;
-            assert_eq!(resumed, straight.outputs, "{mode:?}, stopped after {cut} batches");
+            run(
+                windowed_counts,
+                mode,
+                &GUIDE[..cut],
+                Some(checkpoint.path()),
+                Arc::clone(&outputs),
+            )
+            .await
+            .unwrap();
+            let resumed =
+                run_resumed(mode, cut, checkpoint.path(), Arc::clone(&outputs), false).await;
+            assert_eq!(
+                resumed, straight.outputs,
+                "{mode:?}, stopped after {cut} batches"
+            );
 
             // Crash after the state of the last batch was written but before its commit.
             let checkpoint = temp_dir();
             let outputs = fresh();
-            run(windowed_counts, mode, &GUIDE[..cut], Some(checkpoint.path()), Arc::clone(&outputs))
-                .await
-                .unwrap();
+            run(
+                windowed_counts,
+                mode,
+                &GUIDE[..cut],
+                Some(checkpoint.path()),
+                Arc::clone(&outputs),
+            )
+            .await
+            .unwrap();
             let resumed = run_resumed(mode, cut, checkpoint.path(), outputs, true).await;
-            assert_eq!(resumed, straight.outputs, "{mode:?}, crashed in batch after {cut} inputs");
+            assert_eq!(
+                resumed, straight.outputs,
+                "{mode:?}, crashed in batch after {cut} inputs"
+            );
         }
     }
 }
@@ -362,7 +406,11 @@ async fn run_resumed(
             .max()
             .unwrap();
         std::fs::remove_file(checkpoint.join("commits").join(last.to_string())).unwrap();
-        assert!(checkpoint.join(format!("state/0/{}.delta", last + 1)).exists());
+        assert!(
+            checkpoint
+                .join(format!("state/0/{}.delta", last + 1))
+                .exists()
+        );
     }
     let input = Arc::new(MemoryStream::new("events", schema()));
     for batch in &GUIDE[..already_fed] {
@@ -399,9 +447,17 @@ async fn run_resumed(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unsupported_combinations_fail_at_start_with_sparks_messages() {
     let session = StreamSession::new();
-    let stream = || session.stream(Arc::new(MemoryStream::new("e", schema()))).unwrap();
+    let stream = || {
+        session
+            .stream(Arc::new(MemoryStream::new("e", schema())))
+            .unwrap()
+    };
     let message = |frame: StreamFrame, mode: OutputMode| {
-        let writer = frame.write_stream().output_mode(mode).memory().query_name("x");
+        let writer = frame
+            .write_stream()
+            .output_mode(mode)
+            .memory()
+            .query_name("x");
         async move { writer.start().await.unwrap_err().to_string() }
     };
     let counts = stream().group_by([col("word")]).count().unwrap();
@@ -416,22 +472,25 @@ async fn unsupported_combinations_fail_at_start_with_sparks_messages() {
             .contains("Sorting is not supported on streaming DataFrames/Datasets, unless it is on aggregated DataFrame/Dataset in Complete output mode")
     );
     assert!(
-        message(stream().drop_duplicates(&["word"]).unwrap(), OutputMode::Complete)
-            .await
-            .contains("Complete output mode not supported when there are no streaming aggregations")
+        message(
+            stream().drop_duplicates(&["word"]).unwrap(),
+            OutputMode::Complete
+        )
+        .await
+        .contains("Complete output mode not supported when there are no streaming aggregations")
     );
     let sessions = stream()
         .group_by([session_window(col("ts"), "5 minutes"), col("word")])
         .count()
         .unwrap();
-    assert!(
-        message(sessions, OutputMode::Update)
-            .await
-            .contains("Update output mode not supported for session window on streaming DataFrames/DataSets")
-    );
+    assert!(message(sessions, OutputMode::Update).await.contains(
+        "Update output mode not supported for session window on streaming DataFrames/DataSets"
+    ));
     let distinct = stream()
         .group_by([col("word")])
-        .agg([datafusion::functions_aggregate::expr_fn::count_distinct(col("ts"))])
+        .agg([datafusion::functions_aggregate::expr_fn::count_distinct(
+            col("ts"),
+        )])
         .unwrap();
     assert!(
         message(distinct, OutputMode::Update)
@@ -449,10 +508,19 @@ async fn unsupported_combinations_fail_at_start_with_sparks_messages() {
         .group_by([col("word")])
         .count()
         .unwrap();
-    assert!(message(twice, OutputMode::Update).await.contains("one stateful operator per query"));
-    let err = stream().with_watermark("word", "1 minute").unwrap_err().to_string();
     assert!(
-        err.contains("Event time must be defined on a window or a timestamp, but word is of type Utf8"),
+        message(twice, OutputMode::Update)
+            .await
+            .contains("one stateful operator per query")
+    );
+    let err = stream()
+        .with_watermark("word", "1 minute")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(
+            "Event time must be defined on a window or a timestamp, but word is of type Utf8"
+        ),
         "{err}"
     );
 }

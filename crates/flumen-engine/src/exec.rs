@@ -26,10 +26,10 @@ use crate::plan::QueryPlan;
 use crate::progress::{SinkProgress, SourceProgress, StreamingQueryProgress, rate};
 use crate::query::{OutputMode, QueryShared, Trigger};
 use crate::sink::StreamSink;
+use crate::source::{ReadLimit, SourceOffset, SourceReader};
 use crate::stateful::iso_millis;
 use crate::stateful::store::StateStore;
 use crate::stateful::watermark::{EventTimeStats, WatermarkTracker};
-use crate::source::{ReadLimit, SourceOffset, SourceReader};
 
 /// How long an idle query waits between looks for new data, at most.
 const MAX_IDLE_POLL: Duration = Duration::from_millis(100);

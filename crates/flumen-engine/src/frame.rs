@@ -374,8 +374,10 @@ pub struct GroupedFrame {
 impl GroupedFrame {
     /// Rows per group, in a column named `count` (Spark's).
     pub fn count(&self) -> Result<StreamFrame> {
-        self.agg([datafusion::functions_aggregate::expr_fn::count(datafusion::logical_expr::lit(1))
-            .alias("count")])
+        self.agg([
+            datafusion::functions_aggregate::expr_fn::count(datafusion::logical_expr::lit(1))
+                .alias("count"),
+        ])
     }
 
     /// The given aggregates per group (`sum(col("x")).alias("total")`, `avg`, `min`, `max`,

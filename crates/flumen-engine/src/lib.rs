@@ -56,7 +56,8 @@ pub use frame::{GroupedFrame, StreamFrame};
 pub use memory_stream::MemoryStream;
 pub use plan::StreamTable;
 pub use progress::{
-    SinkProgress, SourceProgress, StateOperatorProgress, StreamingQueryProgress, StreamingQueryStatus,
+    SinkProgress, SourceProgress, StateOperatorProgress, StreamingQueryProgress,
+    StreamingQueryStatus,
 };
 pub use query::{OutputMode, RECENT_PROGRESS_RETAINED, StreamingQuery, Trigger};
 pub use reader::DataStreamReader;
@@ -75,8 +76,7 @@ pub mod prelude {
     };
     pub use crate::{
         DataStreamWriter, FlumenError, GroupedFrame, MemoryStream, OutputMode, StreamFrame,
-        StreamSession,
-        StreamingQuery, StreamingQueryProgress, Trigger,
+        StreamSession, StreamingQuery, StreamingQueryProgress, Trigger,
     };
     pub use datafusion::logical_expr::JoinType;
 }

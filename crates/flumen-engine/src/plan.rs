@@ -20,10 +20,10 @@ use datafusion::error::Result as DFResult;
 use datafusion::execution::TaskContext;
 use datafusion::logical_expr::{Expr, Extension, JoinType, LogicalPlan, TableScanBuilder};
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_plan::aggregates::AggregateExec;
 use datafusion::physical_plan::execution_plan::{
     Boundedness, ChildrenPropertiesMode, EmissionType, ReplaceChildrenOptions,
 };
-use datafusion::physical_plan::aggregates::AggregateExec;
 use datafusion::physical_plan::joins::{HashJoinExec, PartitionMode};
 use datafusion::physical_plan::memory::MemoryStream;
 use datafusion::physical_plan::{
@@ -466,7 +466,12 @@ fn distinct_as_deduplicate(plan: LogicalPlan) -> Result<LogicalPlan> {
 /// Carries the source partition of each row (hidden column) from the scan up to the
 /// watermark node, which records per-partition event times and drops the column.
 fn carry_partition_to_watermark(plan: LogicalPlan) -> Result<LogicalPlan> {
-    let has_hidden = |p: &LogicalPlan| p.schema().fields().iter().any(|f| f.name() == PARTITION_COLUMN);
+    let has_hidden = |p: &LogicalPlan| {
+        p.schema()
+            .fields()
+            .iter()
+            .any(|f| f.name() == PARTITION_COLUMN)
+    };
     Ok(plan
         .transform_up_with_subqueries(|node| {
             if has_hidden(&node) || !node.inputs().iter().any(|i| has_hidden(i)) {
@@ -546,15 +551,28 @@ pub(crate) async fn plan_query(
             let replaced = LogicalPlan::TableScan(replaced);
             // With a watermark, each row's source partition travels up to it.
             if let (Some(_), Some(partition)) = (&watermark, table.source().partition_column())
-                && replaced.schema().has_column_with_unqualified_name(partition)
+                && replaced
+                    .schema()
+                    .has_column_with_unqualified_name(partition)
             {
                 carry_partition = true;
-                let mut exprs: Vec<Expr> = replaced.schema().columns().into_iter().map(Expr::Column).collect();
-                let qualifier = replaced.schema().iter().find(|(_, f)| f.name() == partition).and_then(|(q, _)| q.cloned());
+                let mut exprs: Vec<Expr> = replaced
+                    .schema()
+                    .columns()
+                    .into_iter()
+                    .map(Expr::Column)
+                    .collect();
+                let qualifier = replaced
+                    .schema()
+                    .iter()
+                    .find(|(_, f)| f.name() == partition)
+                    .and_then(|(q, _)| q.cloned());
                 exprs.push(
-                    Expr::Column(datafusion::common::Column::new(qualifier, partition)).alias(PARTITION_COLUMN),
+                    Expr::Column(datafusion::common::Column::new(qualifier, partition))
+                        .alias(PARTITION_COLUMN),
                 );
-                let projected = datafusion::logical_expr::Projection::try_new(exprs, Arc::new(replaced))?;
+                let projected =
+                    datafusion::logical_expr::Projection::try_new(exprs, Arc::new(replaced))?;
                 return Ok(Transformed::yes(LogicalPlan::Projection(projected)));
             }
             Ok(Transformed::yes(replaced))

@@ -172,6 +172,10 @@ pub(crate) fn register(ctx: &datafusion::prelude::SessionContext) {
     ctx.register_udf(ScalarUDF::from(SparkConcat::default()));
     ctx.register_udf(ScalarUDF::from(BatchTimestamp::default()));
     ctx.register_udf(ScalarUDF::from(BinaryToString::default()));
-    ctx.register_udf(ScalarUDF::from(crate::stateful::windows::TimeWindow::default()));
-    ctx.register_udf(ScalarUDF::from(crate::stateful::windows::SessionWindow::default()));
+    ctx.register_udf(ScalarUDF::from(
+        crate::stateful::windows::TimeWindow::default(),
+    ));
+    ctx.register_udf(ScalarUDF::from(
+        crate::stateful::windows::SessionWindow::default(),
+    ));
 }

@@ -179,14 +179,15 @@ impl StatefulAggregateExec {
             ));
         }
         let event = watermark.and_then(|wm| {
-            groups.iter().enumerate().find_map(|(i, (expr, _))| {
-                match &window {
-                    Some((wi, w)) if *wi == i => {
-                        (column_name(&w.time) == Some(wm.column.as_str())).then_some(EventKey::Window(i))
-                    }
-                    _ => (column_name(expr) == Some(wm.column.as_str())).then_some(EventKey::Timestamp(i)),
-                }
-            })
+            groups
+                .iter()
+                .enumerate()
+                .find_map(|(i, (expr, _))| match &window {
+                    Some((wi, w)) if *wi == i => (column_name(&w.time) == Some(wm.column.as_str()))
+                        .then_some(EventKey::Window(i)),
+                    _ => (column_name(expr) == Some(wm.column.as_str()))
+                        .then_some(EventKey::Timestamp(i)),
+                })
         });
         if mode == OutputMode::Append && event.is_none() {
             return Err(FlumenError::Unsupported(
@@ -265,9 +266,9 @@ impl StatefulAggregateExec {
 
 impl Core {
     fn lock(&self) -> Result<std::sync::MutexGuard<'_, AggregateState>> {
-        self.state
-            .lock()
-            .map_err(|_| FlumenError::IllegalState("aggregation state poisoned by an earlier panic".into()))
+        self.state.lock().map_err(|_| {
+            FlumenError::IllegalState("aggregation state poisoned by an earlier panic".into())
+        })
     }
 
     fn new_accumulator(agg: &Arc<AggregateFunctionExpr>) -> Result<Box<dyn GroupsAccumulator>> {
@@ -328,7 +329,12 @@ impl Core {
         &self,
         batch: &RecordBatch,
         watermark_ms: i64,
-    ) -> Result<(Vec<ArrayRef>, Vec<Vec<ArrayRef>>, Vec<Option<ArrayRef>>, u64)> {
+    ) -> Result<(
+        Vec<ArrayRef>,
+        Vec<Vec<ArrayRef>>,
+        Vec<Option<ArrayRef>>,
+        u64,
+    )> {
         let rows = batch.num_rows();
         let mut keys: Vec<ArrayRef> = Vec::with_capacity(self.groups.len().max(1));
         for (i, (expr, _)) in self.groups.iter().enumerate() {
@@ -418,7 +424,12 @@ impl Core {
     }
 
     /// Runs one micro-batch; returns the rows to emit.
-    fn process(&self, input: Vec<RecordBatch>, input_schema: &SchemaRef, ctx: &TaskContext) -> Result<RecordBatch> {
+    fn process(
+        &self,
+        input: Vec<RecordBatch>,
+        input_schema: &SchemaRef,
+        ctx: &TaskContext,
+    ) -> Result<RecordBatch> {
         let started = Instant::now();
         let mut guard = self.lock()?;
         let state = &mut *guard;
@@ -477,7 +488,9 @@ impl Core {
             }
             state.store.remove_keys(&replaced)?;
             let group_rows = state.store.key_rows(&group_keys)?;
-            state.store.upsert(group_keys.clone(), &group_rows, new_state.clone());
+            state
+                .store
+                .upsert(group_keys.clone(), &group_rows, new_state.clone());
         }
         let updates_ms = started.elapsed().as_millis() as u64;
 
@@ -503,7 +516,12 @@ impl Core {
             })?;
             state.evicted_at_ms = state.watermark_ms;
             removed = keys[0].len() as u64;
-            if removed > 0 && self.window.as_ref().is_some_and(|(_, w)| matches!(w.kind, WindowKind::Session(_))) {
+            if removed > 0
+                && self
+                    .window
+                    .as_ref()
+                    .is_some_and(|(_, w)| matches!(w.kind, WindowKind::Session(_)))
+            {
                 self.forget_sessions(state, &keys)?;
             }
             if self.mode == OutputMode::Append && removed > 0 {
@@ -584,7 +602,11 @@ impl Core {
             let mut items: Vec<(i64, i64, Option<usize>, Option<Session>)> = stored
                 .into_iter()
                 .map(|s| (s.start, s.end, None, Some(s)))
-                .chain(key_rows.iter().map(|&r| (starts.value(r), ends.value(r), Some(r), None)))
+                .chain(
+                    key_rows
+                        .iter()
+                        .map(|&r| (starts.value(r), ends.value(r), Some(r), None)),
+                )
                 .collect();
             items.sort_by_key(|(s, e, row, _)| (*s, *e, row.is_some()));
             let mut merged: Vec<(i64, i64, Vec<usize>, Vec<Session>)> = Vec::new();
@@ -618,7 +640,11 @@ impl Core {
                     }
                     replaced.push(old.key);
                 }
-                kept.push(Session { start: s, end: e, key: Box::default() });
+                kept.push(Session {
+                    start: s,
+                    end: e,
+                    key: Box::default(),
+                });
             }
             state.sessions.insert(key, kept);
         }
@@ -626,7 +652,12 @@ impl Core {
         let mut group_keys: Vec<ArrayRef> = Vec::with_capacity(keys.len());
         for (i, k) in keys.iter().enumerate() {
             group_keys.push(if i == wi {
-                window_structs(self.key_schema.field(i).data_type(), &group_starts, &group_ends, None)?
+                window_structs(
+                    self.key_schema.field(i).data_type(),
+                    &group_starts,
+                    &group_ends,
+                    None,
+                )?
             } else {
                 take(k, &representative, None)?
             });
@@ -642,9 +673,9 @@ impl Core {
         let other_rows = self.other_key_rows(&others, group_starts.len())?;
         for g in 0..group_starts.len() {
             if let Some(list) = state.sessions.get_mut(other_rows.row(g).as_ref())
-                && let Some(s) = list
-                    .iter_mut()
-                    .find(|s| s.key.is_empty() && s.start == group_starts[g] && s.end == group_ends[g])
+                && let Some(s) = list.iter_mut().find(|s| {
+                    s.key.is_empty() && s.start == group_starts[g] && s.end == group_ends[g]
+                })
             {
                 s.key = full_rows.row(g).as_ref().into();
             }
@@ -652,7 +683,11 @@ impl Core {
         Ok((group_ids, group_keys, merge_from, replaced))
     }
 
-    fn other_key_rows(&self, others: &[ArrayRef], rows: usize) -> Result<datafusion::arrow::row::Rows> {
+    fn other_key_rows(
+        &self,
+        others: &[ArrayRef],
+        rows: usize,
+    ) -> Result<datafusion::arrow::row::Rows> {
         let columns: Vec<ArrayRef> = if others.is_empty() {
             vec![Arc::new(Int8Array::from(vec![0i8; rows]))]
         } else {
@@ -669,7 +704,9 @@ impl Core {
 
     /// Drops evicted sessions from the per-key session lists.
     fn forget_sessions(&self, state: &mut AggregateState, evicted: &[ArrayRef]) -> Result<()> {
-        let Some((wi, _)) = &self.window else { return Ok(()) };
+        let Some((wi, _)) = &self.window else {
+            return Ok(());
+        };
         let rows = state.store.key_rows(evicted)?;
         let others: Vec<ArrayRef> = evicted
             .iter()
@@ -693,7 +730,9 @@ impl Core {
     /// Rebuilds the session lists from the store (after a restore).
     fn rebuild_sessions(&self, state: &mut AggregateState) -> Result<()> {
         state.sessions.clear();
-        let Some((wi, w)) = &self.window else { return Ok(()) };
+        let Some((wi, w)) = &self.window else {
+            return Ok(());
+        };
         if !matches!(w.kind, WindowKind::Session(_)) {
             return Ok(());
         }

@@ -83,7 +83,11 @@ impl UserDefinedLogicalNodeCore for Deduplicate {
         write!(f, "{}: keys=[{}]", self.name(), self.keys.join(", "))
     }
 
-    fn with_exprs_and_inputs(&self, _exprs: Vec<Expr>, mut inputs: Vec<LogicalPlan>) -> DFResult<Self> {
+    fn with_exprs_and_inputs(
+        &self,
+        _exprs: Vec<Expr>,
+        mut inputs: Vec<LogicalPlan>,
+    ) -> DFResult<Self> {
         Ok(Self {
             input: inputs.pop().unwrap_or_else(|| self.input.clone()),
             keys: self.keys.clone(),
@@ -140,14 +144,17 @@ impl DedupExec {
         } else {
             keys.iter()
                 .map(|k| {
-                    schema.index_of(k).map_err(|_| {
-                        FlumenError::InvalidOption {
-                            option: "drop_duplicates".into(),
-                            reason: format!(
-                                "Cannot resolve column name \"{k}\" among ({})",
-                                schema.fields().iter().map(|f| f.name().as_str()).collect::<Vec<_>>().join(", ")
-                            ),
-                        }
+                    schema.index_of(k).map_err(|_| FlumenError::InvalidOption {
+                        option: "drop_duplicates".into(),
+                        reason: format!(
+                            "Cannot resolve column name \"{k}\" among ({})",
+                            schema
+                                .fields()
+                                .iter()
+                                .map(|f| f.name().as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
                     })
                 })
                 .collect::<Result<_>>()?
@@ -164,7 +171,11 @@ impl DedupExec {
             ));
         }
         let key_schema = Arc::new(schema.project(&key_indices)?);
-        let value_schema = Arc::new(Schema::new(vec![Field::new("expires_us", DataType::Int64, true)]));
+        let value_schema = Arc::new(Schema::new(vec![Field::new(
+            "expires_us",
+            DataType::Int64,
+            true,
+        )]));
         let properties = Arc::new(input.properties().as_ref().clone());
         Ok(Self {
             core: Arc::new(Core {
@@ -194,7 +205,10 @@ impl DedupExec {
     }
 
     /// The same operator, aware of the query's watermark.
-    pub fn with_watermark(&self, watermark: Option<&WatermarkSpec>) -> Result<Arc<dyn ExecutionPlan>> {
+    pub fn with_watermark(
+        &self,
+        watermark: Option<&WatermarkSpec>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
         let schema = &self.core.input_schema;
         let keys: Vec<String> = self
             .core
@@ -219,9 +233,9 @@ impl DedupExec {
 
 impl Core {
     fn lock(&self) -> Result<std::sync::MutexGuard<'_, DedupState>> {
-        self.state
-            .lock()
-            .map_err(|_| FlumenError::IllegalState("deduplication state poisoned by an earlier panic".into()))
+        self.state.lock().map_err(|_| {
+            FlumenError::IllegalState("deduplication state poisoned by an earlier panic".into())
+        })
     }
 
     fn process(&self, input: Vec<RecordBatch>) -> Result<RecordBatch> {
@@ -271,13 +285,19 @@ impl Core {
             (Some(times), Some((_, delay_us))) => first
                 .values()
                 .iter()
-                .map(|&r| times.is_valid(r as usize).then(|| times.value(r as usize) + delay_us))
+                .map(|&r| {
+                    times
+                        .is_valid(r as usize)
+                        .then(|| times.value(r as usize) + delay_us)
+                })
                 .collect(),
             _ => first.values().iter().map(|_| None).collect(),
         };
         let new_rows = state.store.key_rows(&new_keys)?;
         let added = new_rows.num_rows() as u64;
-        state.store.upsert(new_keys, &new_rows, vec![Arc::new(expires)]);
+        state
+            .store
+            .upsert(new_keys, &new_rows, vec![Arc::new(expires)]);
         let updates_ms = started.elapsed().as_millis() as u64;
 
         let removal = Instant::now();

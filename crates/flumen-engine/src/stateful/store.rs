@@ -345,7 +345,12 @@ impl StateStore {
         Arc::new(Schema::new(fields))
     }
 
-    fn file_batch(&self, keys: &[ArrayRef], values: Option<&[ArrayRef]>, op: i8) -> Result<RecordBatch> {
+    fn file_batch(
+        &self,
+        keys: &[ArrayRef],
+        values: Option<&[ArrayRef]>,
+        op: i8,
+    ) -> Result<RecordBatch> {
         let n = keys.first().map_or(0, |k| k.len());
         let mut columns: Vec<ArrayRef> = keys.to_vec();
         match values {
@@ -433,7 +438,9 @@ impl StateStore {
         let corrupt = |e: &dyn std::fmt::Display| {
             FlumenError::checkpoint(
                 path,
-                format!("is not a valid state file ({e}); restore it or start a new checkpoint location"),
+                format!(
+                    "is not a valid state file ({e}); restore it or start a new checkpoint location"
+                ),
             )
         };
         let reader = FileReader::try_new(Cursor::new(bytes), None).map_err(|e| corrupt(&e))?;
@@ -469,7 +476,8 @@ impl StateStore {
                     .collect()
             };
             let keys = select(&upserts, 0, keys_width)?;
-            let values = self.restore_types(select(&upserts, keys_width, keys_width + values_width)?)?;
+            let values =
+                self.restore_types(select(&upserts, keys_width, keys_width + values_width)?)?;
             let keys = self.restore_key_types(keys)?;
             let rows = self.converter.convert_columns(&keys)?;
             self.insert_chunk(keys, &rows, values);
@@ -569,7 +577,9 @@ mod tests {
         let (k, v) = s.all_sorted().unwrap();
         let k = k[0].as_any().downcast_ref::<StringArray>().unwrap();
         let v = v[0].as_any().downcast_ref::<Int64Array>().unwrap();
-        (0..k.len()).map(|i| (k.value(i).to_string(), v.value(i))).collect()
+        (0..k.len())
+            .map(|i| (k.value(i).to_string(), v.value(i)))
+            .collect()
     }
 
     #[test]
@@ -594,7 +604,11 @@ mod tests {
         for version in 1..=23u64 {
             let mut restored = store();
             restored.load(dir.path(), version).unwrap();
-            assert_eq!(contents(&restored), expected[version as usize - 1], "version {version}");
+            assert_eq!(
+                contents(&restored),
+                expected[version as usize - 1],
+                "version {version}"
+            );
         }
         StateStore::purge(dir.path(), 15).unwrap();
         let mut restored = store();

@@ -124,10 +124,18 @@ impl UserDefinedLogicalNodeCore for EventTimeWatermark {
     }
 
     fn fmt_for_explain(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        write!(f, "EventTimeWatermark: {}, delay={}ms", self.column, self.delay_ms)
+        write!(
+            f,
+            "EventTimeWatermark: {}, delay={}ms",
+            self.column, self.delay_ms
+        )
     }
 
-    fn with_exprs_and_inputs(&self, _exprs: Vec<Expr>, mut inputs: Vec<LogicalPlan>) -> DFResult<Self> {
+    fn with_exprs_and_inputs(
+        &self,
+        _exprs: Vec<Expr>,
+        mut inputs: Vec<LogicalPlan>,
+    ) -> DFResult<Self> {
         let input = inputs.pop().unwrap_or_else(|| self.input.clone());
         Self::try_new(input, self.column.clone(), self.delay_ms)
     }
@@ -209,7 +217,11 @@ impl WatermarkExec {
 
 impl DisplayAs for WatermarkExec {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
-        write!(f, "WatermarkExec: {}, delay={}ms", self.column, self.delay_ms)
+        write!(
+            f,
+            "WatermarkExec: {}, delay={}ms",
+            self.column, self.delay_ms
+        )
     }
 }
 
@@ -332,7 +344,10 @@ impl WatermarkTracker {
         let active: Vec<i64> = self
             .partitions
             .values()
-            .filter(|(_, seen)| self.idle_timeout.is_none_or(|t| now.duration_since(*seen) < t))
+            .filter(|(_, seen)| {
+                self.idle_timeout
+                    .is_none_or(|t| now.duration_since(*seen) < t)
+            })
             .map(|(max, _)| *max)
             .collect();
         let candidate = if active.is_empty() {
@@ -357,7 +372,9 @@ pub(crate) fn parse_delay(delay: &str) -> Result<i64> {
     if lower.contains("month") || lower.contains("year") {
         return Err(FlumenError::invalid_option(
             "delayThreshold",
-            format!("'{delay}' uses months or years, which have no fixed length; use days, hours, minutes or seconds"),
+            format!(
+                "'{delay}' uses months or years, which have no fixed length; use days, hours, minutes or seconds"
+            ),
         ));
     }
     let d = crate::options::parse_interval(delay)?;

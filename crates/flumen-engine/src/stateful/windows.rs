@@ -4,9 +4,7 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, StructArray, TimestampMicrosecondArray,
-};
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, StructArray, TimestampMicrosecondArray};
 use datafusion::arrow::buffer::NullBuffer;
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Field, Fields, TimeUnit, TimestampMicrosecondType};
@@ -142,9 +140,7 @@ pub fn event_time_micros(array: &ArrayRef) -> DFResult<TimestampMicrosecondArray
             let plain = cast(array, &DataType::Timestamp(unit, None))?;
             cast(&plain, &target)?
         }
-        DataType::Timestamp(_, None) | DataType::Date32 | DataType::Date64 => {
-            cast(array, &target)?
-        }
+        DataType::Timestamp(_, None) | DataType::Date32 | DataType::Date64 => cast(array, &target)?,
         other => {
             return datafusion::common::plan_err!(
                 "Event time must be defined on a window or a timestamp, but it is of type {other}"
@@ -183,9 +179,13 @@ pub fn window_structs(
 fn literal_string(value: &ColumnarValue, what: &str) -> DFResult<String> {
     match value {
         ColumnarValue::Scalar(
-            ScalarValue::Utf8(Some(s)) | ScalarValue::LargeUtf8(Some(s)) | ScalarValue::Utf8View(Some(s)),
+            ScalarValue::Utf8(Some(s))
+            | ScalarValue::LargeUtf8(Some(s))
+            | ScalarValue::Utf8View(Some(s)),
         ) => Ok(s.clone()),
-        _ => datafusion::common::plan_err!("the {what} of a window must be a literal string such as '10 minutes'"),
+        _ => datafusion::common::plan_err!(
+            "the {what} of a window must be a literal string such as '10 minutes'"
+        ),
     }
 }
 
@@ -268,8 +268,14 @@ impl ScalarUDFImpl for TimeWindow {
 
 fn spec_from_values(values: &[ColumnarValue]) -> DFResult<WindowSpec> {
     let duration = literal_string(&values[0], "duration")?;
-    let slide = values.get(1).map(|v| literal_string(v, "slide")).transpose()?;
-    let start = values.get(2).map(|v| literal_string(v, "start time")).transpose()?;
+    let slide = values
+        .get(1)
+        .map(|v| literal_string(v, "slide"))
+        .transpose()?;
+    let start = values
+        .get(2)
+        .map(|v| literal_string(v, "start time"))
+        .transpose()?;
     WindowSpec::parse(&duration, slide.as_deref(), start.as_deref())
 }
 
