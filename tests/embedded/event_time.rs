@@ -440,8 +440,7 @@ async fn run_resumed(
         query.process_all_available().await.unwrap();
     }
     query.stop().await.unwrap();
-    let result = outputs.lock().unwrap().clone();
-    result
+    outputs.lock().unwrap().clone()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

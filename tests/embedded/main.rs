@@ -6,3 +6,4 @@ mod event_time;
 mod faults;
 mod pipeline;
 mod restart;
+mod titanic_time;

@@ -446,6 +446,7 @@ impl Execution {
             let next_watermark_ms = match (&mut self.tracker, &event_stats) {
                 (Some(tracker), Some(stats)) => {
                     let now = Instant::now();
+                    tracker.register(reader.partition_keys(end), now);
                     tracker.observe(stats, now);
                     tracker.advance(now);
                     tracker.watermark_ms()

@@ -550,11 +550,7 @@ pub(crate) async fn plan_query(
                     .build()?;
             let replaced = LogicalPlan::TableScan(replaced);
             // With a watermark, each row's source partition travels up to it.
-            if let (Some(_), Some(partition)) = (&watermark, table.source().partition_column())
-                && replaced
-                    .schema()
-                    .has_column_with_unqualified_name(partition)
-            {
+            if let (Some(_), Some(key)) = (&watermark, table.source().partition_key()) {
                 carry_partition = true;
                 let mut exprs: Vec<Expr> = replaced
                     .schema()
@@ -562,15 +558,7 @@ pub(crate) async fn plan_query(
                     .into_iter()
                     .map(Expr::Column)
                     .collect();
-                let qualifier = replaced
-                    .schema()
-                    .iter()
-                    .find(|(_, f)| f.name() == partition)
-                    .and_then(|(q, _)| q.cloned());
-                exprs.push(
-                    Expr::Column(datafusion::common::Column::new(qualifier, partition))
-                        .alias(PARTITION_COLUMN),
-                );
+                exprs.push(key.alias(PARTITION_COLUMN));
                 let projected =
                     datafusion::logical_expr::Projection::try_new(exprs, Arc::new(replaced))?;
                 return Ok(Transformed::yes(LogicalPlan::Projection(projected)));

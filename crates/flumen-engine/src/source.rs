@@ -48,9 +48,9 @@ pub trait StreamSource: Debug + Send + Sync {
         ReadLimit::All
     }
 
-    /// The column holding each row's source partition (Kafka's `partition`), if the source has
-    /// partitions: watermarks are tracked per partition.
-    fn partition_column(&self) -> Option<&str> {
+    /// An expression naming each row's source partition (for Kafka `topic:partition`), if the
+    /// source has partitions: watermarks are tracked per partition.
+    fn partition_key(&self) -> Option<datafusion::logical_expr::Expr> {
         None
     }
 
@@ -96,6 +96,13 @@ pub trait SourceReader: Send + Sync {
         _end: &SourceOffset,
     ) -> serde_json::Map<String, Value> {
         serde_json::Map::new()
+    }
+
+    /// The partitions an offset covers, named as [`StreamSource::partition_key`] names them: a
+    /// partition that has not delivered rows yet still holds the watermark back, until it is
+    /// idle.
+    fn partition_keys(&self, _offset: &SourceOffset) -> Vec<String> {
+        Vec::new()
     }
 
     /// Counts rows between two offsets when the source can tell without reading (Kafka can).

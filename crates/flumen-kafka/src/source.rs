@@ -44,8 +44,13 @@ impl StreamSource for KafkaSource {
         self.config.subscription.describe()
     }
 
-    fn partition_column(&self) -> Option<&str> {
-        Some("partition")
+    fn partition_key(&self) -> Option<flumen_engine::datafusion::logical_expr::Expr> {
+        use flumen_engine::functions::{cast_string, col, concat, lit};
+        Some(concat([
+            col("topic"),
+            lit(":"),
+            cast_string(col("partition")),
+        ]))
     }
 
     fn read_limit(&self) -> ReadLimit {
@@ -362,6 +367,16 @@ impl SourceReader for KafkaReader {
         }
         let end = self.parse(end)?;
         self.with_fetcher(move |f| f.commit(&end)).await
+    }
+
+    fn partition_keys(&self, offset: &SourceOffset) -> Vec<String> {
+        offsets::from_json(offset, "end")
+            .map(|o| {
+                o.iter()
+                    .flat_map(|(t, ps)| ps.keys().map(move |p| format!("{t}:{p}")))
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     fn metrics(

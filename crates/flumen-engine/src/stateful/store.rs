@@ -390,7 +390,7 @@ impl StateStore {
         let delta = dir.join(format!("{version}.delta"));
         self.write_file(&delta, &batches)?;
         let mut written = file_len(&delta);
-        if version % SNAPSHOT_INTERVAL == 0 {
+        if version.is_multiple_of(SNAPSHOT_INTERVAL) {
             let (keys, values) = self.all_sorted()?;
             let batch = self.file_batch(&keys, Some(&values), OP_UPSERT)?;
             let snapshot = dir.join(format!("{version}.snapshot"));

@@ -16,7 +16,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use datafusion::arrow::array::{Array, AsArray, RecordBatch};
-use datafusion::arrow::datatypes::{DataType, Int32Type, SchemaRef};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{DFSchema, DFSchemaRef};
 use datafusion::error::Result as DFResult;
@@ -144,8 +145,8 @@ impl UserDefinedLogicalNodeCore for EventTimeWatermark {
 /// Event times seen by one execution (one micro-batch), µs.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct EventTimeStats {
-    /// Largest event time per source partition (partition 0 without partition information).
-    pub max_by_partition: HashMap<i32, i64>,
+    /// Largest event time per source partition (`""` without partition information).
+    pub max_by_partition: HashMap<String, i64>,
     pub min: Option<i64>,
     pub max: Option<i64>,
     pub sum: i128,
@@ -153,9 +154,13 @@ pub(crate) struct EventTimeStats {
 }
 
 impl EventTimeStats {
-    fn observe(&mut self, partition: i32, time: i64) {
-        let entry = self.max_by_partition.entry(partition).or_insert(time);
-        *entry = (*entry).max(time);
+    fn observe(&mut self, partition: &str, time: i64) {
+        match self.max_by_partition.get_mut(partition) {
+            Some(max) => *max = (*max).max(time),
+            None => {
+                self.max_by_partition.insert(partition.to_string(), time);
+            }
+        }
         self.min = Some(self.min.map_or(time, |m| m.min(time)));
         self.max = Some(self.max.map_or(time, |m| m.max(time)));
         self.sum += time as i128;
@@ -283,13 +288,15 @@ impl ExecutionPlan for WatermarkExec {
         let output = input.map(move |batch| {
             let batch: RecordBatch = batch?;
             let times = event_time_micros(batch.column(time_index))?;
-            let partitions = partition_index
-                .map(|i| batch.column(i).as_primitive_opt::<Int32Type>().cloned())
-                .flatten();
+            let partitions = match partition_index {
+                Some(i) => Some(cast(batch.column(i), &DataType::Utf8)?),
+                None => None,
+            };
+            let partitions = partitions.as_ref().map(|p| p.as_string::<i32>());
             if let Ok(mut stats) = stats.lock() {
                 for row in 0..times.len() {
                     if times.is_valid(row) {
-                        let p = partitions.as_ref().map_or(0, |p| p.value(row));
+                        let p = partitions.map_or("", |p| p.value(row));
                         stats.observe(p, times.value(row));
                     }
                 }
@@ -308,8 +315,9 @@ impl ExecutionPlan for WatermarkExec {
 pub(crate) struct WatermarkTracker {
     delay_ms: i64,
     idle_timeout: Option<Duration>,
-    /// Per partition: max event time (ms) and when it last had rows.
-    partitions: HashMap<i32, (i64, Instant)>,
+    /// Per partition: max event time (ms, `None` before its first row) and when it last had
+    /// rows (or was first seen).
+    partitions: HashMap<String, (Option<i64>, Instant)>,
     watermark_ms: i64,
 }
 
@@ -329,19 +337,30 @@ impl WatermarkTracker {
         self.watermark_ms
     }
 
+    /// Notes partitions the source reads; one without rows yet holds the watermark back until
+    /// it has been idle for the timeout.
+    pub fn register(&mut self, partitions: impl IntoIterator<Item = String>, now: Instant) {
+        for p in partitions {
+            self.partitions.entry(p).or_insert((None, now));
+        }
+    }
+
     /// Folds in a batch's statistics.
     pub fn observe(&mut self, stats: &EventTimeStats, now: Instant) {
-        for (&partition, &max_us) in &stats.max_by_partition {
+        for (partition, &max_us) in &stats.max_by_partition {
             let max_ms = max_us.div_euclid(1000);
-            let entry = self.partitions.entry(partition).or_insert((max_ms, now));
-            entry.0 = entry.0.max(max_ms);
+            let entry = self
+                .partitions
+                .entry(partition.clone())
+                .or_insert((Some(max_ms), now));
+            entry.0 = Some(entry.0.map_or(max_ms, |m| m.max(max_ms)));
             entry.1 = now;
         }
     }
 
     /// Recomputes the watermark at `now`; returns whether it advanced.
     pub fn advance(&mut self, now: Instant) -> bool {
-        let active: Vec<i64> = self
+        let active: Vec<Option<i64>> = self
             .partitions
             .values()
             .filter(|(_, seen)| {
@@ -352,9 +371,12 @@ impl WatermarkTracker {
             .collect();
         let candidate = if active.is_empty() {
             // Everything idle: nothing holds the watermark back but the data itself.
-            self.partitions.values().map(|(max, _)| *max).min()
+            self.partitions.values().filter_map(|(max, _)| *max).min()
+        } else if active.iter().any(Option::is_none) {
+            // An active partition has not delivered rows yet.
+            None
         } else {
-            active.into_iter().min()
+            active.into_iter().flatten().min()
         };
         match candidate.map(|c| c - self.delay_ms) {
             Some(c) if c > self.watermark_ms => {
@@ -389,20 +411,27 @@ mod tests {
     fn minimum_over_active_partitions_and_never_backwards() {
         let t0 = Instant::now();
         let mut w = WatermarkTracker::new(1_000, Some(Duration::from_secs(10)), 0);
-        let stats = |pairs: &[(i32, i64)]| EventTimeStats {
-            max_by_partition: pairs.iter().map(|&(p, ms)| (p, ms * 1000)).collect(),
+        let stats = |pairs: &[(&str, i64)]| EventTimeStats {
+            max_by_partition: pairs
+                .iter()
+                .map(|&(p, ms)| (p.to_string(), ms * 1000))
+                .collect(),
             ..Default::default()
         };
-        w.observe(&stats(&[(0, 50_000), (1, 20_000)]), t0);
+        // A partition without rows yet holds the watermark back.
+        w.register(["0".to_string(), "1".to_string()], t0);
+        w.observe(&stats(&[("0", 50_000)]), t0);
+        assert!(!w.advance(t0));
+        w.observe(&stats(&[("0", 50_000), ("1", 20_000)]), t0);
         assert!(w.advance(t0));
         assert_eq!(w.watermark_ms(), 19_000);
         // Partition 1 goes quiet; after the idle timeout only partition 0 counts.
-        w.observe(&stats(&[(0, 60_000)]), t0 + Duration::from_secs(5));
+        w.observe(&stats(&[("0", 60_000)]), t0 + Duration::from_secs(5));
         assert!(!w.advance(t0 + Duration::from_secs(5)));
         assert!(w.advance(t0 + Duration::from_secs(11)));
         assert_eq!(w.watermark_ms(), 59_000);
         // Partition 1 wakes up far behind: the watermark does not go back.
-        w.observe(&stats(&[(1, 21_000)]), t0 + Duration::from_secs(12));
+        w.observe(&stats(&[("1", 21_000)]), t0 + Duration::from_secs(12));
         assert!(!w.advance(t0 + Duration::from_secs(12)));
         assert_eq!(w.watermark_ms(), 59_000);
     }
