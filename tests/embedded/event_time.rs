@@ -444,6 +444,39 @@ async fn run_resumed(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_is_charged_to_the_sessions_memory_pool() {
+    use flumen::datafusion::execution::runtime_env::RuntimeEnvBuilder;
+    use flumen::datafusion::prelude::SessionConfig;
+    let runtime = RuntimeEnvBuilder::new()
+        .with_memory_limit(64 * 1024, 1.0)
+        .build_arc()
+        .unwrap();
+    let session = StreamSession::with_config_and_runtime(SessionConfig::new(), runtime);
+    let input = Arc::new(MemoryStream::new("events", schema()));
+    let words: Vec<String> = (0..5000).map(|i| format!("word-{i}")).collect();
+    let rows: Vec<(&str, i64)> = words.iter().map(|w| (w.as_str(), 0)).collect();
+    input.add_batch(events(&rows)).unwrap();
+    let query = session
+        .stream(input)
+        .unwrap()
+        .group_by([col("word")])
+        .count()
+        .unwrap()
+        .write_stream()
+        .output_mode(OutputMode::Update)
+        .memory()
+        .query_name("too_big")
+        .start()
+        .await
+        .unwrap();
+    let error = query.process_all_available().await.unwrap_err().to_string();
+    assert!(
+        error.contains("the aggregation state") && error.contains("5000 keys"),
+        "{error}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unsupported_combinations_fail_at_start_with_sparks_messages() {
     let session = StreamSession::new();
     let stream = || {

@@ -8,6 +8,7 @@ use datafusion::arrow::array::RecordBatch;
 use datafusion::dataframe::DataFrame;
 use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::SessionStateDefaults;
+use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::prelude::{CsvReadOptions, SessionConfig, SessionContext};
 
 use crate::error::Result;
@@ -66,6 +67,13 @@ impl StreamSession {
 
     /// A session from a DataFusion config; Flumen's required settings are applied on top.
     pub fn with_config(config: SessionConfig) -> Self {
+        Self::with_config_and_runtime(config, Arc::new(RuntimeEnv::default()))
+    }
+
+    /// A session from a DataFusion config and runtime, e.g. one with a memory limit
+    /// (`RuntimeEnvBuilder::new().with_memory_limit(..)`): the state of streaming
+    /// aggregations and deduplication is charged to its memory pool.
+    pub fn with_config_and_runtime(config: SessionConfig, runtime: Arc<RuntimeEnv>) -> Self {
         let config = config
             .with_target_partitions(1)
             .set_bool("datafusion.sql_parser.enable_ident_normalization", false)
@@ -81,6 +89,7 @@ impl StreamSession {
         planners.extend(SessionStateDefaults::default_expr_planners());
         let state = SessionStateBuilder::new()
             .with_config(config)
+            .with_runtime_env(runtime)
             .with_default_features()
             .with_expr_planners(planners)
             .with_query_planner(Arc::new(FlumenQueryPlanner))

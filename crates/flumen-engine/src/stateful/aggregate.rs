@@ -30,7 +30,6 @@ use datafusion::arrow::row::{RowConverter, SortField};
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::error::Result as DFResult;
 use datafusion::execution::TaskContext;
-use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
 use datafusion::logical_expr::{EmitTo, GroupsAccumulator};
 use datafusion::physical_expr::GroupsAccumulatorAdapter;
 use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
@@ -103,7 +102,6 @@ struct AggregateState {
     watermark_ms: i64,
     evicted_at_ms: i64,
     metrics: StateOperatorProgress,
-    reservation: Option<MemoryReservation>,
 }
 
 #[derive(Debug, Clone)]
@@ -247,7 +245,6 @@ impl StatefulAggregateExec {
                     num_state_store_instances: 1,
                     ..Default::default()
                 },
-                reservation: None,
             }),
         };
         let properties = Arc::new(aggregate.properties().as_ref().clone());
@@ -535,17 +532,7 @@ impl Core {
         }
         state.store.maybe_compact()?;
 
-        let memory = state.store.memory_bytes() as u64;
-        let reservation = state.reservation.get_or_insert_with(|| {
-            MemoryConsumer::new("StreamingAggregationState").register(ctx.memory_pool())
-        });
-        reservation.try_resize(memory as usize).map_err(|e| {
-            FlumenError::DataFusion(datafusion::error::DataFusionError::ResourcesExhausted(format!(
-                "the aggregation state ({memory} bytes, {} keys) does not fit in the session's memory pool ({e}); \
-                 add a watermark so old windows are evicted, or give the session more memory",
-                state.store.len()
-            )))
-        })?;
+        let memory = state.store.account(ctx, "aggregation")?;
         let m = &mut state.metrics;
         m.num_rows_total = state.store.len() as u64;
         m.num_rows_updated = groups as u64;

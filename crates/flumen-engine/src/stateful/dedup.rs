@@ -238,7 +238,7 @@ impl Core {
         })
     }
 
-    fn process(&self, input: Vec<RecordBatch>) -> Result<RecordBatch> {
+    fn process(&self, input: Vec<RecordBatch>, ctx: &TaskContext) -> Result<RecordBatch> {
         let started = Instant::now();
         let mut guard = self.lock()?;
         let state = &mut *guard;
@@ -321,7 +321,7 @@ impl Core {
         m.num_rows_dropped_by_watermark = dropped;
         m.all_updates_time_ms = updates_ms;
         m.all_removals_time_ms = removal.elapsed().as_millis() as u64;
-        m.memory_used_bytes = state.store.memory_bytes() as u64;
+        m.memory_used_bytes = state.store.account(ctx, "deduplication")?;
         Ok(output)
     }
 }
@@ -429,12 +429,12 @@ impl ExecutionPlan for DedupExec {
         partition: usize,
         context: Arc<TaskContext>,
     ) -> DFResult<SendableRecordBatchStream> {
-        let input = self.input.execute(partition, context)?;
+        let input = self.input.execute(partition, Arc::clone(&context))?;
         let core = Arc::clone(&self.core);
         Ok(process_whole_input(
             input,
             Arc::clone(&self.core.input_schema),
-            move |batches| core.process(batches),
+            move |batches| core.process(batches, &context),
         ))
     }
 }

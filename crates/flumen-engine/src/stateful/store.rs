@@ -29,6 +29,10 @@ use datafusion::arrow::ipc::reader::FileReader;
 use datafusion::arrow::ipc::writer::FileWriter;
 use datafusion::arrow::row::{RowConverter, Rows, SortField};
 
+use datafusion::error::DataFusionError;
+use datafusion::execution::TaskContext;
+use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
+
 use crate::checkpoint::write_atomic;
 use crate::error::{FlumenError, Result};
 
@@ -70,6 +74,7 @@ pub(crate) struct StateStore {
     chunk_bytes: usize,
     key_bytes: usize,
     changes: Vec<Change>,
+    reservation: Option<MemoryReservation>,
 }
 
 impl StateStore {
@@ -92,6 +97,7 @@ impl StateStore {
             chunk_bytes: 0,
             key_bytes: 0,
             changes: Vec::new(),
+            reservation: None,
         })
     }
 
@@ -104,6 +110,24 @@ impl StateStore {
     pub fn memory_bytes(&self) -> usize {
         let entry = size_of::<Box<[u8]>>() + size_of::<Loc>() + 1;
         self.chunk_bytes + self.key_bytes + self.index.capacity() * entry + self.converter.size()
+    }
+
+    /// Charges the state's memory to the session's memory pool (DataFusion's, so a memory
+    /// limit set on the session bounds it); fails naming the operator when it does not fit.
+    /// Returns the bytes held.
+    pub fn account(&mut self, ctx: &TaskContext, operator: &str) -> Result<u64> {
+        let bytes = self.memory_bytes();
+        let reservation = self.reservation.get_or_insert_with(|| {
+            MemoryConsumer::new(format!("StreamingState[{operator}]")).register(ctx.memory_pool())
+        });
+        reservation.try_resize(bytes).map_err(|e| {
+            FlumenError::DataFusion(DataFusionError::ResourcesExhausted(format!(
+                "the {operator} state ({bytes} bytes, {} keys) does not fit in the session's memory pool ({e}); \
+                 declare a watermark so old keys are evicted, or give the session more memory",
+                self.index.len()
+            )))
+        })?;
+        Ok(bytes as u64)
     }
 
     /// Keys in row format, to look up and order.
