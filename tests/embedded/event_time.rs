@@ -386,6 +386,16 @@ async fn restart_in_the_middle_of_open_windows_equals_an_uninterrupted_run() {
                 resumed, straight.outputs,
                 "{mode:?}, crashed in batch after {cut} inputs"
             );
+            // The last batch ran with the watermark the fox moved to, logged in its offsets
+            // and restored from there.
+            let last = straight.outputs.keys().max().unwrap();
+            let offsets =
+                std::fs::read_to_string(checkpoint.path().join(format!("offsets/{last}"))).unwrap();
+            let wm = BASE_MS + 25 * 60_000;
+            assert!(
+                offsets.contains(&format!("\"batchWatermarkMs\":{wm}")),
+                "{offsets}"
+            );
         }
     }
 }
@@ -441,6 +451,65 @@ async fn run_resumed(
     }
     query.stop().await.unwrap();
     outputs.lock().unwrap().clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn merged_state_across_batches_equals_one_batch_aggregate() {
+    use flumen::datafusion::functions_aggregate::expr_fn::{approx_distinct, median, stddev};
+    let aggregates = || {
+        vec![
+            count(lit(1)).alias("n"),
+            sum(col("len")).alias("total"),
+            avg(col("len")).alias("mean"),
+            min(col("word")).alias("first"),
+            max(col("ts")).alias("latest"),
+            // Summation order differs in the last bits; compare nine decimals.
+            cast(stddev(col("len")), DataType::Decimal128(20, 9)).alias("sd"),
+            median(col("len")).alias("mid"),
+            approx_distinct(col("word")).alias("words"),
+        ]
+    };
+    let with_len = |f: StreamFrame| {
+        f.with_column(
+            "len",
+            datafusion::functions::unicode::expr_fn::character_length(col("word")),
+        )
+    };
+    // 60 rows over 7 keys, fed in 6 batches.
+    let rows: Vec<(String, i64)> = (0..60)
+        .map(|i| (format!("w{}", (i * 7) % 13), (i % 7) as i64))
+        .collect();
+    let batches: Vec<Vec<(&str, i64)>> = rows
+        .chunks(10)
+        .map(|c| c.iter().map(|(w, m)| (w.as_str(), *m)).collect())
+        .collect();
+    let batch_refs: Vec<&[(&str, i64)]> = batches.iter().map(|b| b.as_slice()).collect();
+    let build = |f: StreamFrame| {
+        with_len(f)?
+            .with_column("key", col("ts"))?
+            .group_by([col("key")])
+            .agg(aggregates())?
+            .order_by([col("key")])
+    };
+    let streamed = run(build, OutputMode::Complete, &batch_refs, None, fresh())
+        .await
+        .unwrap();
+
+    let session = StreamSession::new();
+    let all: Vec<(&str, i64)> = rows.iter().map(|(w, m)| (w.as_str(), *m)).collect();
+    let at_once = with_len(session.frame(session.create_data_frame(events(&all)).unwrap()))
+        .unwrap()
+        .with_column("key", col("ts"))
+        .unwrap()
+        .group_by([col("key")])
+        .agg(aggregates())
+        .unwrap()
+        .order_by([col("key")])
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    assert_eq!(streamed.non_empty().last().unwrap(), &render(&at_once));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
