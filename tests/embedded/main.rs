@@ -3,5 +3,6 @@
 
 mod api;
 mod faults;
+mod listener;
 mod pipeline;
 mod restart;

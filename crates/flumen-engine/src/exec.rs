@@ -94,6 +94,7 @@ impl Execution {
                 }
             }
         });
+        shared.post_terminated();
     }
 
     async fn run_loop(&mut self) -> Result<()> {
@@ -236,7 +237,7 @@ impl Execution {
             )?;
             phases.record("walCommit", t);
 
-            let latest = end.clone();
+            let latest = reader.report_latest_offset().unwrap_or_else(|| end.clone());
             self.run_batch(
                 &mut *reader,
                 next_batch,
@@ -314,7 +315,7 @@ impl Execution {
         phases: &mut Phases,
         trigger_start: Instant,
     ) -> Result<()> {
-        let span = tracing::info_span!("batch", batch_id);
+        let span = tracing::info_span!("batch", batch_id, rows = tracing::field::Empty);
         async {
             self.shared.set_status("Processing new data", true, true);
             let t = Instant::now();
@@ -323,6 +324,7 @@ impl Execution {
                 .await?;
             phases.record("getBatch", t);
             let input_rows: u64 = input.iter().map(|b| b.num_rows() as u64).sum();
+            tracing::Span::current().record("rows", input_rows);
 
             let t = Instant::now();
             let output = self.execute_plan(input, batch_timestamp_ms).await?;
@@ -390,7 +392,7 @@ impl Execution {
         let mut phases = Phases::default();
         phases.0.insert("triggerExecution".into(), 0);
         let progress = self.progress(batch_id, 0, 0, &phases, Some(start), start, latest, reader);
-        self.shared.push_progress(progress);
+        self.shared.push_idle_progress(progress);
     }
 
     #[allow(clippy::too_many_arguments)]

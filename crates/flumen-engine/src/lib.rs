@@ -39,6 +39,7 @@ mod error;
 mod exec;
 mod frame;
 pub mod functions;
+pub mod listener;
 mod memory_stream;
 pub mod options;
 mod plan;
@@ -52,10 +53,12 @@ mod writer;
 
 pub use error::{FlumenError, Result};
 pub use frame::StreamFrame;
+pub use listener::{ListenerId, StreamingQueryListener};
 pub use memory_stream::MemoryStream;
 pub use plan::StreamTable;
 pub use progress::{
-    SinkProgress, SourceProgress, StateOperatorProgress, StreamingQueryProgress, StreamingQueryStatus,
+    SinkProgress, SourceProgress, StateOperatorProgress, StreamingQueryProgress,
+    StreamingQueryStatus,
 };
 pub use query::{OutputMode, RECENT_PROGRESS_RETAINED, StreamingQuery, Trigger};
 pub use reader::DataStreamReader;

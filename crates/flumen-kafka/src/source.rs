@@ -360,6 +360,10 @@ impl SourceReader for KafkaReader {
         self.with_fetcher(move |f| f.commit(&end)).await
     }
 
+    fn report_latest_offset(&self) -> Option<SourceOffset> {
+        (!self.latest.is_empty()).then(|| offsets::to_json(&self.latest))
+    }
+
     fn metrics(
         &self,
         _latest: &SourceOffset,
