@@ -62,6 +62,14 @@ pub use flumen_kafka as kafka;
 #[cfg(feature = "kafka")]
 pub use flumen_kafka::{EmbeddedKafka, StartingOffsets};
 
+/// The monitoring server: JSON API, Prometheus metrics and a live page for a session's
+/// queries (feature `ui`).
+#[cfg(feature = "ui")]
+pub use flumen_monitor as monitor;
+
+#[cfg(feature = "ui")]
+pub use flumen_monitor::MonitorServer;
+
 /// Everything a streaming program usually needs: `use flumen::prelude::*;`.
 pub mod prelude {
     pub use flumen_engine::prelude::*;
