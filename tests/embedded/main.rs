@@ -4,5 +4,6 @@
 mod api;
 mod faults;
 mod listener;
+mod monitor;
 mod pipeline;
 mod restart;
