@@ -375,6 +375,10 @@ fn input_rate_in_dom(dom: &str, name: &str) -> Option<f64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn monitoring_page_in_headless_chromium_shows_the_query_and_its_input_rate() {
     let Some(chromium) = chromium() else {
+        assert!(
+            std::env::var_os("FLUMEN_REQUIRE_CHROMIUM").is_none(),
+            "FLUMEN_REQUIRE_CHROMIUM is set but no chromium is on PATH (apt-get install chromium, or set FLUMEN_CHROMIUM)"
+        );
         eprintln!(
             "\n*** SKIPPED monitoring_page_in_headless_chromium: no chromium on PATH \
              (apt-get install chromium, or set FLUMEN_CHROMIUM) ***\n"
