@@ -1,5 +1,6 @@
 //! Query listeners: every lifecycle event, in order, with Spark's contents and JSON; failures
-//! carried by the terminated event; and listeners that panic or block never reach the query.
+//! carried by the terminated event; listeners that panic or block never reach the query; and
+//! the `tracing` spans per query and per batch.
 
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Mutex};
@@ -330,4 +331,98 @@ async fn idle_query_posts_idle_events_not_progress() {
     query.stop().await.unwrap();
     let rest = events_until_terminated(&rx);
     assert!(matches!(rest.last(), Some(QueryEvent::Terminated(_))));
+}
+
+/// A span's name and its fields as (name, Debug text).
+type SpanRecord = (String, Vec<(String, String)>);
+
+/// Records every span's name and fields (a minimal `tracing` subscriber).
+#[derive(Default)]
+struct SpanLog(Mutex<Vec<SpanRecord>>);
+
+struct FieldText<'a>(&'a mut Vec<(String, String)>);
+
+impl tracing::field::Visit for FieldText<'_> {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        self.0
+            .push((field.name().to_string(), format!("{value:?}")));
+    }
+}
+
+impl tracing::Subscriber for SpanLog {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, span: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        let mut spans = self.0.lock().unwrap();
+        let mut fields = Vec::new();
+        span.record(&mut FieldText(&mut fields));
+        spans.push((span.metadata().name().to_string(), fields));
+        tracing::span::Id::from_u64(spans.len() as u64)
+    }
+    fn record(&self, span: &tracing::span::Id, values: &tracing::span::Record<'_>) {
+        let mut spans = self.0.lock().unwrap();
+        if let Some((_, fields)) = spans.get_mut(span.into_u64() as usize - 1) {
+            values.record(&mut FieldText(fields));
+        }
+    }
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, _: &tracing::Event<'_>) {}
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+/// One thread, so the query's task runs where the subscriber is the default.
+#[tokio::test(flavor = "current_thread")]
+async fn spans_per_query_and_per_batch_carry_ids_and_rows() {
+    let log = Arc::new(SpanLog::default());
+    let _guard = tracing::subscriber::set_default(Arc::clone(&log));
+    let session = StreamSession::new();
+    let schema = schema();
+    let input = MemoryStream::new("numbers", Arc::clone(&schema));
+    let query = session
+        .stream(Arc::new(input.clone()))
+        .unwrap()
+        .write_stream()
+        .memory()
+        .query_name("traced")
+        .start()
+        .await
+        .unwrap();
+    for n in [2, 3] {
+        input.add_batch(numbers(&schema, (0..n).collect())).unwrap();
+        query.process_all_available().await.unwrap();
+    }
+    query.stop().await.unwrap();
+
+    let spans = log.0.lock().unwrap().clone();
+    let field = |fields: &[(String, String)], name: &str| {
+        fields
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
+    let queries: Vec<_> = spans.iter().filter(|(name, _)| name == "query").collect();
+    assert_eq!(queries.len(), 1, "{spans:?}");
+    assert_eq!(field(&queries[0].1, "id"), Some(query.id().to_string()));
+    assert_eq!(
+        field(&queries[0].1, "run_id"),
+        Some(query.run_id().to_string())
+    );
+    assert_eq!(
+        field(&queries[0].1, "name"),
+        Some("Some(\"traced\")".to_string())
+    );
+    let batches: Vec<(Option<String>, Option<String>)> = spans
+        .iter()
+        .filter(|(name, _)| name == "batch")
+        .map(|(_, fields)| (field(fields, "batch_id"), field(fields, "rows")))
+        .collect();
+    assert_eq!(
+        batches,
+        [
+            (Some("0".to_string()), Some("2".to_string())),
+            (Some("1".to_string()), Some("3".to_string())),
+        ]
+    );
 }

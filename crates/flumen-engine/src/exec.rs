@@ -316,6 +316,7 @@ impl Execution {
         trigger_start: Instant,
     ) -> Result<()> {
         let span = tracing::info_span!("batch", batch_id, rows = tracing::field::Empty);
+        let batch_span = span.clone();
         async {
             self.shared.set_status("Processing new data", true, true);
             let t = Instant::now();
@@ -324,7 +325,7 @@ impl Execution {
                 .await?;
             phases.record("getBatch", t);
             let input_rows: u64 = input.iter().map(|b| b.num_rows() as u64).sum();
-            tracing::Span::current().record("rows", input_rows);
+            batch_span.record("rows", input_rows);
 
             let t = Instant::now();
             let output = self.execute_plan(input, batch_timestamp_ms).await?;
