@@ -53,7 +53,6 @@ mod writer;
 
 pub use error::{FlumenError, Result};
 pub use frame::StreamFrame;
-pub use listener::{ListenerId, StreamingQueryListener};
 pub use memory_stream::MemoryStream;
 pub use plan::StreamTable;
 pub use progress::{
@@ -64,6 +63,8 @@ pub use query::{OutputMode, RECENT_PROGRESS_RETAINED, StreamingQuery, Trigger};
 pub use reader::DataStreamReader;
 pub use session::StreamSession;
 pub use writer::DataStreamWriter;
+
+pub use listener::{ListenerId, StreamingQueryListener};
 
 /// Re-exports of DataFusion and Arrow, at the versions Flumen is built with.
 pub use datafusion;
