@@ -360,10 +360,6 @@ impl SourceReader for KafkaReader {
         self.with_fetcher(move |f| f.commit(&end)).await
     }
 
-    fn report_latest_offset(&self) -> Option<SourceOffset> {
-        (!self.latest.is_empty()).then(|| offsets::to_json(&self.latest))
-    }
-
     fn metrics(
         &self,
         _latest: &SourceOffset,
@@ -410,6 +406,10 @@ impl SourceReader for KafkaReader {
             &self.parse(start).ok()?,
             &self.parse(end).ok()?,
         ))
+    }
+
+    fn report_latest_offset(&self) -> Option<SourceOffset> {
+        (!self.latest.is_empty()).then(|| offsets::to_json(&self.latest))
     }
 }
 
