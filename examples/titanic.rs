@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! FLUMEN_TITANIC_CSV=../shared/data/titanic.csv cargo run --release --example titanic
+//! cargo run --release --example titanic -- --ui    # then keeps http://127.0.0.1:4040/ up until Ctrl-C
 //! ```
 
 use std::path::PathBuf;
@@ -13,7 +14,7 @@ use std::time::Instant;
 use clap::Parser;
 use flumen::prelude::*;
 use flumen_examples::titanic::{self, ENRICHED_TOPIC, RAW_TOPIC, TitanicData};
-use flumen_examples::{Broker, KafkaArgs};
+use flumen_examples::{Broker, KafkaArgs, UiArgs, keep_ui_until_ctrl_c};
 
 /// Run the Titanic enrichment end to end and summarise it.
 #[derive(Parser, Debug)]
@@ -23,6 +24,8 @@ struct Args {
     csv: Option<PathBuf>,
     #[command(flatten)]
     kafka: KafkaArgs,
+    #[command(flatten)]
+    ui: UiArgs,
 }
 
 #[tokio::main]
@@ -34,6 +37,7 @@ async fn main() -> anyhow::Result<()> {
         .ensure_topics(&[(RAW_TOPIC, 1), (ENRICHED_TOPIC, 1)])
         .await?;
     let session = StreamSession::new();
+    let ui = args.ui.start(&session)?;
     let data = TitanicData::choose(args.csv);
     let passengers = data.load(&session).await?;
     let schema = Arc::new(passengers.schema().as_arrow().clone());
@@ -124,5 +128,5 @@ async fn main() -> anyhow::Result<()> {
         )?
     );
     println!("Done in {:.1} s.", started.elapsed().as_secs_f64());
-    Ok(())
+    keep_ui_until_ctrl_c(ui.as_ref()).await
 }

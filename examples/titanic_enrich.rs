@@ -9,6 +9,7 @@
 //!
 //! ```text
 //! cargo run --release --example titanic_enrich -- --csv ../shared/data/titanic.csv --available-now
+//! cargo run --release --example titanic_enrich -- --ui    # watch it on http://127.0.0.1:4040/
 //! ```
 
 use std::path::PathBuf;
@@ -16,7 +17,7 @@ use std::path::PathBuf;
 use clap::Parser;
 use flumen::prelude::*;
 use flumen_examples::titanic::{self, ENRICHED_TOPIC, PRETTY_COLUMNS, RAW_TOPIC, TitanicData};
-use flumen_examples::{Broker, KafkaArgs, run_until_ctrl_c};
+use flumen_examples::{Broker, KafkaArgs, UiArgs, run_until_ctrl_c_with_ui};
 
 /// Enrich Titanic passengers streaming through Kafka.
 #[derive(Parser, Debug)]
@@ -32,9 +33,11 @@ struct Args {
     /// Skip loading the CSV into raw-titanic; only run the streaming queries.
     #[arg(long)]
     no_load: bool,
-    /// Process everything available, then exit 0.
+    /// Process everything available, then exit 0 (with --ui: once Ctrl-C is pressed).
     #[arg(long)]
     available_now: bool,
+    #[command(flatten)]
+    ui: UiArgs,
 }
 
 #[tokio::main]
@@ -52,6 +55,7 @@ async fn main() -> anyhow::Result<()> {
         std::fs::remove_dir_all(&args.checkpoint)?;
     }
     let session = StreamSession::new();
+    let ui = args.ui.start(&session)?;
     let data = TitanicData::choose(args.csv);
     let titanic_df = data.load(&session).await?;
     let schema = std::sync::Arc::new(titanic_df.schema().as_arrow().clone());
@@ -102,7 +106,7 @@ async fn main() -> anyhow::Result<()> {
         .trigger(trigger)
         .start()
         .await?;
-    run_until_ctrl_c(&[query_kafka.clone(), query_console]).await?;
+    run_until_ctrl_c_with_ui(&[query_kafka.clone(), query_console], ui.as_ref()).await?;
     let written: i64 = query_kafka
         .recent_progress()
         .iter()

@@ -7,6 +7,7 @@ pub mod titanic;
 
 use std::time::Duration;
 
+use flumen::MonitorServer;
 use flumen::prelude::*;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -29,6 +30,47 @@ fn parse_key_value(text: &str) -> Result<(String, String), String> {
     text.split_once('=')
         .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
         .ok_or_else(|| format!("expected KEY=VALUE, got '{text}'"))
+}
+
+/// The monitoring flags (`--ui`, `--ui-port`) of the examples that can show the live page.
+#[derive(clap::Args, Debug, Clone)]
+pub struct UiArgs {
+    /// Serve the monitoring page (queries, rates, batch durations; JSON API and Prometheus
+    /// metrics) on 127.0.0.1 and keep running until Ctrl-C, also after the queries finish.
+    #[arg(long)]
+    pub ui: bool,
+    /// Port of the monitoring page (0 picks a free one).
+    #[arg(long, default_value_t = flumen::monitor::DEFAULT_PORT)]
+    pub ui_port: u16,
+}
+
+impl UiArgs {
+    /// Starts the monitoring server for `session` when `--ui` was given, and prints its URL.
+    pub fn start(&self, session: &StreamSession) -> anyhow::Result<Option<MonitorServer>> {
+        if !self.ui {
+            return Ok(None);
+        }
+        let server = MonitorServer::builder().port(self.ui_port).start(session)?;
+        eprintln!(
+            "Monitoring page at {} (JSON at {}api/queries, Prometheus metrics at {}metrics)",
+            server.url(),
+            server.url(),
+            server.url()
+        );
+        Ok(Some(server))
+    }
+}
+
+/// Keeps the monitoring page up until Ctrl-C, when there is one.
+pub async fn keep_ui_until_ctrl_c(ui: Option<&MonitorServer>) -> anyhow::Result<()> {
+    if let Some(server) = ui {
+        eprintln!(
+            "The queries have finished; the monitoring page stays up at {} until Ctrl-C",
+            server.url()
+        );
+        tokio::signal::ctrl_c().await?;
+    }
+    Ok(())
 }
 
 /// A broker for an example: the embedded one (kept alive by this handle) or an external one.
@@ -188,6 +230,39 @@ pub async fn run_until_ctrl_c(queries: &[StreamingQuery]) -> anyhow::Result<()> 
     };
     tokio::select! {
         result = all_done => Ok(result?),
+        _ = tokio::signal::ctrl_c() => {
+            eprintln!("Stopping...");
+            for q in queries {
+                q.stop().await?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Like [`run_until_ctrl_c`], but with a monitoring page up the program keeps running after the
+/// queries end (finished or failed, so the page can show why) until Ctrl-C.
+pub async fn run_until_ctrl_c_with_ui(
+    queries: &[StreamingQuery],
+    ui: Option<&MonitorServer>,
+) -> anyhow::Result<()> {
+    if ui.is_none() {
+        return run_until_ctrl_c(queries).await;
+    }
+    let all_done = async {
+        for q in queries {
+            q.await_termination(None).await?;
+        }
+        Ok::<(), flumen::FlumenError>(())
+    };
+    tokio::select! {
+        result = all_done => {
+            if let Err(e) = &result {
+                eprintln!("A query failed: {e}");
+            }
+            keep_ui_until_ctrl_c(ui).await?;
+            Ok(result?)
+        }
         _ = tokio::signal::ctrl_c() => {
             eprintln!("Stopping...");
             for q in queries {

@@ -4,6 +4,8 @@
 mod api;
 mod event_time;
 mod faults;
+mod listener;
+mod monitor;
 mod pipeline;
 mod restart;
 mod titanic_time;

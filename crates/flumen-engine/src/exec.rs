@@ -104,6 +104,7 @@ impl Execution {
                 }
             }
         });
+        shared.post_terminated();
     }
 
     async fn run_loop(&mut self) -> Result<()> {
@@ -255,7 +256,7 @@ impl Execution {
             )?;
             phases.record("walCommit", t);
 
-            let latest = end.clone();
+            let latest = reader.report_latest_offset().unwrap_or_else(|| end.clone());
             self.run_batch(
                 &mut *reader,
                 next_batch,
@@ -410,7 +411,8 @@ impl Execution {
         phases: &mut Phases,
         trigger_start: Instant,
     ) -> Result<()> {
-        let span = tracing::info_span!("batch", batch_id);
+        let span = tracing::info_span!("batch", batch_id, rows = tracing::field::Empty);
+        let batch_span = span.clone();
         async {
             self.shared.set_status("Processing new data", true, true);
             for operator in &self.plan.operators {
@@ -426,6 +428,7 @@ impl Execution {
             };
             phases.record("getBatch", t);
             let input_rows: u64 = input.iter().map(|b| b.num_rows() as u64).sum();
+            batch_span.record("rows", input_rows);
 
             let t = Instant::now();
             let output = self.execute_plan(input, batch_timestamp_ms).await?;
@@ -519,7 +522,7 @@ impl Execution {
         let mut phases = Phases::default();
         phases.0.insert("triggerExecution".into(), 0);
         let progress = self.progress(batch_id, 0, 0, &phases, Some(start), start, latest, reader);
-        self.shared.push_progress(progress);
+        self.shared.push_idle_progress(progress);
     }
 
     #[allow(clippy::too_many_arguments)]

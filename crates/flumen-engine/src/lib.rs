@@ -39,6 +39,7 @@ mod error;
 mod exec;
 mod frame;
 pub mod functions;
+pub mod listener;
 mod memory_stream;
 pub mod options;
 mod plan;
@@ -63,6 +64,8 @@ pub use query::{OutputMode, RECENT_PROGRESS_RETAINED, StreamingQuery, Trigger};
 pub use reader::DataStreamReader;
 pub use session::StreamSession;
 pub use writer::DataStreamWriter;
+
+pub use listener::{ListenerId, StreamingQueryListener};
 
 /// Re-exports of DataFusion and Arrow, at the versions Flumen is built with.
 pub use datafusion;

@@ -105,6 +105,8 @@ pub(crate) struct QueryShared {
     pub task_id: Mutex<Option<tokio::task::Id>>,
     /// The query's physical plan, for `explain`.
     pub plan: Mutex<Option<Arc<dyn datafusion::physical_plan::ExecutionPlan>>>,
+    /// The session's listeners, set when the query is registered (see `listener.rs`).
+    pub listeners: std::sync::OnceLock<Arc<crate::listener::ListenerBus>>,
 }
 
 impl QueryShared {
@@ -126,6 +128,7 @@ impl QueryShared {
             task: Mutex::new(None),
             task_id: Mutex::new(None),
             plan: Mutex::new(None),
+            listeners: std::sync::OnceLock::new(),
         }
     }
 
@@ -141,6 +144,18 @@ impl QueryShared {
     }
 
     pub(crate) fn push_progress(&self, progress: StreamingQueryProgress) {
+        self.record_progress(progress);
+        self.post_last_progress();
+    }
+
+    /// Records the progress of a trigger that found no data; listeners hear `on_query_idle`.
+    pub(crate) fn push_idle_progress(&self, progress: StreamingQueryProgress) {
+        let timestamp = progress.timestamp.clone();
+        self.record_progress(progress);
+        self.post_idle(timestamp);
+    }
+
+    fn record_progress(&self, progress: StreamingQueryProgress) {
         tracing::info!(target: "flumen::progress", query = %self.id, batch = progress.batch_id, rows = progress.num_input_rows, "{}", progress.json());
         self.update(|s| {
             if s.recent.len() == RECENT_PROGRESS_RETAINED {

@@ -41,6 +41,7 @@ pub struct StreamSession {
 struct SessionInner {
     ctx: SessionContext,
     queries: Mutex<Vec<StreamingQuery>>,
+    listeners: Arc<crate::listener::ListenerBus>,
 }
 
 impl std::fmt::Debug for StreamSession {
@@ -101,6 +102,7 @@ impl StreamSession {
             inner: Arc::new(SessionInner {
                 ctx,
                 queries: Mutex::new(Vec::new()),
+                listeners: Arc::new(crate::listener::ListenerBus::new()),
             }),
         }
     }
@@ -223,7 +225,13 @@ impl StreamSession {
         let mut queries = self.lock_queries()?;
         Self::check_free(&queries, query.name(), Some(query.id()))?;
         queries.push(query.clone());
+        query.shared.attach_listeners(&self.inner.listeners);
         Ok(())
+    }
+
+    /// The session's query listeners (see `listener.rs`).
+    pub(crate) fn listener_bus(&self) -> &crate::listener::ListenerBus {
+        &self.inner.listeners
     }
 
     /// Stops every running query of the session.

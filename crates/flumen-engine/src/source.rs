@@ -89,6 +89,13 @@ pub trait SourceReader: Send + Sync {
         Ok(())
     }
 
+    /// The most recent offset available in the source, as seen by the last `latest_offset`
+    /// call, before rate limits (Spark's `reportLatestOffset`); progress reports show it as
+    /// `latestOffset`, so monitors can compute lag. `None` (the default) reports the batch's end.
+    fn report_latest_offset(&self) -> Option<SourceOffset> {
+        None
+    }
+
     /// Source-specific metrics for progress (e.g. Kafka lag), as a JSON object of strings.
     fn metrics(
         &self,

@@ -426,6 +426,10 @@ impl SourceReader for KafkaReader {
             &self.parse(end).ok()?,
         ))
     }
+
+    fn report_latest_offset(&self) -> Option<SourceOffset> {
+        (!self.latest.is_empty()).then(|| offsets::to_json(&self.latest))
+    }
 }
 
 fn start_has(offsets: &PartitionOffsets, topic: &str, partition: i32) -> bool {

@@ -51,7 +51,13 @@
 //! # Ok(()) }
 //! ```
 //!
-//! See the README for the examples, the checkpoint layout and the differences from Spark.
+//! Query listeners (`session.add_listener(...)`, see the `listener` module) report every
+//! query's start, progress, idleness and end. The optional feature `ui` adds
+//! `flumen::MonitorServer`: a JSON API, Prometheus metrics and a live page for a session's
+//! queries on `http://127.0.0.1:4040/`.
+//!
+//! See the README for the examples, the checkpoint layout, monitoring and the differences from
+//! Spark.
 
 pub use flumen_engine::*;
 
@@ -61,6 +67,14 @@ pub use flumen_kafka as kafka;
 
 #[cfg(feature = "kafka")]
 pub use flumen_kafka::{EmbeddedKafka, StartingOffsets};
+
+/// The monitoring server: JSON API, Prometheus metrics and a live page for a session's
+/// queries (feature `ui`).
+#[cfg(feature = "ui")]
+pub use flumen_monitor as monitor;
+
+#[cfg(feature = "ui")]
+pub use flumen_monitor::MonitorServer;
 
 /// Everything a streaming program usually needs: `use flumen::prelude::*;`.
 pub mod prelude {
