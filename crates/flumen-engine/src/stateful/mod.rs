@@ -2,7 +2,7 @@
 //!
 //! Stateful operators are physical plan nodes that live as long as the query: the query's one
 //! physical plan is re-executed every micro-batch, and these nodes keep their state between
-//! executions. The micro-batch loop drives them through [`StatefulOperator`]: it hands each
+//! executions. The micro-batch loop drives them through a small trait: it hands each
 //! batch its watermark, writes their state to the checkpoint after the batch, restores it on
 //! restart, and reads their metrics for progress reports.
 
