@@ -31,8 +31,9 @@ use crate::stateful::iso_millis;
 use crate::stateful::store::StateStore;
 use crate::stateful::watermark::{EventTimeStats, WatermarkTracker};
 
-/// How long an idle query waits between looks for new data, at most.
-const MAX_IDLE_POLL: Duration = Duration::from_millis(100);
+/// How long an idle query waits between looks for new data, at most (Spark's
+/// `spark.sql.streaming.pollingDelay` is also 10 ms).
+const MAX_IDLE_POLL: Duration = Duration::from_millis(10);
 /// How often an idle query reports progress (Spark's `noDataProgressEventInterval`).
 const IDLE_PROGRESS_INTERVAL: Duration = Duration::from_secs(10);
 
