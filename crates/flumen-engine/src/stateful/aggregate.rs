@@ -22,7 +22,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, BooleanArray, Int8Array, RecordBatch, UInt32Array,
+    Array, ArrayRef, AsArray, BooleanArray, Int8Array, RecordBatch, TimestampMicrosecondArray,
+    UInt32Array,
 };
 use datafusion::arrow::compute::{concat_batches, filter, take};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
@@ -33,6 +34,8 @@ use datafusion::execution::TaskContext;
 use datafusion::logical_expr::{EmitTo, GroupsAccumulator};
 use datafusion::physical_expr::GroupsAccumulatorAdapter;
 use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
+use datafusion::physical_plan::aggregates::group_values::new_group_values;
+use datafusion::physical_plan::aggregates::order::GroupOrdering;
 use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
 use datafusion::physical_plan::execution_plan::{ChildrenPropertiesMode, ReplaceChildrenOptions};
 use datafusion::physical_plan::{
@@ -375,21 +378,31 @@ impl Core {
                     }
                 }
             }
-            let indices = UInt32Array::from(indices);
-            let pick = |a: &ArrayRef| -> Result<ArrayRef> { Ok(take(a, &indices, None)?) };
-            for (i, key) in keys.iter_mut().enumerate() {
-                *key = if i == *wi {
-                    window_structs(self.key_schema.field(i).data_type(), &starts, &ends, None)?
-                } else {
-                    pick(key)?
-                };
+            // Tumbling windows over rows that all have a time keep every row once, in order.
+            let identity = indices.len() == rows && indices.iter().enumerate().all(|(i, &r)| r as usize == i);
+            if !identity {
+                let indices = UInt32Array::from(indices);
+                let pick = |a: &ArrayRef| -> Result<ArrayRef> { Ok(take(a, &indices, None)?) };
+                for (i, key) in keys.iter_mut().enumerate() {
+                    if i != *wi {
+                        *key = pick(key)?;
+                    }
+                }
+                for v in values.iter_mut().flatten() {
+                    *v = pick(v)?;
+                }
+                for f in filters.iter_mut().flatten() {
+                    *f = pick(f)?;
+                }
             }
-            for v in values.iter_mut().flatten() {
-                *v = pick(v)?;
-            }
-            for f in filters.iter_mut().flatten() {
-                *f = pick(f)?;
-            }
+            // Time windows are grouped by their start (the struct is built per group, later);
+            // sessions need both ends to merge.
+            keys[*wi] = match w.kind {
+                WindowKind::Time(_) => Arc::new(TimestampMicrosecondArray::from(starts)),
+                WindowKind::Session(_) => {
+                    window_structs(self.key_schema.field(*wi).data_type(), &starts, &ends, None)?
+                }
+            };
         }
 
         // Complete mode keeps every group forever, so nothing is late for it (Spark's rule).
@@ -398,8 +411,8 @@ impl Core {
             && self.mode != OutputMode::Complete
         {
             let watermark_us = watermark_ms.saturating_mul(1000);
-            let keep: BooleanArray = event
-                .times(&keys)?
+            let keep: BooleanArray = self
+                .input_event_times(event, &keys)?
                 .into_iter()
                 .map(|t| Some(t.is_none_or(|t| t > watermark_us)))
                 .collect();
@@ -418,6 +431,33 @@ impl Core {
             }
         }
         Ok((keys, values, filters, dropped))
+    }
+
+    /// Event times (µs) of evaluated input rows: a time window is still its start there.
+    fn input_event_times(&self, event: EventKey, keys: &[ArrayRef]) -> Result<Vec<Option<i64>>> {
+        match (&self.window, event) {
+            (Some((wi, w)), EventKey::Window(i)) if *wi == i => {
+                if let WindowKind::Time(spec) = w.kind {
+                    let starts = event_time_micros(&keys[i])?;
+                    return Ok(starts.iter().map(|s| s.map(|s| s + spec.duration_us)).collect());
+                }
+                event.times(keys)
+            }
+            _ => event.times(keys),
+        }
+    }
+
+    /// Turns the window starts of grouped keys back into window structs.
+    fn window_keys(&self, mut keys: Vec<ArrayRef>) -> Result<Vec<ArrayRef>> {
+        if let Some((wi, w)) = &self.window
+            && let WindowKind::Time(spec) = w.kind
+        {
+            let starts = event_time_micros(&keys[*wi])?;
+            let starts: Vec<i64> = starts.values().to_vec();
+            let ends: Vec<i64> = starts.iter().map(|s| s + spec.duration_us).collect();
+            keys[*wi] = window_structs(self.key_schema.field(*wi).data_type(), &starts, &ends, None)?;
+        }
+        Ok(keys)
     }
 
     /// Runs one micro-batch; returns the rows to emit.
@@ -440,23 +480,17 @@ impl Core {
                 self.assign_sessions(state, &keys, *wi)?
             }
             _ => {
-                let rows_fmt = state.store.key_rows(&keys)?;
-                let mut local: HashMap<&[u8], usize> = HashMap::new();
-                let mut first: Vec<u32> = Vec::new();
-                let mut ids = Vec::with_capacity(rows);
-                for i in 0..rows {
-                    let next = first.len();
-                    let id = *local.entry(rows_fmt.row(i).data()).or_insert_with(|| {
-                        first.push(i as u32);
-                        next
-                    });
-                    ids.push(id);
-                }
-                let first = UInt32Array::from(first);
-                let group_keys: Vec<ArrayRef> = keys
+                // DataFusion's own grouping (vectorised per column type), fresh per batch.
+                let fields: Vec<Field> = keys
                     .iter()
-                    .map(|k| Ok(take(k, &first, None)?))
-                    .collect::<Result<_>>()?;
+                    .enumerate()
+                    .map(|(i, k)| Field::new(format!("k{i}"), k.data_type().clone(), true))
+                    .collect();
+                let mut grouping =
+                    new_group_values(Arc::new(Schema::new(fields)), &GroupOrdering::None)?;
+                let mut ids = Vec::with_capacity(rows);
+                grouping.intern(&keys, &mut ids)?;
+                let group_keys = self.window_keys(grouping.emit(EmitTo::All)?)?;
                 let group_rows = state.store.key_rows(&group_keys)?;
                 let mut merge_from = Vec::new();
                 for g in 0..group_rows.num_rows() {

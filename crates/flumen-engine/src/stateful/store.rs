@@ -14,7 +14,7 @@
 //! the whole state. Version `v` is restored from the newest snapshot at or before `v` plus the
 //! deltas after it. Files are written atomically (temporary file, fsync, rename).
 
-use std::collections::HashMap;
+use std::hash::BuildHasher;
 use std::fs;
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
@@ -28,6 +28,7 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::ipc::reader::FileReader;
 use datafusion::arrow::ipc::writer::FileWriter;
 use datafusion::arrow::row::{RowConverter, Rows, SortField};
+use hashbrown::{DefaultHashBuilder, HashTable};
 
 use datafusion::error::DataFusionError;
 use datafusion::execution::TaskContext;
@@ -50,8 +51,9 @@ pub(crate) struct Loc {
     row: u32,
 }
 
+/// One batch's rows: keys in row format (contiguous bytes), values as Arrow arrays.
 struct Chunk {
-    keys: Vec<ArrayRef>,
+    rows: Rows,
     values: Vec<ArrayRef>,
     live: BooleanBufferBuilder,
     live_count: usize,
@@ -63,16 +65,31 @@ enum Change {
     Delete(Vec<ArrayRef>),
 }
 
+/// The key bytes at `loc`: in a stored chunk, or in `pending` (rows being inserted as chunk
+/// `pending.0`).
+fn key_at<'a>(chunks: &'a [Option<Chunk>], pending: Option<(u32, &'a Rows)>, loc: &Loc) -> &'a [u8] {
+    match pending {
+        Some((id, rows)) if id == loc.chunk => rows.row(loc.row as usize).data(),
+        _ => chunks
+            .get(loc.chunk as usize)
+            .and_then(Option::as_ref)
+            .map_or(&[], |c| c.rows.row(loc.row as usize).data()),
+    }
+}
+
 /// Rows of keys and values; see the module docs.
+///
+/// Each key is held once, in row format inside its chunk; the index is a hash table of
+/// 8-byte locations, hashed and compared through the chunk's bytes.
 pub(crate) struct StateStore {
     key_schema: SchemaRef,
     value_schema: SchemaRef,
     converter: RowConverter,
-    index: HashMap<Box<[u8]>, Loc>,
+    hasher: DefaultHashBuilder,
+    index: HashTable<Loc>,
     chunks: Vec<Option<Chunk>>,
     stored_rows: usize,
     chunk_bytes: usize,
-    key_bytes: usize,
     changes: Vec<Change>,
     reservation: Option<MemoryReservation>,
 }
@@ -91,11 +108,11 @@ impl StateStore {
             key_schema,
             value_schema,
             converter,
-            index: HashMap::new(),
+            hasher: DefaultHashBuilder::default(),
+            index: HashTable::new(),
             chunks: Vec::new(),
             stored_rows: 0,
             chunk_bytes: 0,
-            key_bytes: 0,
             changes: Vec::new(),
             reservation: None,
         })
@@ -106,10 +123,9 @@ impl StateStore {
         self.index.len()
     }
 
-    /// Bytes held: arrays, index entries and key bytes.
+    /// Bytes held: chunks (key bytes and values) and the index.
     pub fn memory_bytes(&self) -> usize {
-        let entry = size_of::<Box<[u8]>>() + size_of::<Loc>() + 1;
-        self.chunk_bytes + self.key_bytes + self.index.capacity() * entry + self.converter.size()
+        self.chunk_bytes + self.index.capacity() * (size_of::<Loc>() + 1) + self.converter.size()
     }
 
     /// Charges the state's memory to the session's memory pool (DataFusion's, so a memory
@@ -137,28 +153,18 @@ impl StateStore {
 
     /// The newest row of `key` (row-format bytes).
     pub fn get(&self, key: &[u8]) -> Option<Loc> {
-        self.index.get(key).copied()
+        let hash = self.hasher.hash_one(key);
+        let chunks = &self.chunks;
+        self.index
+            .find(hash, |l| key_at(chunks, None, l) == key)
+            .copied()
     }
 
     /// Value columns of the rows at `locs`, in that order.
     pub fn gather_values(&self, locs: &[Loc]) -> Result<Vec<ArrayRef>> {
-        self.gather(locs, |c| &c.values, &self.value_schema)
-    }
-
-    /// Key columns of the rows at `locs`, in that order.
-    pub fn gather_keys(&self, locs: &[Loc]) -> Result<Vec<ArrayRef>> {
-        self.gather(locs, |c| &c.keys, &self.key_schema)
-    }
-
-    fn gather(
-        &self,
-        locs: &[Loc],
-        columns: impl Fn(&Chunk) -> &Vec<ArrayRef>,
-        schema: &Schema,
-    ) -> Result<Vec<ArrayRef>> {
-        let width = schema.fields().len();
         if locs.is_empty() {
-            return Ok(schema
+            return Ok(self
+                .value_schema
                 .fields()
                 .iter()
                 .map(|f| new_null_array(f.data_type(), 0))
@@ -178,15 +184,13 @@ impl StateStore {
             .iter()
             .map(|l| (position[l.chunk as usize], l.row as usize))
             .collect();
-        let mut out = Vec::with_capacity(width);
-        for column in 0..width {
+        let mut out = Vec::with_capacity(self.value_schema.fields().len());
+        for column in 0..self.value_schema.fields().len() {
             let arrays: Vec<&dyn Array> = used
                 .iter()
                 .map(|&c| match &self.chunks[c] {
-                    Some(chunk) => Ok(columns(chunk)[column].as_ref()),
-                    None => Err(FlumenError::IllegalState(format!(
-                        "state index points at dropped chunk {c}; this is a bug in Flumen, please report it"
-                    ))),
+                    Some(chunk) => Ok(chunk.values[column].as_ref()),
+                    None => Err(dropped_chunk(c)),
                 })
                 .collect::<Result<_>>()?;
             out.push(interleave(&arrays, &indices)?);
@@ -194,28 +198,61 @@ impl StateStore {
         Ok(out)
     }
 
-    /// Inserts or replaces the rows for `keys` (whose row-format bytes are `rows`).
-    pub fn upsert(&mut self, keys: Vec<ArrayRef>, rows: &Rows, values: Vec<ArrayRef>) {
-        self.changes
-            .push(Change::Upsert(keys.clone(), values.clone()));
-        self.insert_chunk(keys, rows, values);
+    /// Key columns of the rows at `locs`, in that order.
+    pub fn gather_keys(&self, locs: &[Loc]) -> Result<Vec<ArrayRef>> {
+        let rows = locs
+            .iter()
+            .map(|l| match &self.chunks[l.chunk as usize] {
+                Some(chunk) => Ok(chunk.rows.row(l.row as usize)),
+                None => Err(dropped_chunk(l.chunk as usize)),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(self.converter.convert_rows(rows)?)
     }
 
-    fn insert_chunk(&mut self, keys: Vec<ArrayRef>, rows: &Rows, values: Vec<ArrayRef>) {
+    /// Inserts or replaces the rows for `keys` (whose row-format bytes are `rows`).
+    pub fn upsert(&mut self, keys: Vec<ArrayRef>, rows: &Rows, values: Vec<ArrayRef>) {
+        self.changes.push(Change::Upsert(keys, values.clone()));
+        self.insert_chunk(rows.clone(), values);
+    }
+
+    fn insert_chunk(&mut self, rows: Rows, values: Vec<ArrayRef>) {
         let n = rows.num_rows();
         if n == 0 {
             return;
         }
         let chunk_id = self.chunks.len() as u32;
+        let mut superseded = Vec::new();
+        {
+            let chunks = &self.chunks;
+            let hasher = &self.hasher;
+            let pending = Some((chunk_id, &rows));
+            for i in 0..n {
+                let key = rows.row(i).data();
+                let hash = hasher.hash_one(key);
+                let loc = Loc {
+                    chunk: chunk_id,
+                    row: i as u32,
+                };
+                match self.index.find_mut(hash, |l| key_at(chunks, pending, l) == key) {
+                    Some(slot) => superseded.push(std::mem::replace(slot, loc)),
+                    None => {
+                        self.index.insert_unique(hash, loc, |l| {
+                            hasher.hash_one(key_at(chunks, pending, l))
+                        });
+                    }
+                }
+            }
+        }
         let mut live = BooleanBufferBuilder::new(n);
         live.append_n(n, true);
-        let bytes = keys
-            .iter()
-            .chain(values.iter())
-            .map(|a| a.get_array_memory_size())
-            .sum::<usize>();
+        let bytes = rows.size()
+            + values
+                .iter()
+                .map(|a| a.get_array_memory_size())
+                .sum::<usize>();
         self.chunks.push(Some(Chunk {
-            keys,
+            rows,
             values,
             live,
             live_count: n,
@@ -223,22 +260,8 @@ impl StateStore {
         }));
         self.stored_rows += n;
         self.chunk_bytes += bytes;
-        for (i, row) in rows.iter().enumerate() {
-            let loc = Loc {
-                chunk: chunk_id,
-                row: i as u32,
-            };
-            let key = row.as_ref();
-            match self.index.get_mut(key) {
-                Some(old) => {
-                    let previous = std::mem::replace(old, loc);
-                    self.release(previous);
-                }
-                None => {
-                    self.key_bytes += key.len();
-                    self.index.insert(key.into(), loc);
-                }
-            }
+        for loc in superseded {
+            self.release(loc);
         }
     }
 
@@ -257,6 +280,27 @@ impl StateStore {
         }
     }
 
+    /// Removes the entry at `loc` from the index and releases its row.
+    fn forget(&mut self, loc: Loc) {
+        let hash = self
+            .hasher
+            .hash_one(key_at(&self.chunks, None, &loc));
+        if let Ok(entry) = self.index.find_entry(hash, |l| *l == loc) {
+            entry.remove();
+            self.release(loc);
+        }
+    }
+
+    /// Gives the index back its memory once most keys are gone.
+    fn shrink(&mut self) {
+        if self.index.capacity() > 64 && self.index.len() < self.index.capacity() / 4 {
+            let chunks = &self.chunks;
+            let hasher = &self.hasher;
+            self.index
+                .shrink_to(self.index.len() * 2, |l| hasher.hash_one(key_at(chunks, None, l)));
+        }
+    }
+
     /// Removes the keys whose rows `doomed` selects (given a chunk's keys and values), returning
     /// their keys and values ordered by key. Only live rows are considered.
     pub fn remove_where(
@@ -266,7 +310,8 @@ impl StateStore {
         let mut locs = Vec::new();
         for (c, chunk) in self.chunks.iter().enumerate() {
             let Some(chunk) = chunk else { continue };
-            let mask = doomed(&chunk.keys, &chunk.values)?;
+            let keys = self.converter.convert_rows(chunk.rows.iter())?;
+            let mask = doomed(&keys, &chunk.values)?;
             for row in 0..mask.len() {
                 if mask.is_valid(row) && mask.value(row) && chunk.live.get_bit(row) {
                     locs.push(Loc {
@@ -276,39 +321,29 @@ impl StateStore {
                 }
             }
         }
-        let empty = locs.is_empty();
-        let (keys, values) = self.sorted(locs)?;
-        if empty {
+        let locs = self.sort_by_key(locs);
+        let keys = self.gather_keys(&locs)?;
+        let values = self.gather_values(&locs)?;
+        if locs.is_empty() {
             return Ok((keys, values));
         }
-        let rows = self.converter.convert_columns(&keys)?;
-        for row in rows.iter() {
-            if let Some(loc) = self.index.remove(row.as_ref()) {
-                self.key_bytes -= row.as_ref().len();
-                self.release(loc);
-            }
+        for loc in locs {
+            self.forget(loc);
         }
-        if rows.num_rows() > 0 {
-            self.changes.push(Change::Delete(keys.clone()));
-        }
+        self.shrink();
+        self.changes.push(Change::Delete(keys.clone()));
         Ok((keys, values))
     }
 
     /// Removes the given keys (row-format bytes); unknown keys are ignored.
     pub fn remove_keys(&mut self, keys: &[Box<[u8]>]) -> Result<()> {
-        let locs: Vec<Loc> = keys
-            .iter()
-            .filter_map(|k| self.index.get(k.as_ref()).copied())
-            .collect();
+        let locs: Vec<Loc> = keys.iter().filter_map(|k| self.get(k)).collect();
         if locs.is_empty() {
             return Ok(());
         }
         let gathered = self.gather_keys(&locs)?;
-        for key in keys {
-            if let Some(loc) = self.index.remove(key.as_ref()) {
-                self.key_bytes -= key.len();
-                self.release(loc);
-            }
+        for loc in locs {
+            self.forget(loc);
         }
         self.changes.push(Change::Delete(gathered));
         Ok(())
@@ -316,26 +351,14 @@ impl StateStore {
 
     /// Every key and value, ordered by key.
     pub fn all_sorted(&self) -> Result<(Vec<ArrayRef>, Vec<ArrayRef>)> {
-        self.sorted(self.index.values().copied().collect())
+        let locs = self.sort_by_key(self.index.iter().copied().collect());
+        Ok((self.gather_keys(&locs)?, self.gather_values(&locs)?))
     }
 
-    fn sorted(&self, locs: Vec<Loc>) -> Result<(Vec<ArrayRef>, Vec<ArrayRef>)> {
-        let keys = self.gather_keys(&locs)?;
-        let values = self.gather_values(&locs)?;
-        if locs.len() < 2 {
-            return Ok((keys, values));
-        }
-        let rows = self.converter.convert_columns(&keys)?;
-        let mut order: Vec<u32> = (0..locs.len() as u32).collect();
-        order.sort_unstable_by(|&a, &b| rows.row(a as usize).cmp(&rows.row(b as usize)));
-        let indices = datafusion::arrow::array::UInt32Array::from(order);
-        let take = |arrays: Vec<ArrayRef>| -> Result<Vec<ArrayRef>> {
-            arrays
-                .iter()
-                .map(|a| Ok(datafusion::arrow::compute::take(a, &indices, None)?))
-                .collect()
-        };
-        Ok((take(keys)?, take(values)?))
+    fn sort_by_key(&self, mut locs: Vec<Loc>) -> Vec<Loc> {
+        let chunks = &self.chunks;
+        locs.sort_unstable_by(|a, b| key_at(chunks, None, a).cmp(key_at(chunks, None, b)));
+        locs
     }
 
     /// Rewrites the live rows into one chunk when garbage outweighs them.
@@ -344,17 +367,20 @@ impl StateStore {
         if self.stored_rows <= 2 * live + 4096 && self.chunks.iter().flatten().count() < 256 {
             return Ok(());
         }
-        let locs: Vec<Loc> = self.index.values().copied().collect();
+        let locs: Vec<Loc> = self.index.iter().copied().collect();
         let keys = self.gather_keys(&locs)?;
         let values = self.gather_values(&locs)?;
         let rows = self.converter.convert_columns(&keys)?;
-        self.index.clear();
+        self.clear();
+        self.insert_chunk(rows, values);
+        Ok(())
+    }
+
+    fn clear(&mut self) {
+        self.index = HashTable::new();
         self.chunks.clear();
         self.stored_rows = 0;
         self.chunk_bytes = 0;
-        self.key_bytes = 0;
-        self.insert_chunk(keys, &rows, values);
-        Ok(())
     }
 
     fn file_schema(&self) -> SchemaRef {
@@ -426,12 +452,8 @@ impl StateStore {
 
     /// Replaces the contents with `version` as stored in `dir` (empty for version 0).
     pub fn load(&mut self, dir: &Path, version: u64) -> Result<()> {
-        self.index.clear();
-        self.chunks.clear();
+        self.clear();
         self.changes.clear();
-        self.stored_rows = 0;
-        self.chunk_bytes = 0;
-        self.key_bytes = 0;
         if version == 0 {
             return Ok(());
         }
@@ -504,13 +526,12 @@ impl StateStore {
                 self.restore_types(select(&upserts, keys_width, keys_width + values_width)?)?;
             let keys = self.restore_key_types(keys)?;
             let rows = self.converter.convert_columns(&keys)?;
-            self.insert_chunk(keys, &rows, values);
+            self.insert_chunk(rows, values);
             let deleted = self.restore_key_types(select(&deletes, 0, keys_width)?)?;
             let rows = self.converter.convert_columns(&deleted)?;
             for row in rows.iter() {
-                if let Some(loc) = self.index.remove(row.as_ref()) {
-                    self.key_bytes -= row.as_ref().len();
-                    self.release(loc);
+                if let Some(loc) = self.get(row.data()) {
+                    self.forget(loc);
                 }
             }
         }
@@ -558,6 +579,12 @@ impl StateStore {
         }
         Ok(())
     }
+}
+
+fn dropped_chunk(c: usize) -> FlumenError {
+    FlumenError::IllegalState(format!(
+        "state index points at dropped chunk {c}; this is a bug in Flumen, please report it"
+    ))
 }
 
 fn retype(arrays: Vec<ArrayRef>, schema: &Schema) -> Result<Vec<ArrayRef>> {
