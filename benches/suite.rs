@@ -70,7 +70,7 @@ impl Plan {
             Size::Quick => Plan {
                 decode_rows: 200_000,
                 e2e_rows: 100_000,
-                window_rows: 500_000,
+                window_rows: 2_000_000,
                 cardinalities: vec![10, 10_000, 1_000_000],
                 tiny_batches: 2_000,
                 replans: 300,
@@ -82,7 +82,7 @@ impl Plan {
             Size::Full => Plan {
                 decode_rows: 1_000_000,
                 e2e_rows: 500_000,
-                window_rows: 1_000_000,
+                window_rows: 5_000_000,
                 cardinalities: vec![10, 10_000, 1_000_000],
                 tiny_batches: 10_000,
                 replans: 1_000,

@@ -271,7 +271,9 @@ impl Execution {
             )
             .await?;
             watermark_ms = self.watermark_or(watermark_ms);
-            if next_batch >= MIN_BATCHES_TO_RETAIN {
+            // Old logs go every 10 batches: listing the directories each batch costs more than
+            // keeping a few extra files.
+            if next_batch >= MIN_BATCHES_TO_RETAIN && next_batch.is_multiple_of(10) {
                 let keep_from = next_batch + 1 - MIN_BATCHES_TO_RETAIN;
                 self.checkpoint.purge_before(keep_from)?;
                 for i in 0..self.plan.operators.len() {

@@ -37,7 +37,7 @@ use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
 use datafusion::physical_plan::aggregates::group_values::new_group_values;
 use datafusion::physical_plan::aggregates::order::GroupOrdering;
 use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
-use datafusion::physical_plan::execution_plan::{ChildrenPropertiesMode, ReplaceChildrenOptions};
+use datafusion::physical_plan::execution_plan::ReplaceChildrenOptions;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, PhysicalExpr, PlanProperties,
     SendableRecordBatchStream,
@@ -379,7 +379,8 @@ impl Core {
                 }
             }
             // Tumbling windows over rows that all have a time keep every row once, in order.
-            let identity = indices.len() == rows && indices.iter().enumerate().all(|(i, &r)| r as usize == i);
+            let identity =
+                indices.len() == rows && indices.iter().enumerate().all(|(i, &r)| r as usize == i);
             if !identity {
                 let indices = UInt32Array::from(indices);
                 let pick = |a: &ArrayRef| -> Result<ArrayRef> { Ok(take(a, &indices, None)?) };
@@ -439,7 +440,10 @@ impl Core {
             (Some((wi, w)), EventKey::Window(i)) if *wi == i => {
                 if let WindowKind::Time(spec) = w.kind {
                     let starts = event_time_micros(&keys[i])?;
-                    return Ok(starts.iter().map(|s| s.map(|s| s + spec.duration_us)).collect());
+                    return Ok(starts
+                        .iter()
+                        .map(|s| s.map(|s| s + spec.duration_us))
+                        .collect());
                 }
                 event.times(keys)
             }
@@ -455,7 +459,8 @@ impl Core {
             let starts = event_time_micros(&keys[*wi])?;
             let starts: Vec<i64> = starts.values().to_vec();
             let ends: Vec<i64> = starts.iter().map(|s| s + spec.duration_us).collect();
-            keys[*wi] = window_structs(self.key_schema.field(*wi).data_type(), &starts, &ends, None)?;
+            keys[*wi] =
+                window_structs(self.key_schema.field(*wi).data_type(), &starts, &ends, None)?;
         }
         Ok(keys)
     }
@@ -589,12 +594,7 @@ impl Core {
         wi: usize,
     ) -> Result<(Vec<usize>, Vec<ArrayRef>, Vec<(Loc, usize)>, Vec<Box<[u8]>>)> {
         let rows = keys[0].len();
-        let others: Vec<ArrayRef> = keys
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| *i != wi)
-            .map(|(_, k)| Arc::clone(k))
-            .collect();
+        let others = without(keys, wi);
         let other_rows = self.other_key_rows(&others, rows)?;
         let window = keys[wi].as_struct();
         let starts = event_time_micros(window.column(0))?;
@@ -685,12 +685,7 @@ impl Core {
         }
         // Fill in the stored keys of the new sessions.
         let full_rows = state.store.key_rows(&group_keys)?;
-        let others: Vec<ArrayRef> = group_keys
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| *i != wi)
-            .map(|(_, k)| Arc::clone(k))
-            .collect();
+        let others = without(&group_keys, wi);
         let other_rows = self.other_key_rows(&others, group_starts.len())?;
         for g in 0..group_starts.len() {
             if let Some(list) = state.sessions.get_mut(other_rows.row(g).as_ref())
@@ -729,12 +724,7 @@ impl Core {
             return Ok(());
         };
         let rows = state.store.key_rows(evicted)?;
-        let others: Vec<ArrayRef> = evicted
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| i != wi)
-            .map(|(_, k)| Arc::clone(k))
-            .collect();
+        let others = without(evicted, *wi);
         let other_rows = self.other_key_rows(&others, rows.num_rows())?;
         for r in 0..rows.num_rows() {
             let other = other_rows.row(r);
@@ -759,12 +749,7 @@ impl Core {
         }
         let (keys, _) = state.store.all_sorted()?;
         let rows = state.store.key_rows(&keys)?;
-        let others: Vec<ArrayRef> = keys
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| i != wi)
-            .map(|(_, k)| Arc::clone(k))
-            .collect();
+        let others = without(&keys, *wi);
         let other_rows = self.other_key_rows(&others, rows.num_rows())?;
         let window = keys[*wi].as_struct();
         let starts = event_time_micros(window.column(0))?;
@@ -782,6 +767,15 @@ impl Core {
         }
         Ok(())
     }
+}
+
+/// `keys` without column `skip` (the window, when merging sessions per key).
+fn without(keys: &[ArrayRef], skip: usize) -> Vec<ArrayRef> {
+    keys.iter()
+        .enumerate()
+        .filter(|(i, _)| *i != skip)
+        .map(|(_, k)| Arc::clone(k))
+        .collect()
 }
 
 struct AggregateHandle(Arc<Core>);
@@ -852,13 +846,7 @@ impl ExecutionPlan for StatefulAggregateExec {
         "StatefulAggregateExec"
     }
 
-    fn properties(&self) -> &Arc<PlanProperties> {
-        &self.properties
-    }
-
-    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
-        vec![&self.input]
-    }
+    super::unary_plan_methods!();
 
     fn apply_expressions(
         &self,
@@ -883,17 +871,6 @@ impl ExecutionPlan for StatefulAggregateExec {
             input,
             properties: Arc::clone(&self.properties),
         }))
-    }
-
-    #[allow(deprecated)]
-    fn with_new_children(
-        self: Arc<Self>,
-        children: Vec<Arc<dyn ExecutionPlan>>,
-    ) -> DFResult<Arc<dyn ExecutionPlan>> {
-        self.replace_children(
-            children,
-            ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute),
-        )
     }
 
     fn execute(

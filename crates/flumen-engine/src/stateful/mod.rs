@@ -27,6 +27,36 @@ use futures::{StreamExt, TryStreamExt};
 use crate::error::{FlumenError, Result};
 use crate::progress::StateOperatorProgress;
 
+/// The `ExecutionPlan` methods every one-input Flumen operator writes the same way:
+/// `properties`, `children` and `with_new_children` (which delegates to `replace_children`).
+/// Expects `properties` and `input` fields.
+macro_rules! unary_plan_methods {
+    () => {
+        fn properties(&self) -> &std::sync::Arc<datafusion::physical_plan::PlanProperties> {
+            &self.properties
+        }
+
+        fn children(&self) -> Vec<&std::sync::Arc<dyn datafusion::physical_plan::ExecutionPlan>> {
+            vec![&self.input]
+        }
+
+        #[allow(deprecated)]
+        fn with_new_children(
+            self: std::sync::Arc<Self>,
+            children: Vec<std::sync::Arc<dyn datafusion::physical_plan::ExecutionPlan>>,
+        ) -> datafusion::error::Result<std::sync::Arc<dyn datafusion::physical_plan::ExecutionPlan>>
+        {
+            self.replace_children(
+                children,
+                datafusion::physical_plan::execution_plan::ReplaceChildrenOptions::new(
+                    datafusion::physical_plan::execution_plan::ChildrenPropertiesMode::Recompute,
+                ),
+            )
+        }
+    };
+}
+pub(crate) use unary_plan_methods;
+
 /// The watermark declared with `with_watermark`: its column and delay.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct WatermarkSpec {

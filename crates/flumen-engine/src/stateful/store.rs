@@ -14,8 +14,8 @@
 //! the whole state. Version `v` is restored from the newest snapshot at or before `v` plus the
 //! deltas after it. Files are written atomically (temporary file, fsync, rename).
 
-use std::hash::BuildHasher;
 use std::fs;
+use std::hash::BuildHasher;
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -51,6 +51,19 @@ pub(crate) struct Loc {
     row: u32,
 }
 
+/// An index entry: where the key lives and 32 bits of its hash, so growing the table and
+/// probing it never touch the key bytes of other keys.
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    loc: Loc,
+    hash: u32,
+}
+
+/// The table hash of a stored 32-bit key hash (spread over 64 bits for hashbrown's probing).
+fn table_hash(hash: u32) -> u64 {
+    u64::from(hash).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+}
+
 /// One batch's rows: keys in row format (contiguous bytes), values as Arrow arrays.
 struct Chunk {
     rows: Rows,
@@ -67,7 +80,11 @@ enum Change {
 
 /// The key bytes at `loc`: in a stored chunk, or in `pending` (rows being inserted as chunk
 /// `pending.0`).
-fn key_at<'a>(chunks: &'a [Option<Chunk>], pending: Option<(u32, &'a Rows)>, loc: &Loc) -> &'a [u8] {
+fn key_at<'a>(
+    chunks: &'a [Option<Chunk>],
+    pending: Option<(u32, &'a Rows)>,
+    loc: &Loc,
+) -> &'a [u8] {
     match pending {
         Some((id, rows)) if id == loc.chunk => rows.row(loc.row as usize).data(),
         _ => chunks
@@ -86,7 +103,7 @@ pub(crate) struct StateStore {
     value_schema: SchemaRef,
     converter: RowConverter,
     hasher: DefaultHashBuilder,
-    index: HashTable<Loc>,
+    index: HashTable<Slot>,
     chunks: Vec<Option<Chunk>>,
     stored_rows: usize,
     chunk_bytes: usize,
@@ -125,7 +142,7 @@ impl StateStore {
 
     /// Bytes held: chunks (key bytes and values) and the index.
     pub fn memory_bytes(&self) -> usize {
-        self.chunk_bytes + self.index.capacity() * (size_of::<Loc>() + 1) + self.converter.size()
+        self.chunk_bytes + self.index.capacity() * (size_of::<Slot>() + 1) + self.converter.size()
     }
 
     /// Charges the state's memory to the session's memory pool (DataFusion's, so a memory
@@ -153,11 +170,17 @@ impl StateStore {
 
     /// The newest row of `key` (row-format bytes).
     pub fn get(&self, key: &[u8]) -> Option<Loc> {
-        let hash = self.hasher.hash_one(key);
+        let hash = self.key_hash(key);
         let chunks = &self.chunks;
         self.index
-            .find(hash, |l| key_at(chunks, None, l) == key)
-            .copied()
+            .find(table_hash(hash), |s| {
+                s.hash == hash && key_at(chunks, None, &s.loc) == key
+            })
+            .map(|s| s.loc)
+    }
+
+    fn key_hash(&self, key: &[u8]) -> u32 {
+        (self.hasher.hash_one(key) >> 32) as u32
     }
 
     /// Value columns of the rows at `locs`, in that order.
@@ -223,23 +246,26 @@ impl StateStore {
         }
         let chunk_id = self.chunks.len() as u32;
         let mut superseded = Vec::new();
+        self.index.reserve(n, |s| table_hash(s.hash));
         {
             let chunks = &self.chunks;
             let hasher = &self.hasher;
             let pending = Some((chunk_id, &rows));
             for i in 0..n {
                 let key = rows.row(i).data();
-                let hash = hasher.hash_one(key);
+                let hash = (hasher.hash_one(key) >> 32) as u32;
                 let loc = Loc {
                     chunk: chunk_id,
                     row: i as u32,
                 };
-                match self.index.find_mut(hash, |l| key_at(chunks, pending, l) == key) {
-                    Some(slot) => superseded.push(std::mem::replace(slot, loc)),
+                let same = |s: &Slot| s.hash == hash && key_at(chunks, pending, &s.loc) == key;
+                match self.index.find_mut(table_hash(hash), same) {
+                    Some(slot) => superseded.push(std::mem::replace(&mut slot.loc, loc)),
                     None => {
-                        self.index.insert_unique(hash, loc, |l| {
-                            hasher.hash_one(key_at(chunks, pending, l))
-                        });
+                        self.index
+                            .insert_unique(table_hash(hash), Slot { loc, hash }, |s| {
+                                table_hash(s.hash)
+                            });
                     }
                 }
             }
@@ -282,10 +308,8 @@ impl StateStore {
 
     /// Removes the entry at `loc` from the index and releases its row.
     fn forget(&mut self, loc: Loc) {
-        let hash = self
-            .hasher
-            .hash_one(key_at(&self.chunks, None, &loc));
-        if let Ok(entry) = self.index.find_entry(hash, |l| *l == loc) {
+        let hash = self.key_hash(key_at(&self.chunks, None, &loc));
+        if let Ok(entry) = self.index.find_entry(table_hash(hash), |s| s.loc == loc) {
             entry.remove();
             self.release(loc);
         }
@@ -294,10 +318,8 @@ impl StateStore {
     /// Gives the index back its memory once most keys are gone.
     fn shrink(&mut self) {
         if self.index.capacity() > 64 && self.index.len() < self.index.capacity() / 4 {
-            let chunks = &self.chunks;
-            let hasher = &self.hasher;
             self.index
-                .shrink_to(self.index.len() * 2, |l| hasher.hash_one(key_at(chunks, None, l)));
+                .shrink_to(self.index.len() * 2, |s| table_hash(s.hash));
         }
     }
 
@@ -351,7 +373,13 @@ impl StateStore {
 
     /// Every key and value, ordered by key.
     pub fn all_sorted(&self) -> Result<(Vec<ArrayRef>, Vec<ArrayRef>)> {
-        let locs = self.sort_by_key(self.index.iter().copied().collect());
+        let locs = self.sort_by_key(self.index.iter().map(|s| s.loc).collect());
+        Ok((self.gather_keys(&locs)?, self.gather_values(&locs)?))
+    }
+
+    /// Every key and value, in no particular order (for snapshots).
+    fn all(&self) -> Result<(Vec<ArrayRef>, Vec<ArrayRef>)> {
+        let locs: Vec<Loc> = self.index.iter().map(|s| s.loc).collect();
         Ok((self.gather_keys(&locs)?, self.gather_values(&locs)?))
     }
 
@@ -367,7 +395,7 @@ impl StateStore {
         if self.stored_rows <= 2 * live + 4096 && self.chunks.iter().flatten().count() < 256 {
             return Ok(());
         }
-        let locs: Vec<Loc> = self.index.iter().copied().collect();
+        let locs: Vec<Loc> = self.index.iter().map(|s| s.loc).collect();
         let keys = self.gather_keys(&locs)?;
         let values = self.gather_values(&locs)?;
         let rows = self.converter.convert_columns(&keys)?;
@@ -441,7 +469,7 @@ impl StateStore {
         self.write_file(&delta, &batches)?;
         let mut written = file_len(&delta);
         if version.is_multiple_of(SNAPSHOT_INTERVAL) {
-            let (keys, values) = self.all_sorted()?;
+            let (keys, values) = self.all()?;
             let batch = self.file_batch(&keys, Some(&values), OP_UPSERT)?;
             let snapshot = dir.join(format!("{version}.snapshot"));
             self.write_file(&snapshot, &[batch])?;
