@@ -34,7 +34,7 @@ use datafusion::execution::TaskContext;
 use datafusion::logical_expr::{EmitTo, GroupsAccumulator};
 use datafusion::physical_expr::GroupsAccumulatorAdapter;
 use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
-use datafusion::physical_plan::aggregates::group_values::new_group_values;
+use datafusion::physical_plan::aggregates::group_values::{GroupValues, new_group_values};
 use datafusion::physical_plan::aggregates::order::GroupOrdering;
 use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
 use datafusion::physical_plan::execution_plan::ReplaceChildrenOptions;
@@ -100,6 +100,8 @@ struct Core {
 
 struct AggregateState {
     store: StateStore,
+    /// DataFusion's grouping of one batch's rows, reused batch to batch.
+    grouping: Option<Box<dyn GroupValues>>,
     /// Session windows: the sessions of each non-window key (row bytes), as (start, end, key).
     sessions: HashMap<Box<[u8]>, Vec<Session>>,
     watermark_ms: i64,
@@ -239,6 +241,7 @@ impl StatefulAggregateExec {
             mode,
             state: Mutex::new(AggregateState {
                 store,
+                grouping: None,
                 sessions: HashMap::new(),
                 watermark_ms: 0,
                 evicted_at_ms: i64::MIN,
@@ -491,11 +494,19 @@ impl Core {
                     .enumerate()
                     .map(|(i, k)| Field::new(format!("k{i}"), k.data_type().clone(), true))
                     .collect();
-                let mut grouping =
-                    new_group_values(Arc::new(Schema::new(fields)), &GroupOrdering::None)?;
+                // Kept across batches so its tables are allocated once.
+                let grouping = match &mut state.grouping {
+                    Some(g) => g,
+                    None => state.grouping.insert(new_group_values(
+                        Arc::new(Schema::new(fields)),
+                        &GroupOrdering::None,
+                    )?),
+                };
                 let mut ids = Vec::with_capacity(rows);
                 grouping.intern(&keys, &mut ids)?;
-                let group_keys = self.window_keys(grouping.emit(EmitTo::All)?)?;
+                let emitted = grouping.emit(EmitTo::All)?;
+                grouping.clear_shrink(rows);
+                let group_keys = self.window_keys(emitted)?;
                 let group_rows = state.store.key_rows(&group_keys)?;
                 let mut merge_from = Vec::new();
                 for g in 0..group_rows.num_rows() {

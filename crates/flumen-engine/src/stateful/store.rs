@@ -10,8 +10,10 @@
 //! ## On disk
 //! `state/<operator>/<version>.delta` holds the changes of one batch (version = batch id + 1,
 //! as in Spark): upserted rows and deleted keys, in the order they happened, as one Arrow IPC
-//! file with an `__op` column. Every [`SNAPSHOT_INTERVAL`] versions a `<version>.snapshot` holds
-//! the whole state. Version `v` is restored from the newest snapshot at or before `v` plus the
+//! file with an `__op` column. A `<version>.snapshot` holds the whole state; one is written when
+//! the deltas since the last one outweigh the state itself (so writing snapshots costs at most as
+//! much as writing deltas, and a restore reads at most about twice the state), or after
+//! [`MAX_DELTAS_BETWEEN_SNAPSHOTS`] deltas. Version `v` is restored from the newest snapshot at or before `v` plus the
 //! deltas after it. Files are written atomically (temporary file, fsync, rename).
 
 use std::fs;
@@ -37,8 +39,10 @@ use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
 use crate::checkpoint::write_atomic;
 use crate::error::{FlumenError, Result};
 
-/// Versions between full snapshots of a store in the checkpoint.
-pub const SNAPSHOT_INTERVAL: u64 = 10;
+/// At most this many deltas between two snapshots (bounds the files a restore replays).
+pub const MAX_DELTAS_BETWEEN_SNAPSHOTS: u64 = 100;
+/// Deltas smaller than this in total never trigger a snapshot on their own.
+const SNAPSHOT_FLOOR_BYTES: u64 = 64 * 1024;
 
 const OP_COLUMN: &str = "__op";
 const OP_UPSERT: i8 = 0;
@@ -109,6 +113,9 @@ pub(crate) struct StateStore {
     chunk_bytes: usize,
     changes: Vec<Change>,
     reservation: Option<MemoryReservation>,
+    deltas_since_snapshot: u64,
+    delta_bytes_since_snapshot: u64,
+    snapshot_floor: u64,
 }
 
 impl StateStore {
@@ -132,6 +139,9 @@ impl StateStore {
             chunk_bytes: 0,
             changes: Vec::new(),
             reservation: None,
+            deltas_since_snapshot: 0,
+            delta_bytes_since_snapshot: 0,
+            snapshot_floor: SNAPSHOT_FLOOR_BYTES,
         })
     }
 
@@ -453,7 +463,7 @@ impl StateStore {
         write_atomic(path, &writer.into_inner()?)
     }
 
-    /// Writes `version`'s delta (and a snapshot every [`SNAPSHOT_INTERVAL`] versions) to `dir`;
+    /// Writes `version`'s delta (and, when due, a snapshot; see the module docs) to `dir`;
     /// returns the bytes written.
     pub fn commit(&mut self, dir: &Path, version: u64) -> Result<u64> {
         fs::create_dir_all(dir).map_err(|e| FlumenError::io(dir, e))?;
@@ -468,12 +478,18 @@ impl StateStore {
         let delta = dir.join(format!("{version}.delta"));
         self.write_file(&delta, &batches)?;
         let mut written = file_len(&delta);
-        if version.is_multiple_of(SNAPSHOT_INTERVAL) {
+        self.deltas_since_snapshot += 1;
+        self.delta_bytes_since_snapshot += written;
+        let outweighed = self.delta_bytes_since_snapshot
+            >= (self.memory_bytes() as u64).max(self.snapshot_floor);
+        if outweighed || self.deltas_since_snapshot >= MAX_DELTAS_BETWEEN_SNAPSHOTS {
             let (keys, values) = self.all()?;
             let batch = self.file_batch(&keys, Some(&values), OP_UPSERT)?;
             let snapshot = dir.join(format!("{version}.snapshot"));
             self.write_file(&snapshot, &[batch])?;
             written += file_len(&snapshot);
+            self.deltas_since_snapshot = 0;
+            self.delta_bytes_since_snapshot = 0;
         }
         Ok(written)
     }
@@ -495,8 +511,13 @@ impl StateStore {
             }
             None => 1,
         };
+        self.deltas_since_snapshot = 0;
+        self.delta_bytes_since_snapshot = 0;
         for v in first_delta..=version {
-            self.apply_file(&dir.join(format!("{v}.delta")))?;
+            let delta = dir.join(format!("{v}.delta"));
+            self.apply_file(&delta)?;
+            self.deltas_since_snapshot += 1;
+            self.delta_bytes_since_snapshot += file_len(&delta);
         }
         self.changes.clear();
         self.maybe_compact()
@@ -639,11 +660,14 @@ mod tests {
     use datafusion::arrow::array::{Int64Array, StringArray};
 
     fn store() -> StateStore {
-        StateStore::new(
+        let mut s = StateStore::new(
             Arc::new(Schema::new(vec![Field::new("k", DataType::Utf8, true)])),
             Arc::new(Schema::new(vec![Field::new("v", DataType::Int64, true)])),
         )
-        .unwrap()
+        .unwrap();
+        // Snapshots as soon as the deltas outweigh the (tiny) state.
+        s.snapshot_floor = 0;
+        s
     }
 
     fn put(s: &mut StateStore, keys: &[&str], values: &[i64]) {
@@ -693,7 +717,13 @@ mod tests {
         let mut restored = store();
         restored.load(dir.path(), 23).unwrap();
         assert_eq!(contents(&restored), expected[22]);
-        assert!(!dir.path().join("9.delta").exists());
-        assert!(dir.path().join("10.snapshot").exists());
+        let snapshots: Vec<u64> = (1..=23)
+            .filter(|v| dir.path().join(format!("{v}.snapshot")).exists())
+            .collect();
+        assert!(
+            !snapshots.is_empty() && snapshots.len() < 23,
+            "{snapshots:?}"
+        );
+        assert!(!dir.path().join("1.delta").exists(), "purged");
     }
 }
