@@ -37,7 +37,6 @@ use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
 use datafusion::physical_plan::aggregates::group_values::{GroupValues, new_group_values};
 use datafusion::physical_plan::aggregates::order::GroupOrdering;
 use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
-use datafusion::physical_plan::execution_plan::ReplaceChildrenOptions;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, PhysicalExpr, PlanProperties,
     SendableRecordBatchStream,
@@ -857,7 +856,7 @@ impl ExecutionPlan for StatefulAggregateExec {
         "StatefulAggregateExec"
     }
 
-    super::unary_plan_methods!();
+    super::unary_plan_methods_with_core!();
 
     fn apply_expressions(
         &self,
@@ -869,19 +868,6 @@ impl ExecutionPlan for StatefulAggregateExec {
             }
         }
         Ok(TreeNodeRecursion::Continue)
-    }
-
-    fn replace_children(
-        self: Arc<Self>,
-        mut children: Vec<Arc<dyn ExecutionPlan>>,
-        _options: ReplaceChildrenOptions,
-    ) -> DFResult<Arc<dyn ExecutionPlan>> {
-        let input = children.pop().unwrap_or_else(|| Arc::clone(&self.input));
-        Ok(Arc::new(Self {
-            core: Arc::clone(&self.core),
-            input,
-            properties: Arc::clone(&self.properties),
-        }))
     }
 
     fn execute(

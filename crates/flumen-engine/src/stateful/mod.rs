@@ -55,7 +55,31 @@ macro_rules! unary_plan_methods {
         }
     };
 }
+/// [`unary_plan_methods`] plus `replace_children` for operators made of a shared `core`, an
+/// `input` and `properties`: a new input keeps the same core, so state survives re-planning.
+macro_rules! unary_plan_methods_with_core {
+    () => {
+        super::unary_plan_methods!();
+
+        fn replace_children(
+            self: std::sync::Arc<Self>,
+            mut children: Vec<std::sync::Arc<dyn datafusion::physical_plan::ExecutionPlan>>,
+            _options: datafusion::physical_plan::execution_plan::ReplaceChildrenOptions,
+        ) -> datafusion::error::Result<std::sync::Arc<dyn datafusion::physical_plan::ExecutionPlan>>
+        {
+            let input = children
+                .pop()
+                .unwrap_or_else(|| std::sync::Arc::clone(&self.input));
+            Ok(std::sync::Arc::new(Self {
+                core: std::sync::Arc::clone(&self.core),
+                input,
+                properties: std::sync::Arc::clone(&self.properties),
+            }))
+        }
+    };
+}
 pub(crate) use unary_plan_methods;
+pub(crate) use unary_plan_methods_with_core;
 
 /// The watermark declared with `with_watermark`: its column and delay.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
