@@ -100,7 +100,23 @@ async fn run(
     checkpoint: Option<&std::path::Path>,
     outputs: Outputs,
 ) -> flumen::Result<Run> {
+    run_from(build, mode, batches, 0, checkpoint, outputs).await
+}
+
+/// [`run`], with the first `already_fed` batches in the stream before the query starts (a
+/// restarted query over the same stream: its checkpoint says where to continue).
+async fn run_from(
+    build: impl Fn(StreamFrame) -> flumen::Result<StreamFrame>,
+    mode: OutputMode,
+    batches: &[&[(&str, i64)]],
+    already_fed: usize,
+    checkpoint: Option<&std::path::Path>,
+    outputs: Outputs,
+) -> flumen::Result<Run> {
     let input = Arc::new(MemoryStream::new("events", schema()));
+    for batch in &batches[..already_fed] {
+        input.add_batch(events(batch))?;
+    }
     let session = StreamSession::new();
     let frame = build(session.stream(input.clone())?)?;
     let sink_outputs = Arc::clone(&outputs);
@@ -118,7 +134,10 @@ async fn run(
     let temporary = temp_dir();
     writer = writer.checkpoint_location(checkpoint.unwrap_or(temporary.path()));
     let query = writer.start().await?;
-    for batch in batches {
+    if already_fed > 0 {
+        query.process_all_available().await?;
+    }
+    for batch in &batches[already_fed..] {
         input.add_batch(events(batch))?;
         query.process_all_available().await?;
     }
@@ -350,52 +369,39 @@ async fn restart_in_the_middle_of_open_windows_equals_an_uninterrupted_run() {
             .await
             .unwrap();
         for cut in 1..GUIDE.len() {
-            // Stop after `cut` batches, restart from the checkpoint for the rest.
-            let checkpoint = temp_dir();
-            let outputs = fresh();
-            run(
-                windowed_counts,
-                mode,
-                &GUIDE[..cut],
-                Some(checkpoint.path()),
-                Arc::clone(&outputs),
-            )
-            .await
-            .unwrap();
-            let resumed =
-                run_resumed(mode, cut, checkpoint.path(), Arc::clone(&outputs), false).await;
-            assert_eq!(
-                resumed, straight.outputs,
-                "{mode:?}, stopped after {cut} batches"
-            );
-
-            // Crash after the state of the last batch was written but before its commit.
-            let checkpoint = temp_dir();
-            let outputs = fresh();
-            run(
-                windowed_counts,
-                mode,
-                &GUIDE[..cut],
-                Some(checkpoint.path()),
-                Arc::clone(&outputs),
-            )
-            .await
-            .unwrap();
-            let resumed = run_resumed(mode, cut, checkpoint.path(), outputs, true).await;
-            assert_eq!(
-                resumed, straight.outputs,
-                "{mode:?}, crashed in batch after {cut} inputs"
-            );
-            // The last batch ran with the watermark the fox moved to, logged in its offsets
-            // and restored from there.
-            let last = straight.outputs.keys().max().unwrap();
-            let offsets =
-                std::fs::read_to_string(checkpoint.path().join(format!("offsets/{last}"))).unwrap();
-            let wm = BASE_MS + 25 * 60_000;
-            assert!(
-                offsets.contains(&format!("\"batchWatermarkMs\":{wm}")),
-                "{offsets}"
-            );
+            for crash in [false, true] {
+                // Stop after `cut` batches, or crash after the state of the last batch was
+                // written but before its commit; then restart from the checkpoint.
+                let checkpoint = temp_dir();
+                let outputs = fresh();
+                run(
+                    windowed_counts,
+                    mode,
+                    &GUIDE[..cut],
+                    Some(checkpoint.path()),
+                    Arc::clone(&outputs),
+                )
+                .await
+                .unwrap();
+                let resumed = run_resumed(mode, cut, checkpoint.path(), outputs, crash).await;
+                assert_eq!(
+                    resumed,
+                    straight.outputs,
+                    "{mode:?}, {} after {cut} batches",
+                    if crash { "crashed" } else { "stopped" }
+                );
+                // The last batch ran with the watermark the fox moved to, logged in its
+                // offsets and restored from there.
+                let last = straight.outputs.keys().max().unwrap();
+                let offsets =
+                    std::fs::read_to_string(checkpoint.path().join(format!("offsets/{last}")))
+                        .unwrap();
+                let wm = BASE_MS + 25 * 60_000;
+                assert!(
+                    offsets.contains(&format!("\"batchWatermarkMs\":{wm}")),
+                    "{offsets}"
+                );
+            }
         }
     }
 }
@@ -422,35 +428,17 @@ async fn run_resumed(
                 .exists()
         );
     }
-    let input = Arc::new(MemoryStream::new("events", schema()));
-    for batch in &GUIDE[..already_fed] {
-        input.add_batch(events(batch)).unwrap();
-    }
-    let session = StreamSession::new();
-    let frame = windowed_counts(session.stream(input.clone()).unwrap()).unwrap();
-    let sink_outputs = Arc::clone(&outputs);
-    let query = frame
-        .write_stream()
-        .output_mode(mode)
-        .checkpoint_location(checkpoint)
-        .foreach_batch(move |df, id| {
-            let outputs = Arc::clone(&sink_outputs);
-            async move {
-                let rows = render(&df.collect().await?);
-                outputs.lock().unwrap().insert(id, rows);
-                Ok(())
-            }
-        })
-        .start()
-        .await
-        .unwrap();
-    query.process_all_available().await.unwrap();
-    for batch in &GUIDE[already_fed..] {
-        input.add_batch(events(batch)).unwrap();
-        query.process_all_available().await.unwrap();
-    }
-    query.stop().await.unwrap();
-    outputs.lock().unwrap().clone()
+    run_from(
+        windowed_counts,
+        mode,
+        GUIDE,
+        already_fed,
+        Some(checkpoint),
+        outputs,
+    )
+    .await
+    .unwrap()
+    .outputs
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

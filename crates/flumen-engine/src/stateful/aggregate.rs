@@ -45,7 +45,8 @@ use datafusion::physical_plan::{
 use super::store::{Loc, StateStore};
 use super::windows::{WindowExpr, WindowKind, as_window_expr, event_time_micros, window_structs};
 use super::{
-    OperatorHandle, StatefulOperator, WatermarkSpec, column_name, evaluate, process_whole_input,
+    OperatorHandle, OperatorState, StatefulOperator, WatermarkSpec, column_name, evaluate,
+    process_whole_input,
 };
 use crate::error::{FlumenError, Result};
 use crate::progress::StateOperatorProgress;
@@ -98,14 +99,11 @@ struct Core {
 }
 
 struct AggregateState {
-    store: StateStore,
+    op: OperatorState,
     /// DataFusion's grouping of one batch's rows, reused batch to batch.
     grouping: Option<Box<dyn GroupValues>>,
     /// Session windows: the sessions of each non-window key (row bytes), as (start, end, key).
     sessions: HashMap<Box<[u8]>, Vec<Session>>,
-    watermark_ms: i64,
-    evicted_at_ms: i64,
-    metrics: StateOperatorProgress,
 }
 
 #[derive(Debug, Clone)]
@@ -239,17 +237,9 @@ impl StatefulAggregateExec {
             event,
             mode,
             state: Mutex::new(AggregateState {
-                store,
+                op: OperatorState::new(store, "stateStoreSave"),
                 grouping: None,
                 sessions: HashMap::new(),
-                watermark_ms: 0,
-                evicted_at_ms: i64::MIN,
-                metrics: StateOperatorProgress {
-                    operator_name: "stateStoreSave".into(),
-                    num_shuffle_partitions: 1,
-                    num_state_store_instances: 1,
-                    ..Default::default()
-                },
             }),
         };
         let properties = Arc::new(aggregate.properties().as_ref().clone());
@@ -478,7 +468,8 @@ impl Core {
         let mut guard = self.lock()?;
         let state = &mut *guard;
         let batch = concat_batches(input_schema, &input)?;
-        let (keys, values, filters, dropped) = self.evaluate_input(&batch, state.watermark_ms)?;
+        let (keys, values, filters, dropped) =
+            self.evaluate_input(&batch, state.op.watermark_ms)?;
         let rows = keys[0].len();
 
         // Group the rows: local group ids, in order of first appearance.
@@ -506,10 +497,10 @@ impl Core {
                 let emitted = grouping.emit(EmitTo::All)?;
                 grouping.clear_shrink(rows);
                 let group_keys = self.window_keys(emitted)?;
-                let group_rows = state.store.key_rows(&group_keys)?;
+                let group_rows = state.op.store.key_rows(&group_keys)?;
                 let mut merge_from = Vec::new();
                 for g in 0..group_rows.num_rows() {
-                    if let Some(loc) = state.store.get(group_rows.row(g).as_ref()) {
+                    if let Some(loc) = state.op.store.get(group_rows.row(g).as_ref()) {
                         merge_from.push((loc, g));
                     }
                 }
@@ -522,7 +513,7 @@ impl Core {
         if groups > 0 {
             let locs: Vec<Loc> = merge_from.iter().map(|(l, _)| *l).collect();
             let targets: Vec<usize> = merge_from.iter().map(|(_, g)| *g).collect();
-            let old = state.store.gather_values(&locs)?;
+            let old = state.op.store.gather_values(&locs)?;
             for (j, agg) in self.aggregates.iter().enumerate() {
                 let mut acc = Self::new_accumulator(agg)?;
                 let filter = filters[j].as_ref().map(|f| f.as_boolean());
@@ -532,9 +523,10 @@ impl Core {
                 }
                 new_state.extend(acc.state(EmitTo::All)?);
             }
-            state.store.remove_keys(&replaced)?;
-            let group_rows = state.store.key_rows(&group_keys)?;
+            state.op.store.remove_keys(&replaced)?;
+            let group_rows = state.op.store.key_rows(&group_keys)?;
             state
+                .op
                 .store
                 .upsert(group_keys.clone(), &group_rows, new_state.clone());
         }
@@ -550,17 +542,17 @@ impl Core {
         let mut removed = 0u64;
         if let Some(event) = self.event
             && self.mode != OutputMode::Complete
-            && state.watermark_ms > state.evicted_at_ms
+            && state.op.eviction_due()
         {
-            let watermark_us = state.watermark_ms.saturating_mul(1000);
-            let (keys, values) = state.store.remove_where(|keys, _| {
+            let watermark_us = state.op.watermark_ms.saturating_mul(1000);
+            let (keys, values) = state.op.store.remove_where(|keys, _| {
                 Ok(event
                     .times(keys)?
                     .into_iter()
                     .map(|t| Some(t.is_some_and(|t| t <= watermark_us)))
                     .collect())
             })?;
-            state.evicted_at_ms = state.watermark_ms;
+            state.op.evicted_at_ms = state.op.watermark_ms;
             removed = keys[0].len() as u64;
             if removed > 0
                 && self
@@ -576,14 +568,14 @@ impl Core {
         }
         let removals_ms = removal_start.elapsed().as_millis() as u64;
         if self.mode == OutputMode::Complete {
-            let (keys, values) = state.store.all_sorted()?;
+            let (keys, values) = state.op.store.all_sorted()?;
             out.push(self.output(&keys, &values)?);
         }
-        state.store.maybe_compact()?;
+        state.op.store.maybe_compact()?;
 
-        let memory = state.store.account(ctx, "aggregation")?;
-        let m = &mut state.metrics;
-        m.num_rows_total = state.store.len() as u64;
+        let memory = state.op.store.account(ctx, "aggregation")?;
+        let m = &mut state.op.metrics;
+        m.num_rows_total = state.op.store.len() as u64;
         m.num_rows_updated = groups as u64;
         m.num_rows_removed = removed;
         m.num_rows_dropped_by_watermark = dropped;
@@ -666,7 +658,7 @@ impl Core {
                     group_ids[r] = g;
                 }
                 for old in olds {
-                    if let Some(loc) = state.store.get(&old.key) {
+                    if let Some(loc) = state.op.store.get(&old.key) {
                         merge_from.push((loc, g));
                     }
                     replaced.push(old.key);
@@ -694,7 +686,7 @@ impl Core {
             });
         }
         // Fill in the stored keys of the new sessions.
-        let full_rows = state.store.key_rows(&group_keys)?;
+        let full_rows = state.op.store.key_rows(&group_keys)?;
         let others = without(&group_keys, wi);
         let other_rows = self.other_key_rows(&others, group_starts.len())?;
         for g in 0..group_starts.len() {
@@ -733,7 +725,7 @@ impl Core {
         let Some((wi, _)) = &self.window else {
             return Ok(());
         };
-        let rows = state.store.key_rows(evicted)?;
+        let rows = state.op.store.key_rows(evicted)?;
         let others = without(evicted, *wi);
         let other_rows = self.other_key_rows(&others, rows.num_rows())?;
         for r in 0..rows.num_rows() {
@@ -757,8 +749,8 @@ impl Core {
         if !matches!(w.kind, WindowKind::Session(_)) {
             return Ok(());
         }
-        let (keys, _) = state.store.all_sorted()?;
-        let rows = state.store.key_rows(&keys)?;
+        let (keys, _) = state.op.store.all_sorted()?;
+        let rows = state.op.store.key_rows(&keys)?;
         let others = without(&keys, *wi);
         let other_rows = self.other_key_rows(&others, rows.num_rows())?;
         let window = keys[*wi].as_struct();
@@ -793,42 +785,25 @@ struct AggregateHandle(Arc<Core>);
 impl StatefulOperator for AggregateHandle {
     fn restore(&self, dir: &Path, version: u64) -> Result<()> {
         let mut state = self.0.lock()?;
-        state.store.load(dir, version)?;
-        self.0.rebuild_sessions(&mut state)?;
-        state.metrics.num_rows_total = state.store.len() as u64;
-        state.metrics.memory_used_bytes = state.store.memory_bytes() as u64;
-        Ok(())
+        state.op.restore(dir, version)?;
+        self.0.rebuild_sessions(&mut state)
     }
 
     fn begin_batch(&self, watermark_ms: i64) {
         if let Ok(mut state) = self.0.state.lock() {
-            state.watermark_ms = watermark_ms;
-            let m = &mut state.metrics;
-            m.num_rows_updated = 0;
-            m.num_rows_removed = 0;
-            m.num_rows_dropped_by_watermark = 0;
-            m.all_updates_time_ms = 0;
-            m.all_removals_time_ms = 0;
+            state.op.begin_batch(watermark_ms);
         }
     }
 
     fn commit(&self, dir: &Path, version: u64) -> Result<()> {
-        let mut state = self.0.lock()?;
-        let started = Instant::now();
-        let bytes = state.store.commit(dir, version)?;
-        state.metrics.commit_time_ms = started.elapsed().as_millis() as u64;
-        state
-            .metrics
-            .custom_metrics
-            .insert("stateOnCurrentVersionSizeBytes".into(), bytes);
-        Ok(())
+        self.0.lock()?.op.commit(dir, version)
     }
 
     fn progress(&self) -> StateOperatorProgress {
         self.0
             .state
             .lock()
-            .map(|s| s.metrics.clone())
+            .map(|s| s.op.metrics.clone())
             .unwrap_or_default()
     }
 

@@ -30,7 +30,7 @@ use datafusion::physical_plan::{
 
 use super::store::StateStore;
 use super::windows::event_time_micros;
-use super::{OperatorHandle, StatefulOperator, WatermarkSpec, process_whole_input};
+use super::{OperatorHandle, OperatorState, StatefulOperator, WatermarkSpec, process_whole_input};
 use crate::error::{FlumenError, Result};
 use crate::progress::StateOperatorProgress;
 
@@ -101,14 +101,7 @@ struct Core {
     within_watermark: bool,
     /// Event-time column and, within the watermark, the delay (µs).
     event: Option<(usize, i64)>,
-    state: Mutex<DedupState>,
-}
-
-struct DedupState {
-    store: StateStore,
-    watermark_ms: i64,
-    evicted_at_ms: i64,
-    metrics: StateOperatorProgress,
+    state: Mutex<OperatorState>,
 }
 
 /// The physical operator.
@@ -182,21 +175,14 @@ impl DedupExec {
                 key_indices,
                 within_watermark,
                 event,
-                state: Mutex::new(DedupState {
-                    store: StateStore::new(key_schema, value_schema)?,
-                    watermark_ms: 0,
-                    evicted_at_ms: i64::MIN,
-                    metrics: StateOperatorProgress {
-                        operator_name: if within_watermark {
-                            "dedupeWithinWatermark".into()
-                        } else {
-                            "dedupe".into()
-                        },
-                        num_shuffle_partitions: 1,
-                        num_state_store_instances: 1,
-                        ..Default::default()
+                state: Mutex::new(OperatorState::new(
+                    StateStore::new(key_schema, value_schema)?,
+                    if within_watermark {
+                        "dedupeWithinWatermark"
+                    } else {
+                        "dedupe"
                     },
-                }),
+                )),
             }),
             input,
             properties,
@@ -231,7 +217,7 @@ impl DedupExec {
 }
 
 impl Core {
-    fn lock(&self) -> Result<std::sync::MutexGuard<'_, DedupState>> {
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, OperatorState>> {
         self.state.lock().map_err(|_| {
             FlumenError::IllegalState("deduplication state poisoned by an earlier panic".into())
         })
@@ -301,7 +287,7 @@ impl Core {
 
         let removal = Instant::now();
         let mut removed = 0;
-        if self.event.is_some() && state.watermark_ms > state.evicted_at_ms {
+        if self.event.is_some() && state.eviction_due() {
             let (gone, _) = state.store.remove_where(|_, values| {
                 let expires = values[0].as_primitive::<Int64Type>();
                 Ok(expires
@@ -329,31 +315,17 @@ struct DedupHandle(Arc<Core>);
 
 impl StatefulOperator for DedupHandle {
     fn restore(&self, dir: &Path, version: u64) -> Result<()> {
-        let mut state = self.0.lock()?;
-        state.store.load(dir, version)?;
-        state.metrics.num_rows_total = state.store.len() as u64;
-        Ok(())
+        self.0.lock()?.restore(dir, version)
     }
 
     fn begin_batch(&self, watermark_ms: i64) {
         if let Ok(mut state) = self.0.state.lock() {
-            state.watermark_ms = watermark_ms;
-            state.metrics.num_rows_updated = 0;
-            state.metrics.num_rows_removed = 0;
-            state.metrics.num_rows_dropped_by_watermark = 0;
+            state.begin_batch(watermark_ms);
         }
     }
 
     fn commit(&self, dir: &Path, version: u64) -> Result<()> {
-        let mut state = self.0.lock()?;
-        let started = Instant::now();
-        let bytes = state.store.commit(dir, version)?;
-        state.metrics.commit_time_ms = started.elapsed().as_millis() as u64;
-        state
-            .metrics
-            .custom_metrics
-            .insert("stateOnCurrentVersionSizeBytes".into(), bytes);
-        Ok(())
+        self.0.lock()?.commit(dir, version)
     }
 
     fn progress(&self) -> StateOperatorProgress {

@@ -105,6 +105,67 @@ pub(crate) trait StatefulOperator: Send + Sync {
     fn wants_batch_for_watermark(&self, current_ms: i64, next_ms: i64) -> bool;
 }
 
+/// What every stateful operator keeps between batches besides its own extras: its store, the
+/// batch's watermark, the watermark it last evicted at, and its metrics.
+pub(crate) struct OperatorState {
+    pub store: store::StateStore,
+    pub watermark_ms: i64,
+    pub evicted_at_ms: i64,
+    pub metrics: StateOperatorProgress,
+}
+
+impl OperatorState {
+    /// A fresh state around `store`, reported as `operator_name` (Spark's names).
+    pub fn new(store: store::StateStore, operator_name: &str) -> Self {
+        Self {
+            store,
+            watermark_ms: 0,
+            evicted_at_ms: i64::MIN,
+            metrics: StateOperatorProgress {
+                operator_name: operator_name.into(),
+                num_shuffle_partitions: 1,
+                num_state_store_instances: 1,
+                ..Default::default()
+            },
+        }
+    }
+
+    /// Whether the watermark moved since state was last evicted.
+    pub fn eviction_due(&self) -> bool {
+        self.watermark_ms > self.evicted_at_ms
+    }
+
+    /// See [`StatefulOperator::restore`].
+    pub fn restore(&mut self, dir: &Path, version: u64) -> Result<()> {
+        self.store.load(dir, version)?;
+        self.metrics.num_rows_total = self.store.len() as u64;
+        self.metrics.memory_used_bytes = self.store.memory_bytes() as u64;
+        Ok(())
+    }
+
+    /// See [`StatefulOperator::begin_batch`]: the watermark, and the per-batch metrics zeroed.
+    pub fn begin_batch(&mut self, watermark_ms: i64) {
+        self.watermark_ms = watermark_ms;
+        let m = &mut self.metrics;
+        m.num_rows_updated = 0;
+        m.num_rows_removed = 0;
+        m.num_rows_dropped_by_watermark = 0;
+        m.all_updates_time_ms = 0;
+        m.all_removals_time_ms = 0;
+    }
+
+    /// See [`StatefulOperator::commit`].
+    pub fn commit(&mut self, dir: &Path, version: u64) -> Result<()> {
+        let started = std::time::Instant::now();
+        let bytes = self.store.commit(dir, version)?;
+        self.metrics.commit_time_ms = started.elapsed().as_millis() as u64;
+        self.metrics
+            .custom_metrics
+            .insert("stateOnCurrentVersionSizeBytes".into(), bytes);
+        Ok(())
+    }
+}
+
 /// A shared handle to a stateful operator of a query's plan.
 pub(crate) type OperatorHandle = Arc<dyn StatefulOperator>;
 
