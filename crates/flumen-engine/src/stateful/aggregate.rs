@@ -27,7 +27,7 @@ use datafusion::arrow::array::{
 };
 use datafusion::arrow::compute::{concat_batches, filter, take};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use datafusion::arrow::row::{RowConverter, SortField};
+use datafusion::arrow::row::{RowConverter, Rows, SortField};
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::error::Result as DFResult;
 use datafusion::execution::TaskContext;
@@ -473,7 +473,7 @@ impl Core {
         let rows = keys[0].len();
 
         // Group the rows: local group ids, in order of first appearance.
-        let (group_ids, group_keys, merge_from, replaced) = match &self.window {
+        let (group_ids, group_keys, group_rows, merge_from, replaced) = match &self.window {
             Some((wi, w)) if matches!(w.kind, WindowKind::Session(_)) => {
                 self.assign_sessions(state, &keys, *wi)?
             }
@@ -504,7 +504,7 @@ impl Core {
                         merge_from.push((loc, g));
                     }
                 }
-                (ids, group_keys, merge_from, Vec::new())
+                (ids, group_keys, group_rows, merge_from, Vec::new())
             }
         };
         let groups = group_keys[0].len();
@@ -524,7 +524,6 @@ impl Core {
                 new_state.extend(acc.state(EmitTo::All)?);
             }
             state.op.store.remove_keys(&replaced)?;
-            let group_rows = state.op.store.key_rows(&group_keys)?;
             state
                 .op
                 .store
@@ -586,15 +585,21 @@ impl Core {
     }
 
     /// Session windows: merges the batch's rows with the stored sessions of their key.
-    /// Returns row group ids, group keys, stored sessions to merge in (location, group) and the
-    /// stored session keys the merge replaces.
+    /// Returns row group ids, group keys (arrays and row format), stored sessions to merge in
+    /// (location, group) and the stored session keys the merge replaces.
     #[allow(clippy::type_complexity)]
     fn assign_sessions(
         &self,
         state: &mut AggregateState,
         keys: &[ArrayRef],
         wi: usize,
-    ) -> Result<(Vec<usize>, Vec<ArrayRef>, Vec<(Loc, usize)>, Vec<Box<[u8]>>)> {
+    ) -> Result<(
+        Vec<usize>,
+        Vec<ArrayRef>,
+        Rows,
+        Vec<(Loc, usize)>,
+        Vec<Box<[u8]>>,
+    )> {
         let rows = keys[0].len();
         let others = without(keys, wi);
         let other_rows = self.other_key_rows(&others, rows)?;
@@ -698,14 +703,10 @@ impl Core {
                 s.key = full_rows.row(g).as_ref().into();
             }
         }
-        Ok((group_ids, group_keys, merge_from, replaced))
+        Ok((group_ids, group_keys, full_rows, merge_from, replaced))
     }
 
-    fn other_key_rows(
-        &self,
-        others: &[ArrayRef],
-        rows: usize,
-    ) -> Result<datafusion::arrow::row::Rows> {
+    fn other_key_rows(&self, others: &[ArrayRef], rows: usize) -> Result<Rows> {
         let columns: Vec<ArrayRef> = if others.is_empty() {
             vec![Arc::new(Int8Array::from(vec![0i8; rows]))]
         } else {
