@@ -8,9 +8,13 @@
 //! ```
 //!
 //! Sections: (a) JSON decode, (b) Kafka end to end, (c) windowed count, (d) tiny batches and
-//! Kafka round trip, (e) checkpoint cost, (f) state bytes per key. Ratios are engine against
-//! baseline, measured side by side; targets come from `../shared/reference/benchmarks.md`.
-//! Timings are never asserted: a missed target is reported, not failed.
+//! Kafka round trip, (e) checkpoint cost, (f) state bytes per key, (g) the Titanic enrichment
+//! against Spark (`pyspark`, installed by `benches/setup.sh`; skipped with a line saying so when
+//! it cannot be imported), (h) the same enrichment on one core and on two (`taskset`), with its
+//! peak memory. Every figure that speaks for the engine runs a real query through the public
+//! API; function-level micro-benchmarks say so in their name. Ratios are engine against
+//! baseline, measured side by side; targets come from `../shared/reference/benchmarks.md` and
+//! the performance issue. Timings are never asserted: a missed target is reported, not failed.
 
 mod alloc;
 mod checkpoint;
@@ -18,6 +22,7 @@ mod data;
 mod decode;
 mod e2e;
 mod measure;
+mod pipeline;
 mod tiny;
 mod window;
 
@@ -49,6 +54,7 @@ struct Plan {
     round_trips: usize,
     checkpoints: u64,
     state_keys: u64,
+    pipeline_rows: usize,
     reps: usize,
 }
 
@@ -65,6 +71,7 @@ impl Plan {
                 round_trips: 20,
                 checkpoints: 20,
                 state_keys: 10_000,
+                pipeline_rows: 20_000,
                 reps: 1,
             },
             Size::Quick => Plan {
@@ -77,6 +84,7 @@ impl Plan {
                 round_trips: 100,
                 checkpoints: 100,
                 state_keys: 200_000,
+                pipeline_rows: 400_000,
                 reps: 3,
             },
             Size::Full => Plan {
@@ -89,6 +97,7 @@ impl Plan {
                 round_trips: 400,
                 checkpoints: 300,
                 state_keys: 1_000_000,
+                pipeline_rows: 1_000_000,
                 reps: 5,
             },
         }
@@ -97,6 +106,16 @@ impl Plan {
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    // (h) runs this binary again, pinned to some cores, as `--pipeline-child ROWS REPS`.
+    if let Some(i) = args.iter().position(|a| a == "--pipeline-child") {
+        let number = |k: usize| {
+            args.get(i + k)
+                .and_then(|v| v.parse().ok())
+                .expect("--pipeline-child ROWS REPS")
+        };
+        pipeline::child(number(1), number(2));
+        return;
+    }
     let size = if args.iter().any(|a| a == "--smoke") {
         Size::Smoke
     } else if args.iter().any(|a| a == "--quick") {
@@ -158,7 +177,7 @@ fn main() {
     };
     if wanted("a") {
         eprintln!("(a) decode, {} rows", plan.decode_rows);
-        report("a", decode::run(plan.decode_rows, plan.reps));
+        report("a", decode::run(plan.decode_rows, plan.reps, &runtime));
     }
     if wanted("b") {
         eprintln!("(b) end to end, {} rows", plan.e2e_rows);
@@ -218,6 +237,24 @@ fn main() {
             "f",
             runtime.block_on(window::state_bytes(plan.state_keys, &fast)),
         );
+    }
+    if wanted("g") {
+        eprintln!(
+            "(g) Titanic enrichment vs Spark, {} rows",
+            plan.pipeline_rows
+        );
+        report(
+            "g",
+            runtime.block_on(pipeline::versus_spark(
+                plan.pipeline_rows,
+                plan.reps.min(3),
+                disk.path(),
+            )),
+        );
+    }
+    if wanted("h") {
+        eprintln!("(h) scaling 1 → 2 cores, {} rows", plan.pipeline_rows);
+        report("h", pipeline::scaling(plan.pipeline_rows, plan.reps.min(3)));
     }
     print_table(&figures);
     println!();

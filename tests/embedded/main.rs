@@ -2,6 +2,7 @@
 //! independent Kafka client writing inputs and reading outputs.
 
 mod api;
+mod decode_once;
 mod event_time;
 mod faults;
 mod listener;

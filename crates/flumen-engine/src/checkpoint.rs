@@ -106,6 +106,21 @@ impl Checkpoint {
         &self.root
     }
 
+    /// `offsets/<batch_id>`: the write-ahead log entry of a batch.
+    pub fn offsets_path(&self, batch_id: u64) -> PathBuf {
+        self.root.join("offsets").join(batch_id.to_string())
+    }
+
+    /// `sources/<index>/0`: where source `index` started.
+    pub fn source_initial_path(&self, index: usize) -> PathBuf {
+        self.root.join("sources").join(index.to_string()).join("0")
+    }
+
+    /// `state/<operator>`: the state directory of the query's `operator`-th stateful operator.
+    pub fn state_dir(&self, operator: usize) -> PathBuf {
+        self.root.join("state").join(operator.to_string())
+    }
+
     /// Whether this is a temporary checkpoint.
     pub fn is_temporary(&self) -> bool {
         self.temporary
@@ -249,7 +264,7 @@ impl Checkpoint {
 
     /// The initial offsets of source `index` (`sources/<index>/0`), if recorded.
     pub fn source_initial_offset(&self, index: usize) -> Result<Option<Value>> {
-        let path = self.root.join("sources").join(index.to_string()).join("0");
+        let path = self.source_initial_path(index);
         if !path.exists() {
             return Ok(None);
         }

@@ -12,19 +12,18 @@ use std::time::{Duration, Instant};
 
 use chrono::{SecondsFormat, TimeZone, Utc};
 use datafusion::arrow::array::RecordBatch;
-use datafusion::physical_plan::collect;
+use datafusion::physical_plan::collect_partitioned;
 use futures::FutureExt;
-use serde_json::Value;
 use tracing::Instrument;
 
 use crate::checkpoint::{
     Checkpoint, CommitEntry, MIN_BATCHES_TO_RETAIN, OffsetEntry, OffsetMetadata,
 };
 use crate::error::{FlumenError, Result};
-use crate::functions::BATCH_TIMESTAMP_MS;
+use crate::modes::{OutputMode, Trigger};
 use crate::plan::QueryPlan;
 use crate::progress::{SinkProgress, SourceProgress, StreamingQueryProgress, rate};
-use crate::query::{OutputMode, QueryShared, Trigger};
+use crate::query::QueryShared;
 use crate::sink::StreamSink;
 use crate::source::{ReadLimit, SourceOffset, SourceReader};
 use crate::stateful::iso_millis;
@@ -64,6 +63,22 @@ impl Phases {
     fn record(&mut self, phase: &str, since: Instant) {
         *self.0.entry(phase.to_string()).or_default() += since.elapsed().as_millis() as u64;
     }
+}
+
+/// One micro-batch as the loop runs it: which batch, its offset range, its clock and
+/// watermark, and where its time went.
+struct BatchContext {
+    id: u64,
+    start: SourceOffset,
+    end: SourceOffset,
+    /// The source's latest offset when the batch was planned (progress shows it, for lag).
+    latest: SourceOffset,
+    /// What `current_timestamp()` returns in this batch (logged in `offsets/N`).
+    timestamp_ms: i64,
+    /// The watermark the batch runs with (logged in `offsets/N`).
+    watermark_ms: i64,
+    phases: Phases,
+    trigger_start: Instant,
 }
 
 impl Execution {
@@ -132,7 +147,7 @@ impl Execution {
             Some((n, entry)) => {
                 let end = entry.offsets.first().cloned().ok_or_else(|| {
                     FlumenError::checkpoint(
-                        self.checkpoint.root().join("offsets").join(n.to_string()),
+                        self.checkpoint.offsets_path(n),
                         "has no source offsets; restore it or start a new checkpoint location",
                     )
                 })?;
@@ -153,24 +168,21 @@ impl Execution {
                         batch = n,
                         "re-running the uncommitted batch with its logged offsets"
                     );
-                    let mut phases = Phases::default();
-                    let trigger_start = Instant::now();
-                    self.run_batch(
-                        &mut *reader,
-                        n,
-                        &batch_start,
-                        &end,
-                        &end,
-                        entry.metadata.batch_timestamp_ms,
+                    let mut batch = BatchContext {
+                        id: n,
+                        start: batch_start,
+                        end: end.clone(),
+                        latest: end.clone(),
+                        timestamp_ms: entry.metadata.batch_timestamp_ms,
                         watermark_ms,
-                        &mut phases,
-                        trigger_start,
-                    )
-                    .await?;
+                        phases: Phases::default(),
+                        trigger_start: Instant::now(),
+                    };
+                    self.run_batch(&mut *reader, &mut batch).await?;
                     watermark_ms = self.watermark_or(watermark_ms);
                     start = end;
                     next_batch = n + 1;
-                    if self.trigger == Trigger::Once {
+                    if self.trigger.runs_one_batch() {
                         // Spark's Once runs one batch: here, the one that was left uncommitted.
                         return Ok(());
                     }
@@ -179,11 +191,10 @@ impl Execution {
         }
 
         // For available-now / once: the offsets available at start are the target.
-        let target = match self.trigger {
-            Trigger::AvailableNow | Trigger::Once => {
-                Some(reader.latest_offset(&start, ReadLimit::All, None).await?)
-            }
-            _ => None,
+        let target = if self.trigger.stops_when_caught_up() {
+            Some(reader.latest_offset(&start, ReadLimit::All, None).await?)
+        } else {
+            None
         };
         let mut idle_wait = Duration::from_millis(1);
         let mut last_idle_progress = Instant::now();
@@ -193,7 +204,7 @@ impl Execution {
             if self.shared.stop_requested() {
                 return Ok(());
             }
-            if let Trigger::ProcessingTime(interval) = self.trigger
+            if let Some(interval) = self.trigger.interval()
                 && !first_trigger
             {
                 let due = last_trigger + interval;
@@ -208,10 +219,7 @@ impl Execution {
             let mut phases = Phases::default();
 
             let t = Instant::now();
-            let limit = match self.trigger {
-                Trigger::Once => ReadLimit::All,
-                _ => self.read_limit,
-            };
+            let limit = self.trigger.read_limit(self.read_limit);
             let end = reader.latest_offset(&start, limit, target.as_ref()).await?;
             phases.record("latestOffset", t);
 
@@ -232,7 +240,7 @@ impl Execution {
                     last_idle_progress = Instant::now();
                     self.report_idle(next_batch, &start, &end, &*reader);
                 }
-                if !matches!(self.trigger, Trigger::ProcessingTime(_)) {
+                if self.trigger.interval().is_none() {
                     if self.sleep_until_or_stop(Instant::now() + idle_wait).await {
                         return Ok(());
                     }
@@ -258,18 +266,17 @@ impl Execution {
             phases.record("walCommit", t);
 
             let latest = reader.report_latest_offset().unwrap_or_else(|| end.clone());
-            self.run_batch(
-                &mut *reader,
-                next_batch,
-                &start,
-                &end,
-                &latest,
-                batch_timestamp_ms,
+            let mut batch = BatchContext {
+                id: next_batch,
+                start: start.clone(),
+                end: end.clone(),
+                latest,
+                timestamp_ms: batch_timestamp_ms,
                 watermark_ms,
-                &mut phases,
+                phases,
                 trigger_start,
-            )
-            .await?;
+            };
+            self.run_batch(&mut *reader, &mut batch).await?;
             watermark_ms = self.watermark_or(watermark_ms);
             // Old logs go every 10 batches: listing the directories each batch costs more than
             // keeping a few extra files.
@@ -277,12 +284,12 @@ impl Execution {
                 let keep_from = next_batch + 1 - MIN_BATCHES_TO_RETAIN;
                 self.checkpoint.purge_before(keep_from)?;
                 for i in 0..self.plan.operators.len() {
-                    StateStore::purge(&self.state_dir(i), keep_from)?;
+                    StateStore::purge(&self.checkpoint.state_dir(i), keep_from)?;
                 }
             }
             start = end;
             next_batch += 1;
-            if self.trigger == Trigger::Once {
+            if self.trigger.runs_one_batch() {
                 return Ok(());
             }
         }
@@ -293,7 +300,7 @@ impl Execution {
         if n == 0 {
             return self.checkpoint.source_initial_offset(0)?.ok_or_else(|| {
                 FlumenError::checkpoint(
-                    self.checkpoint.root().join("sources/0/0"),
+                    self.checkpoint.source_initial_path(0),
                     "is missing, so batch 0 cannot be re-run; restore it or start a new checkpoint location",
                 )
             });
@@ -307,10 +314,7 @@ impl Execution {
         })?;
         previous.offsets.into_iter().next().ok_or_else(|| {
             FlumenError::checkpoint(
-                self.checkpoint
-                    .root()
-                    .join("offsets")
-                    .join((n - 1).to_string()),
+                self.checkpoint.offsets_path(n - 1),
                 "has no source offsets; restore it or start a new checkpoint location",
             )
         })
@@ -319,7 +323,7 @@ impl Execution {
     /// Restores the stateful operators for running batch `version` next, and the watermark.
     fn restore_state(&mut self, version: u64, watermark_ms: i64) -> Result<()> {
         for (i, operator) in self.plan.operators.iter().enumerate() {
-            operator.restore(&self.state_dir(i), version)?;
+            operator.restore(&self.checkpoint.state_dir(i), version)?;
         }
         if let Some((spec, _)) = &self.plan.watermark {
             self.tracker = Some(WatermarkTracker::new(
@@ -329,14 +333,6 @@ impl Execution {
             ));
         }
         Ok(())
-    }
-
-    /// `state/<operator>` in the checkpoint.
-    fn state_dir(&self, operator: usize) -> std::path::PathBuf {
-        self.checkpoint
-            .root()
-            .join("state")
-            .join(operator.to_string())
     }
 
     /// The watermark for the next batch (`current` when the query declares none).
@@ -401,19 +397,15 @@ impl Execution {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// Runs one micro-batch whose offsets are logged: the normal path and the re-run of an
+    /// uncommitted batch after a restart both come here.
     async fn run_batch(
         &mut self,
         reader: &mut dyn SourceReader,
-        batch_id: u64,
-        start: &SourceOffset,
-        end: &SourceOffset,
-        latest: &SourceOffset,
-        batch_timestamp_ms: i64,
-        watermark_ms: i64,
-        phases: &mut Phases,
-        trigger_start: Instant,
+        batch: &mut BatchContext,
     ) -> Result<()> {
+        let batch_id = batch.id;
+        let watermark_ms = batch.watermark_ms;
         let span = tracing::info_span!("batch", batch_id, rows = tracing::field::Empty);
         let batch_span = span.clone();
         async {
@@ -422,27 +414,27 @@ impl Execution {
                 operator.begin_batch(watermark_ms);
             }
             let t = Instant::now();
-            let input = if start == end {
+            let input = if batch.start == batch.end {
                 Vec::new()
             } else {
                 reader
-                    .get_batch(start, end, self.plan.projection.as_deref())
+                    .get_batch(&batch.start, &batch.end, self.plan.projection.as_deref())
                     .await?
             };
-            phases.record("getBatch", t);
+            batch.phases.record("getBatch", t);
             let input_rows: u64 = input.iter().map(|b| b.num_rows() as u64).sum();
             batch_span.record("rows", input_rows);
 
             let t = Instant::now();
-            let output = self.execute_plan(input, batch_timestamp_ms).await?;
+            let output = self.execute_plan(input, batch.timestamp_ms).await?;
             let output_rows: i64 = output.iter().map(|b| b.num_rows() as i64).sum();
             for (i, operator) in self.plan.operators.iter().enumerate() {
-                operator.commit(&self.state_dir(i), batch_id + 1)?;
+                operator.commit(&self.checkpoint.state_dir(i), batch_id + 1)?;
             }
             self.sink
                 .add_batch(batch_id, &self.plan.output_schema, output, self.mode)
                 .await?;
-            phases.record("addBatch", t);
+            batch.phases.record("addBatch", t);
 
             let event_stats = self
                 .plan
@@ -452,7 +444,7 @@ impl Execution {
             let next_watermark_ms = match (&mut self.tracker, &event_stats) {
                 (Some(tracker), Some(stats)) => {
                     let now = Instant::now();
-                    tracker.register(reader.partition_keys(end), now);
+                    tracker.register(reader.partition_keys(&batch.end), now);
                     tracker.observe(stats, now);
                     tracker.advance(now);
                     tracker.watermark_ms()
@@ -472,20 +464,11 @@ impl Execution {
                     next_batch_watermark_ms: next_watermark_ms,
                 },
             )?;
-            reader.commit(end).await?;
-            phases.record("commitOffsets", t);
-            phases.record("triggerExecution", trigger_start);
+            reader.commit(&batch.end).await?;
+            batch.phases.record("commitOffsets", t);
+            batch.phases.record("triggerExecution", batch.trigger_start);
 
-            let mut progress = self.progress(
-                batch_id,
-                input_rows,
-                output_rows,
-                phases,
-                Some(start),
-                end,
-                latest,
-                reader,
-            );
+            let mut progress = self.progress(batch, input_rows, output_rows, reader);
             progress.event_time = self.event_time_progress(watermark_ms, event_stats.as_ref());
             progress.state_operators = self.plan.operators.iter().map(|op| op.progress()).collect();
             self.shared.push_progress(progress);
@@ -502,17 +485,19 @@ impl Execution {
         input: Vec<RecordBatch>,
         batch_timestamp_ms: i64,
     ) -> Result<Vec<RecordBatch>> {
-        *self
-            .plan
-            .slot
-            .lock()
-            .map_err(|_| FlumenError::IllegalState("input slot poisoned".into()))? = Some(input);
+        self.plan.slot.fill(input)?;
+        if let Some((_, stats)) = &self.plan.watermark
+            && let Ok(mut stats) = stats.lock()
+        {
+            *stats = EventTimeStats::default();
+        }
         let plan = Arc::clone(&self.plan.physical);
         let ctx = Arc::clone(&self.plan.task_ctx);
-        let output = BATCH_TIMESTAMP_MS
-            .scope(batch_timestamp_ms, collect(plan, ctx))
-            .await?;
-        Ok(output)
+        // Every output partition runs as its own task; their rows are concatenated in
+        // partition order, so a stateless query keeps the input's row order.
+        self.plan.clock.set(batch_timestamp_ms);
+        let output = collect_partitioned(plan, ctx).await?;
+        Ok(output.into_iter().flatten().collect())
     }
 
     fn report_idle(
@@ -524,22 +509,34 @@ impl Execution {
     ) {
         let mut phases = Phases::default();
         phases.0.insert("triggerExecution".into(), 0);
-        let progress = self.progress(batch_id, 0, 0, &phases, Some(start), start, latest, reader);
+        let idle = BatchContext {
+            id: batch_id,
+            start: start.clone(),
+            end: start.clone(),
+            latest: latest.clone(),
+            timestamp_ms: 0,
+            watermark_ms: 0,
+            phases,
+            trigger_start: Instant::now(),
+        };
+        let progress = self.progress(&idle, 0, 0, reader);
         self.shared.push_idle_progress(progress);
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn progress(
         &self,
-        batch_id: u64,
+        batch: &BatchContext,
         input_rows: u64,
         output_rows: i64,
-        phases: &Phases,
-        start: Option<&SourceOffset>,
-        end: &SourceOffset,
-        latest: &SourceOffset,
         reader: &dyn SourceReader,
     ) -> StreamingQueryProgress {
+        let (batch_id, phases, start, end, latest) = (
+            batch.id,
+            &batch.phases,
+            &batch.start,
+            &batch.end,
+            &batch.latest,
+        );
         let trigger_ms = phases.0.get("triggerExecution").copied().unwrap_or(0);
         let since_previous_ms = self
             .shared
@@ -572,7 +569,7 @@ impl Execution {
             state_operators: Vec::new(),
             sources: vec![SourceProgress {
                 description: self.plan.source.description(),
-                start_offset: start.cloned().unwrap_or(Value::Null),
+                start_offset: start.clone(),
                 end_offset: end.clone(),
                 latest_offset: latest.clone(),
                 num_input_rows: input_rows,
@@ -601,7 +598,7 @@ pub(crate) fn check_conf_unchanged(
             && old != value
         {
             return Err(FlumenError::checkpoint(
-                checkpoint.root().join("offsets").join(n.to_string()),
+                checkpoint.offsets_path(n),
                 format!(
                     "was written with {key} = {old}, but this query has {value}; \
                      this cannot change for an existing checkpoint: restore the original setting or start a new checkpoint location"

@@ -35,12 +35,14 @@
 //! ```
 
 pub mod checkpoint;
+mod decode_once;
 mod error;
 mod exec;
 mod frame;
 pub mod functions;
 pub mod listener;
 mod memory_stream;
+mod modes;
 pub mod options;
 mod plan;
 pub mod progress;
@@ -55,12 +57,13 @@ mod writer;
 pub use error::{FlumenError, Result};
 pub use frame::{GroupedFrame, StreamFrame};
 pub use memory_stream::MemoryStream;
+pub use modes::{OutputMode, Trigger};
 pub use plan::StreamTable;
 pub use progress::{
     SinkProgress, SourceProgress, StateOperatorProgress, StreamingQueryProgress,
     StreamingQueryStatus,
 };
-pub use query::{OutputMode, RECENT_PROGRESS_RETAINED, StreamingQuery, Trigger};
+pub use query::{RECENT_PROGRESS_RETAINED, StreamingQuery};
 pub use reader::DataStreamReader;
 pub use session::StreamSession;
 pub use writer::DataStreamWriter;

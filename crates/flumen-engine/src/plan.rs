@@ -18,7 +18,9 @@ use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::datasource::{TableProvider, TableType, provider_as_source, source_as_provider};
 use datafusion::error::Result as DFResult;
 use datafusion::execution::TaskContext;
-use datafusion::logical_expr::{Expr, Extension, JoinType, LogicalPlan, TableScanBuilder};
+use datafusion::logical_expr::{
+    Expr, Extension, JoinType, LogicalPlan, ScalarUDF, TableScanBuilder,
+};
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::aggregates::AggregateExec;
 use datafusion::physical_plan::execution_plan::{
@@ -31,8 +33,10 @@ use datafusion::physical_plan::{
     SendableRecordBatchStream,
 };
 
+use crate::decode_once::hoist_json_decodes;
 use crate::error::{FlumenError, Result};
-use crate::query::OutputMode;
+use crate::functions::{BatchClock, BatchTimestamp};
+use crate::modes::OutputMode;
 use crate::source::SourceRef;
 use crate::stateful::aggregate::StatefulAggregateExec;
 use crate::stateful::dedup::{DedupExec, Deduplicate};
@@ -86,14 +90,78 @@ impl TableProvider for StreamTable {
     }
 }
 
-/// Rows handed to a query's plan for one micro-batch.
-pub(crate) type InputSlot = Arc<Mutex<Option<Vec<RecordBatch>>>>;
+/// Where a micro-batch's rows wait for the plan: split into the plan's input partitions, each
+/// taken by the execution of its partition.
+#[derive(Debug)]
+pub(crate) struct InputSlot {
+    parts: Mutex<Vec<Option<Vec<RecordBatch>>>>,
+    partitions: usize,
+    batch_size: usize,
+}
+
+impl InputSlot {
+    fn new(partitions: usize, batch_size: usize) -> Arc<Self> {
+        Arc::new(Self {
+            parts: Mutex::new(Vec::new()),
+            partitions: partitions.max(1),
+            batch_size: batch_size.max(1),
+        })
+    }
+
+    /// How many partitions the plan reads the input in.
+    pub(crate) fn partitions(&self) -> usize {
+        self.partitions
+    }
+
+    /// Puts one micro-batch's rows in the slot: partition `i` gets the `i`-th of
+    /// `partitions` contiguous, equal row ranges, in pieces of at most the session's batch
+    /// size, so every core gets an equal share and rows keep their order within a partition.
+    pub(crate) fn fill(&self, input: Vec<RecordBatch>) -> Result<()> {
+        let total: usize = input.iter().map(RecordBatch::num_rows).sum();
+        let n = self.partitions;
+        // Partition i holds rows [bounds[i], bounds[i + 1]).
+        let bounds: Vec<usize> = (0..=n).map(|i| total * i / n).collect();
+        let mut parts: Vec<Vec<RecordBatch>> = vec![Vec::new(); n];
+        let (mut part, mut row) = (0, 0);
+        for batch in input {
+            let mut offset = 0;
+            while offset < batch.num_rows() {
+                // row < total = bounds[n], so this stops at a partition that has room.
+                while row >= bounds[part + 1] {
+                    part += 1;
+                }
+                let len = (batch.num_rows() - offset)
+                    .min(bounds[part + 1] - row)
+                    .min(self.batch_size);
+                parts[part].push(batch.slice(offset, len));
+                offset += len;
+                row += len;
+            }
+        }
+        let parts = parts.into_iter().map(Some).collect();
+        *self
+            .parts
+            .lock()
+            .map_err(|_| FlumenError::IllegalState("input slot poisoned".into()))? = parts;
+        Ok(())
+    }
+
+    fn take(&self, partition: usize) -> DFResult<Vec<RecordBatch>> {
+        let mut parts = self.parts.lock().map_err(|_| {
+            datafusion::error::DataFusionError::Internal("input slot poisoned".into())
+        })?;
+        Ok(parts
+            .get_mut(partition)
+            .and_then(Option::take)
+            .unwrap_or_default())
+    }
+}
 
 /// The per-query stand-in for a stream scan: scans whatever is in its slot.
 #[derive(Debug)]
 struct InputTable {
     schema: SchemaRef,
-    slot: InputSlot,
+    slot: Arc<InputSlot>,
 }
 
 #[async_trait]
@@ -120,7 +188,7 @@ impl TableProvider for InputTable {
         Ok(Arc::new(InputExec {
             properties: Arc::new(PlanProperties::new(
                 EquivalenceProperties::new(Arc::clone(&schema)),
-                Partitioning::UnknownPartitioning(1),
+                Partitioning::UnknownPartitioning(self.slot.partitions()),
                 EmissionType::Incremental,
                 Boundedness::Bounded,
             )),
@@ -136,7 +204,7 @@ impl TableProvider for InputTable {
 pub(crate) struct InputExec {
     schema: SchemaRef,
     projection: Option<Vec<usize>>,
-    slot: InputSlot,
+    slot: Arc<InputSlot>,
     properties: Arc<PlanProperties>,
 }
 
@@ -149,7 +217,12 @@ impl InputExec {
 
 impl DisplayAs for InputExec {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
-        write!(f, "MicroBatchInputExec: projection={:?}", self.projection)
+        write!(
+            f,
+            "MicroBatchInputExec: partitions={}, projection={:?}",
+            self.slot.partitions(),
+            self.projection
+        )
     }
 }
 
@@ -194,18 +267,11 @@ impl ExecutionPlan for InputExec {
 
     fn execute(
         &self,
-        _partition: usize,
+        partition: usize,
         _context: Arc<TaskContext>,
     ) -> DFResult<SendableRecordBatchStream> {
         // The source already applied the projection when it fetched the batch.
-        let batches = self
-            .slot
-            .lock()
-            .map_err(|_| {
-                datafusion::error::DataFusionError::Internal("input slot poisoned".into())
-            })?
-            .take()
-            .unwrap_or_default();
+        let batches = self.slot.take(partition)?;
         Ok(Box::pin(MemoryStream::try_new(
             batches,
             Arc::clone(&self.schema),
@@ -498,7 +564,7 @@ fn carry_partition_to_watermark(plan: LogicalPlan) -> Result<LogicalPlan> {
 pub(crate) struct QueryPlan {
     pub physical: Arc<dyn ExecutionPlan>,
     pub task_ctx: Arc<TaskContext>,
-    pub slot: InputSlot,
+    pub slot: Arc<InputSlot>,
     /// Columns of the source the plan reads (`None` = all), so the source decodes only those.
     pub projection: Option<Vec<usize>>,
     pub source: SourceRef,
@@ -507,6 +573,8 @@ pub(crate) struct QueryPlan {
     pub watermark: Option<(WatermarkSpec, StatsSlot)>,
     /// The stateful operators, in plan order (their index names their state directory).
     pub operators: Vec<OperatorHandle>,
+    /// The batch timestamp `current_timestamp()` returns in this query.
+    pub clock: BatchClock,
 }
 
 impl fmt::Debug for QueryPlan {
@@ -526,7 +594,8 @@ pub(crate) async fn plan_query(
     check_supported(plan, mode)?;
     let watermark = watermark_of(plan)?;
     let plan = distinct_as_deduplicate(plan.clone())?;
-    let slot: InputSlot = Arc::new(Mutex::new(None));
+    let partitions = state.config().target_partitions();
+    let slot = InputSlot::new(partitions, state.config().batch_size());
     let mut source = None;
     let mut carry_partition = false;
     let rewritten = plan
@@ -571,6 +640,9 @@ pub(crate) async fn plan_query(
     } else {
         rewritten
     };
+    let rewritten = hoist_json_decodes(rewritten)?;
+    let clock = BatchClock::default();
+    let rewritten = bind_batch_clock(rewritten, &clock)?;
     let source = source.ok_or_else(|| {
         FlumenError::Unsupported(
             "Queries without streaming sources cannot be executed with writeStream.start()".into(),
@@ -601,7 +673,34 @@ pub(crate) async fn plan_query(
         output_schema,
         watermark,
         operators,
+        clock,
     })
+}
+
+/// Makes `current_timestamp()` / `now()` in `plan` read this query's batch clock.
+fn bind_batch_clock(plan: LogicalPlan, clock: &BatchClock) -> Result<LogicalPlan> {
+    let udf = Arc::new(ScalarUDF::new_from_impl(BatchTimestamp::with_clock(
+        clock.clone(),
+    )));
+    Ok(plan
+        .transform_up_with_subqueries(|node| {
+            node.map_expressions(|expr| {
+                expr.transform_up(|e| match &e {
+                    Expr::ScalarFunction(f)
+                        if f.func.inner().downcast_ref::<BatchTimestamp>().is_some() =>
+                    {
+                        Ok(Transformed::yes(Expr::ScalarFunction(
+                            datafusion::logical_expr::expr::ScalarFunction::new_udf(
+                                Arc::clone(&udf),
+                                f.args.clone(),
+                            ),
+                        )))
+                    }
+                    _ => Ok(Transformed::no(e)),
+                })
+            })
+        })?
+        .data)
 }
 
 /// Swaps the streaming aggregation DataFusion planned for Flumen's stateful one, and tells

@@ -59,7 +59,8 @@ impl Default for StreamSession {
 }
 
 impl StreamSession {
-    /// A session with Flumen's defaults: one partition per micro-batch plan, case-sensitive
+    /// A session with Flumen's defaults: each micro-batch split over `target_partitions`
+    /// partitions (DataFusion's setting; default: the number of cores), case-sensitive
     /// identifiers (column names are matched as written, e.g. `PassengerId`), SQL `STRING` as
     /// Arrow `Utf8`, no dynamic join filters, and the Spark-compatible functions registered.
     pub fn new() -> Self {
@@ -76,7 +77,16 @@ impl StreamSession {
     /// aggregations and deduplication is charged to its memory pool.
     pub fn with_config_and_runtime(config: SessionConfig, runtime: Arc<RuntimeEnv>) -> Self {
         let config = config
-            .with_target_partitions(1)
+            // A static table joined with a stream is always the collected build side: the
+            // stream's partitions then flow through the join in order, never re-hashed.
+            .set_usize(
+                "datafusion.optimizer.hash_join_single_partition_threshold",
+                usize::MAX,
+            )
+            .set_usize(
+                "datafusion.optimizer.hash_join_single_partition_threshold_rows",
+                usize::MAX,
+            )
             .set_bool("datafusion.sql_parser.enable_ident_normalization", false)
             // CAST(x AS STRING) gives Utf8, Spark's one string type.
             .set_bool("datafusion.sql_parser.map_string_types_to_utf8view", false)

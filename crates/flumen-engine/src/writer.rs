@@ -13,9 +13,10 @@ use crate::checkpoint::Checkpoint;
 use crate::error::{FlumenError, Result};
 use crate::exec::Execution;
 use crate::frame::StreamFrame;
+use crate::modes::{OutputMode, Trigger};
 use crate::options::Options;
 use crate::plan::plan_query;
-use crate::query::{OutputMode, QueryShared, StreamingQuery, Trigger};
+use crate::query::{QueryShared, StreamingQuery};
 use crate::sink::console::SharedWriter;
 use crate::sink::{ConsoleOptions, ConsoleSink, ForeachBatchSink, MemorySink, StreamSink};
 

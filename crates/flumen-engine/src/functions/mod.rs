@@ -27,7 +27,7 @@ pub use spark::{
     binary_to_string_lossy,
 };
 
-pub(crate) use spark::BATCH_TIMESTAMP_MS;
+pub(crate) use spark::BatchClock;
 
 pub use crate::stateful::windows::{session_window, sliding_window, window, window_with_start};
 pub use datafusion::functions_aggregate::expr_fn::{avg, count, max, min, sum};

@@ -13,6 +13,7 @@
 //!   expressions), as Spark does, instead of DataFusion's `c0`, `c1`.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, StringArray, StringBuilder};
 use datafusion::arrow::compute::cast;
@@ -28,9 +29,35 @@ use datafusion::logical_expr::{
 };
 use datafusion::optimizer::AnalyzerRule;
 
-tokio::task_local! {
-    /// The timestamp (ms since the epoch) of the micro-batch being executed.
-    pub(crate) static BATCH_TIMESTAMP_MS: i64;
+/// The timestamp (ms since the epoch) of the micro-batch a query is running: set by the query's
+/// loop before each batch, read by every partition of the batch's plan (whatever thread runs
+/// it).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct BatchClock(Arc<AtomicI64>);
+
+impl BatchClock {
+    /// Sets the running batch's timestamp.
+    pub(crate) fn set(&self, ms: i64) {
+        self.0.store(ms, Ordering::Release);
+    }
+
+    fn get(&self) -> i64 {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+impl PartialEq for BatchClock {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for BatchClock {}
+
+impl std::hash::Hash for BatchClock {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        std::ptr::hash(Arc::as_ptr(&self.0), state);
+    }
 }
 
 /// Spark's `concat`: the concatenation of its arguments as strings, null if any is null.
@@ -97,6 +124,8 @@ impl ScalarUDFImpl for SparkConcat {
 pub struct BatchTimestamp {
     signature: Signature,
     aliases: Vec<String>,
+    /// The query's clock; `None` in the session's registry (batch queries: wall-clock time).
+    clock: Option<BatchClock>,
 }
 
 impl Default for BatchTimestamp {
@@ -105,6 +134,7 @@ impl Default for BatchTimestamp {
             // Volatile keeps the optimizer from folding it into a constant at planning time.
             signature: Signature::nullary(Volatility::Volatile),
             aliases: vec!["now".to_string()],
+            clock: None,
         }
     }
 }
@@ -113,6 +143,14 @@ impl BatchTimestamp {
     /// The return type: nanosecond UTC timestamps, like DataFusion's `now()`.
     pub fn data_type() -> DataType {
         DataType::Timestamp(TimeUnit::Nanosecond, Some(Arc::from("+00:00")))
+    }
+
+    /// The function bound to one query's clock.
+    pub(crate) fn with_clock(clock: BatchClock) -> Self {
+        Self {
+            clock: Some(clock),
+            ..Self::default()
+        }
     }
 }
 
@@ -134,9 +172,10 @@ impl ScalarUDFImpl for BatchTimestamp {
     }
 
     fn invoke_with_args(&self, _args: ScalarFunctionArgs) -> DFResult<ColumnarValue> {
-        let ms = BATCH_TIMESTAMP_MS
-            .try_with(|ms| *ms)
-            .unwrap_or_else(|_| chrono::Utc::now().timestamp_millis());
+        let ms = self
+            .clock
+            .as_ref()
+            .map_or_else(|| chrono::Utc::now().timestamp_millis(), BatchClock::get);
         Ok(ColumnarValue::Scalar(ScalarValue::TimestampNanosecond(
             Some(ms * 1_000_000),
             Some(Arc::from("+00:00")),

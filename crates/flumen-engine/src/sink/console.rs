@@ -12,8 +12,8 @@ use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 
 use super::StreamSink;
 use crate::error::{FlumenError, Result};
+use crate::modes::OutputMode;
 use crate::options::Options;
-use crate::query::OutputMode;
 
 /// How the console sink prints (Spark's `numRows` and `truncate` options).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

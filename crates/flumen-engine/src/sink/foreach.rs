@@ -2,21 +2,52 @@
 //! batch id. At-least-once like Spark's: a batch that was not committed is handed over again
 //! after a restart, with the same id and the same rows, so code that writes idempotently by batch
 //! id gets exactly-once.
+//!
+//! The frame scans the batch's rows as one partition that DataFusion does not split (a memory
+//! table would be re-split and its rows reordered by size), so `collect()` returns them in the
+//! order the query wrote them; operations the callback adds follow DataFusion's usual rules.
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::catalog::streaming::StreamingTable;
 use datafusion::dataframe::DataFrame;
+use datafusion::execution::TaskContext;
+use datafusion::physical_plan::SendableRecordBatchStream;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::streaming::PartitionStream;
 use datafusion::prelude::SessionContext;
 
 use super::StreamSink;
 use crate::error::{FlumenError, Result};
-use crate::query::OutputMode;
+use crate::modes::OutputMode;
 
 type BoxFuture = Pin<Box<dyn Future<Output = Result<()>> + Send>>;
+
+/// A micro-batch's rows, replayable (the callback may read its frame more than once).
+#[derive(Debug)]
+struct OrderedRows {
+    schema: SchemaRef,
+    batches: Vec<RecordBatch>,
+}
+
+impl PartitionStream for OrderedRows {
+    fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    fn execute(&self, _ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
+        let batches = self.batches.clone();
+        Box::pin(RecordBatchStreamAdapter::new(
+            self.schema.clone(),
+            futures::stream::iter(batches.into_iter().map(Ok)),
+        ))
+    }
+}
 type BatchFn = Box<dyn FnMut(DataFrame, u64) -> BoxFuture + Send>;
 
 /// A sink that calls a closure with each batch.
@@ -63,8 +94,12 @@ impl StreamSink for ForeachBatchSink {
         } else {
             batches
         };
-        let table = datafusion::datasource::MemTable::try_new(schema.clone(), vec![batches])?;
-        let df = self.ctx.read_table(std::sync::Arc::new(table))?;
+        let rows = Arc::new(OrderedRows {
+            schema: schema.clone(),
+            batches,
+        });
+        let table = StreamingTable::try_new(schema.clone(), vec![rows])?;
+        let df = self.ctx.read_table(Arc::new(table))?;
         let future = {
             let mut callback = self
                 .callback

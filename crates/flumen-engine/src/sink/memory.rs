@@ -20,7 +20,7 @@ use datafusion::prelude::SessionContext;
 
 use super::StreamSink;
 use crate::error::{FlumenError, Result};
-use crate::query::OutputMode;
+use crate::modes::OutputMode;
 
 #[derive(Debug, Default)]
 struct TableState {

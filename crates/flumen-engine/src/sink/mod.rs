@@ -19,7 +19,7 @@ pub use foreach::ForeachBatchSink;
 pub use memory::{MemorySink, MemoryTable};
 
 use crate::error::Result;
-use crate::query::OutputMode;
+use crate::modes::OutputMode;
 
 /// Where a streaming query's results go.
 #[async_trait]

@@ -30,7 +30,10 @@ use datafusion::physical_plan::{
 
 use super::store::StateStore;
 use super::windows::event_time_micros;
-use super::{OperatorHandle, OperatorState, StatefulOperator, WatermarkSpec, process_whole_input};
+use super::{
+    OperatorHandle, OperatorState, StatefulOperator, WatermarkSpec, process_whole_input,
+    single_partition_input, single_partition_properties,
+};
 use crate::error::{FlumenError, Result};
 use crate::progress::StateOperatorProgress;
 
@@ -130,6 +133,7 @@ impl DedupExec {
         watermark: Option<&WatermarkSpec>,
         streaming: bool,
     ) -> Result<Self> {
+        let input = single_partition_input(input);
         let schema = input.schema();
         let key_indices: Vec<usize> = if keys.is_empty() {
             (0..schema.fields().len()).collect()
@@ -168,7 +172,7 @@ impl DedupExec {
             DataType::Int64,
             true,
         )]));
-        let properties = Arc::new(input.properties().as_ref().clone());
+        let properties = single_partition_properties(input.properties());
         Ok(Self {
             core: Arc::new(Core {
                 input_schema: schema,
@@ -357,6 +361,11 @@ impl ExecutionPlan for DedupExec {
     }
 
     super::unary_plan_methods_with_core!();
+
+    /// One state, so one input partition (the optimizer merges the input's partitions).
+    fn required_input_distribution(&self) -> Vec<datafusion::physical_plan::Distribution> {
+        vec![datafusion::physical_plan::Distribution::SinglePartition]
+    }
 
     fn apply_expressions(
         &self,

@@ -7,6 +7,7 @@
 //! restart, and reads their metrics for progress reports.
 
 pub(crate) mod aggregate;
+mod concat;
 pub(crate) mod dedup;
 pub(crate) mod planner;
 pub(crate) mod store;
@@ -20,10 +21,15 @@ use datafusion::arrow::array::{ArrayRef, RecordBatch};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::error::{DataFusionError, Result as DFResult};
 use datafusion::physical_expr::expressions::{CastExpr, Column, TryCastExpr};
+use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use datafusion::physical_plan::{PhysicalExpr, SendableRecordBatchStream};
+use datafusion::physical_plan::{
+    ExecutionPlan, ExecutionPlanProperties, Partitioning, PhysicalExpr, PlanProperties,
+    SendableRecordBatchStream,
+};
 use futures::{StreamExt, TryStreamExt};
 
+use self::concat::ConcatPartitionsExec;
 use crate::error::{FlumenError, Result};
 use crate::progress::StateOperatorProgress;
 
@@ -80,6 +86,31 @@ macro_rules! unary_plan_methods_with_core {
 }
 pub(crate) use unary_plan_methods;
 pub(crate) use unary_plan_methods_with_core;
+
+/// A stateful operator keeps one state, so it reads its input as one partition: the plan
+/// below it (decode, projections, filters, joins) still runs on every core, and its
+/// partitions are gathered in order (a coalesce the optimizer put there is replaced: it would
+/// interleave them by timing).
+pub(crate) fn single_partition_input(input: Arc<dyn ExecutionPlan>) -> Arc<dyn ExecutionPlan> {
+    let input = match input.as_ref().downcast_ref::<CoalescePartitionsExec>() {
+        Some(coalesce) if coalesce.fetch().is_none() => Arc::clone(coalesce.input()),
+        _ => input,
+    };
+    if input.output_partitioning().partition_count() > 1 {
+        Arc::new(ConcatPartitionsExec::new(input))
+    } else {
+        input
+    }
+}
+
+/// `properties` with one output partition.
+pub(crate) fn single_partition_properties(properties: &PlanProperties) -> Arc<PlanProperties> {
+    Arc::new(
+        properties
+            .clone()
+            .with_partitioning(Partitioning::UnknownPartitioning(1)),
+    )
+}
 
 /// The watermark declared with `with_watermark`: its column and delay.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

@@ -1,4 +1,5 @@
-//! Physical planning of Flumen's logical nodes (`with_watermark`, `drop_duplicates`).
+//! Physical planning of Flumen's logical nodes (`with_watermark`, `drop_duplicates`, and the
+//! once-per-record JSON decode).
 
 use std::sync::Arc;
 
@@ -14,6 +15,7 @@ use datafusion::physical_planner::{DefaultPhysicalPlanner, ExtensionPlanner, Phy
 use super::dedup::{DedupExec, Deduplicate};
 use super::to_df;
 use super::watermark::{EventTimeWatermark, WatermarkExec};
+use crate::decode_once::{JsonDecode, JsonDecodeExec};
 
 /// DataFusion's planner, plus Flumen's nodes.
 #[derive(Debug, Default)]
@@ -38,17 +40,38 @@ struct FlumenNodes;
 impl ExtensionPlanner for FlumenNodes {
     async fn plan_extension(
         &self,
-        _planner: &dyn PhysicalPlanner,
+        planner: &dyn PhysicalPlanner,
         node: &dyn UserDefinedLogicalNode,
-        _logical_inputs: &[&LogicalPlan],
+        logical_inputs: &[&LogicalPlan],
         physical_inputs: &[Arc<dyn ExecutionPlan>],
-        _session: &dyn Session,
-        _planning_ctx: &PhysicalPlanningContext,
+        session: &dyn Session,
+        planning_ctx: &PhysicalPlanningContext,
     ) -> DFResult<Option<Arc<dyn ExecutionPlan>>> {
         let Some(input) = physical_inputs.first() else {
             return Ok(None);
         };
         let any = node.as_any();
+        if let (Some(decode), Some(logical)) =
+            (any.downcast_ref::<JsonDecode>(), logical_inputs.first())
+        {
+            let decodes = decode
+                .decodes()
+                .iter()
+                .map(|(expr, name)| {
+                    let physical = planner.create_physical_expr(
+                        expr,
+                        logical.schema(),
+                        session,
+                        planning_ctx,
+                    )?;
+                    Ok((physical, name.clone()))
+                })
+                .collect::<DFResult<Vec<_>>>()?;
+            return Ok(Some(Arc::new(JsonDecodeExec::try_new(
+                Arc::clone(input),
+                decodes,
+            )?)));
+        }
         if let Some(watermark) = any.downcast_ref::<EventTimeWatermark>() {
             return Ok(Some(Arc::new(WatermarkExec::try_new(
                 Arc::clone(input),

@@ -29,8 +29,8 @@ use datafusion::physical_plan::execution_plan::{
 };
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
-    DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PhysicalExpr, PlanProperties,
-    SendableRecordBatchStream,
+    DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, PhysicalExpr,
+    PlanProperties, SendableRecordBatchStream,
 };
 use futures::StreamExt;
 
@@ -197,7 +197,7 @@ impl WatermarkExec {
         let schema = Arc::new(in_schema.project(&output_indices)?);
         let properties = Arc::new(PlanProperties::new(
             EquivalenceProperties::new(Arc::clone(&schema)),
-            Partitioning::UnknownPartitioning(1),
+            input.output_partitioning().clone(),
             EmissionType::Incremental,
             Boundedness::Bounded,
         ));
@@ -260,9 +260,8 @@ impl ExecutionPlan for WatermarkExec {
         partition: usize,
         context: Arc<TaskContext>,
     ) -> DFResult<SendableRecordBatchStream> {
-        if let Ok(mut stats) = self.stats.lock() {
-            *stats = EventTimeStats::default();
-        }
+        // The micro-batch loop clears the statistics before each batch: every partition of
+        // the batch adds to them.
         let input = self.input.execute(partition, context)?;
         let stats = Arc::clone(&self.stats);
         let time_index = self.time_index;

@@ -14,6 +14,14 @@
 //! update evict state behind the watermark, and rows behind it are dropped and counted.
 //! Sliding windows put each row in every window containing it; session windows merge
 //! overlapping sessions of a key.
+//!
+//! Grouping a batch's rows is one of two strategies, each in its own module: [`fixed`] for
+//! tumbling and sliding windows and plain keys (DataFusion's `GroupValues`), [`sessions`] for
+//! session windows (merged per key with the stored sessions). Both hand the same
+//! [`BatchGroups`] to the accumulation, eviction and output code here.
+
+mod fixed;
+mod sessions;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -27,15 +35,14 @@ use datafusion::arrow::array::{
 };
 use datafusion::arrow::compute::{concat_batches, filter, take};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use datafusion::arrow::row::{RowConverter, Rows, SortField};
+use datafusion::arrow::row::Rows;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::error::Result as DFResult;
 use datafusion::execution::TaskContext;
 use datafusion::logical_expr::{EmitTo, GroupsAccumulator};
 use datafusion::physical_expr::GroupsAccumulatorAdapter;
 use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
-use datafusion::physical_plan::aggregates::group_values::{GroupValues, new_group_values};
-use datafusion::physical_plan::aggregates::order::GroupOrdering;
+use datafusion::physical_plan::aggregates::group_values::GroupValues;
 use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, PhysicalExpr, PlanProperties,
@@ -46,11 +53,32 @@ use super::store::{Loc, StateStore};
 use super::windows::{WindowExpr, WindowKind, as_window_expr, event_time_micros, window_structs};
 use super::{
     OperatorHandle, OperatorState, StatefulOperator, WatermarkSpec, column_name, evaluate,
-    process_whole_input,
+    process_whole_input, single_partition_input, single_partition_properties,
 };
 use crate::error::{FlumenError, Result};
+use crate::modes::OutputMode;
 use crate::progress::StateOperatorProgress;
-use crate::query::OutputMode;
+use sessions::Session;
+
+/// A batch's rows grouped: what either grouping strategy hands to the accumulation.
+struct BatchGroups {
+    /// For each input row, its group (groups numbered in order of first appearance).
+    group_ids: Vec<usize>,
+    /// The groups' key columns.
+    keys: Vec<ArrayRef>,
+    /// The groups' keys in the store's row format.
+    key_rows: Rows,
+    /// Stored groups whose intermediate state merges into a group of this batch.
+    merge_from: Vec<StoredGroup>,
+    /// Stored keys this batch's groups replace (sessions merged into a new one).
+    replaced: Vec<Box<[u8]>>,
+}
+
+/// A stored group's state, to merge into group `group` of the batch.
+struct StoredGroup {
+    loc: Loc,
+    group: usize,
+}
 
 /// Which grouping key carries event time, and how to read its end.
 #[derive(Debug, Clone, Copy)]
@@ -104,13 +132,6 @@ struct AggregateState {
     grouping: Option<Box<dyn GroupValues>>,
     /// Session windows: the sessions of each non-window key (row bytes), as (start, end, key).
     sessions: HashMap<Box<[u8]>, Vec<Session>>,
-}
-
-#[derive(Debug, Clone)]
-struct Session {
-    start: i64,
-    end: i64,
-    key: Box<[u8]>,
 }
 
 /// The physical operator; see the module docs.
@@ -242,11 +263,10 @@ impl StatefulAggregateExec {
                 sessions: HashMap::new(),
             }),
         };
-        let properties = Arc::new(aggregate.properties().as_ref().clone());
         Ok(Arc::new(Self {
             core: Arc::new(core),
-            input,
-            properties,
+            input: single_partition_input(input),
+            properties: single_partition_properties(aggregate.properties()),
         }))
     }
 
@@ -470,49 +490,26 @@ impl Core {
         let batch = concat_batches(input_schema, &input)?;
         let (keys, values, filters, dropped) =
             self.evaluate_input(&batch, state.op.watermark_ms)?;
-        let rows = keys[0].len();
 
         // Group the rows: local group ids, in order of first appearance.
-        let (group_ids, group_keys, group_rows, merge_from, replaced) = match &self.window {
+        let BatchGroups {
+            group_ids,
+            keys: group_keys,
+            key_rows: group_rows,
+            merge_from,
+            replaced,
+        } = match &self.window {
             Some((wi, w)) if matches!(w.kind, WindowKind::Session(_)) => {
                 self.assign_sessions(state, &keys, *wi)?
             }
-            _ => {
-                // DataFusion's own grouping (vectorised per column type), fresh per batch.
-                let fields: Vec<Field> = keys
-                    .iter()
-                    .enumerate()
-                    .map(|(i, k)| Field::new(format!("k{i}"), k.data_type().clone(), true))
-                    .collect();
-                // Kept across batches so its tables are allocated once.
-                let grouping = match &mut state.grouping {
-                    Some(g) => g,
-                    None => state.grouping.insert(new_group_values(
-                        Arc::new(Schema::new(fields)),
-                        &GroupOrdering::None,
-                    )?),
-                };
-                let mut ids = Vec::with_capacity(rows);
-                grouping.intern(&keys, &mut ids)?;
-                let emitted = grouping.emit(EmitTo::All)?;
-                grouping.clear_shrink(rows);
-                let group_keys = self.window_keys(emitted)?;
-                let group_rows = state.op.store.key_rows(&group_keys)?;
-                let mut merge_from = Vec::new();
-                for g in 0..group_rows.num_rows() {
-                    if let Some(loc) = state.op.store.get(group_rows.row(g).as_ref()) {
-                        merge_from.push((loc, g));
-                    }
-                }
-                (ids, group_keys, group_rows, merge_from, Vec::new())
-            }
+            _ => self.group_fixed(state, keys)?,
         };
         let groups = group_keys[0].len();
 
         let mut new_state: Vec<ArrayRef> = Vec::new();
         if groups > 0 {
-            let locs: Vec<Loc> = merge_from.iter().map(|(l, _)| *l).collect();
-            let targets: Vec<usize> = merge_from.iter().map(|(_, g)| *g).collect();
+            let locs: Vec<Loc> = merge_from.iter().map(|m| m.loc).collect();
+            let targets: Vec<usize> = merge_from.iter().map(|m| m.group).collect();
             let old = state.op.store.gather_values(&locs)?;
             for (j, agg) in self.aggregates.iter().enumerate() {
                 let mut acc = Self::new_accumulator(agg)?;
@@ -583,202 +580,6 @@ impl Core {
         m.memory_used_bytes = memory;
         Ok(concat_batches(&self.schema, &out)?)
     }
-
-    /// Session windows: merges the batch's rows with the stored sessions of their key.
-    /// Returns row group ids, group keys (arrays and row format), stored sessions to merge in
-    /// (location, group) and the stored session keys the merge replaces.
-    #[allow(clippy::type_complexity)]
-    fn assign_sessions(
-        &self,
-        state: &mut AggregateState,
-        keys: &[ArrayRef],
-        wi: usize,
-    ) -> Result<(
-        Vec<usize>,
-        Vec<ArrayRef>,
-        Rows,
-        Vec<(Loc, usize)>,
-        Vec<Box<[u8]>>,
-    )> {
-        let rows = keys[0].len();
-        let others = without(keys, wi);
-        let other_rows = self.other_key_rows(&others, rows)?;
-        let window = keys[wi].as_struct();
-        let starts = event_time_micros(window.column(0))?;
-        let ends = event_time_micros(window.column(1))?;
-
-        let mut by_key: Vec<(Box<[u8]>, Vec<usize>)> = Vec::new();
-        let mut position: HashMap<Box<[u8]>, usize> = HashMap::new();
-        for row in 0..rows {
-            let key: Box<[u8]> = other_rows.row(row).as_ref().into();
-            let p = *position.entry(key.clone()).or_insert_with(|| {
-                by_key.push((key, Vec::new()));
-                by_key.len() - 1
-            });
-            by_key[p].1.push(row);
-        }
-
-        let mut group_ids = vec![0usize; rows];
-        let mut representative: Vec<u32> = Vec::new();
-        let mut group_starts = Vec::new();
-        let mut group_ends = Vec::new();
-        let mut merge_from = Vec::new();
-        let mut replaced = Vec::new();
-        for (key, key_rows) in by_key {
-            let stored = state.sessions.remove(&key).unwrap_or_default();
-            // Intervals: stored sessions first, then rows, sorted by start.
-            let mut items: Vec<(i64, i64, Option<usize>, Option<Session>)> = stored
-                .into_iter()
-                .map(|s| (s.start, s.end, None, Some(s)))
-                .chain(
-                    key_rows
-                        .iter()
-                        .map(|&r| (starts.value(r), ends.value(r), Some(r), None)),
-                )
-                .collect();
-            items.sort_by_key(|(s, e, row, _)| (*s, *e, row.is_some()));
-            let mut merged: Vec<(i64, i64, Vec<usize>, Vec<Session>)> = Vec::new();
-            for (s, e, row, old) in items {
-                match merged.last_mut() {
-                    Some(last) if s <= last.1 => {
-                        last.1 = last.1.max(e);
-                        last.2.extend(row);
-                        last.3.extend(old);
-                    }
-                    _ => merged.push((s, e, row.into_iter().collect(), old.into_iter().collect())),
-                }
-            }
-            let mut kept = Vec::new();
-            for (s, e, rows_in, olds) in merged {
-                if rows_in.is_empty() {
-                    // Untouched by this batch.
-                    kept.extend(olds);
-                    continue;
-                }
-                let g = representative.len();
-                representative.push(rows_in[0] as u32);
-                group_starts.push(s);
-                group_ends.push(e);
-                for r in rows_in {
-                    group_ids[r] = g;
-                }
-                for old in olds {
-                    if let Some(loc) = state.op.store.get(&old.key) {
-                        merge_from.push((loc, g));
-                    }
-                    replaced.push(old.key);
-                }
-                kept.push(Session {
-                    start: s,
-                    end: e,
-                    key: Box::default(),
-                });
-            }
-            state.sessions.insert(key, kept);
-        }
-        let representative = UInt32Array::from(representative);
-        let mut group_keys: Vec<ArrayRef> = Vec::with_capacity(keys.len());
-        for (i, k) in keys.iter().enumerate() {
-            group_keys.push(if i == wi {
-                window_structs(
-                    self.key_schema.field(i).data_type(),
-                    &group_starts,
-                    &group_ends,
-                    None,
-                )?
-            } else {
-                take(k, &representative, None)?
-            });
-        }
-        // Fill in the stored keys of the new sessions.
-        let full_rows = state.op.store.key_rows(&group_keys)?;
-        let others = without(&group_keys, wi);
-        let other_rows = self.other_key_rows(&others, group_starts.len())?;
-        for g in 0..group_starts.len() {
-            if let Some(list) = state.sessions.get_mut(other_rows.row(g).as_ref())
-                && let Some(s) = list.iter_mut().find(|s| {
-                    s.key.is_empty() && s.start == group_starts[g] && s.end == group_ends[g]
-                })
-            {
-                s.key = full_rows.row(g).as_ref().into();
-            }
-        }
-        Ok((group_ids, group_keys, full_rows, merge_from, replaced))
-    }
-
-    fn other_key_rows(&self, others: &[ArrayRef], rows: usize) -> Result<Rows> {
-        let columns: Vec<ArrayRef> = if others.is_empty() {
-            vec![Arc::new(Int8Array::from(vec![0i8; rows]))]
-        } else {
-            others.to_vec()
-        };
-        let converter = RowConverter::new(
-            columns
-                .iter()
-                .map(|c| SortField::new(c.data_type().clone()))
-                .collect(),
-        )?;
-        Ok(converter.convert_columns(&columns)?)
-    }
-
-    /// Drops evicted sessions from the per-key session lists.
-    fn forget_sessions(&self, state: &mut AggregateState, evicted: &[ArrayRef]) -> Result<()> {
-        let Some((wi, _)) = &self.window else {
-            return Ok(());
-        };
-        let rows = state.op.store.key_rows(evicted)?;
-        let others = without(evicted, *wi);
-        let other_rows = self.other_key_rows(&others, rows.num_rows())?;
-        for r in 0..rows.num_rows() {
-            let other = other_rows.row(r);
-            if let Some(list) = state.sessions.get_mut(other.as_ref()) {
-                list.retain(|s| s.key.as_ref() != rows.row(r).as_ref());
-                if list.is_empty() {
-                    state.sessions.remove(other.as_ref());
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Rebuilds the session lists from the store (after a restore).
-    fn rebuild_sessions(&self, state: &mut AggregateState) -> Result<()> {
-        state.sessions.clear();
-        let Some((wi, w)) = &self.window else {
-            return Ok(());
-        };
-        if !matches!(w.kind, WindowKind::Session(_)) {
-            return Ok(());
-        }
-        let (keys, _) = state.op.store.all_sorted()?;
-        let rows = state.op.store.key_rows(&keys)?;
-        let others = without(&keys, *wi);
-        let other_rows = self.other_key_rows(&others, rows.num_rows())?;
-        let window = keys[*wi].as_struct();
-        let starts = event_time_micros(window.column(0))?;
-        let ends = event_time_micros(window.column(1))?;
-        for r in 0..rows.num_rows() {
-            state
-                .sessions
-                .entry(other_rows.row(r).as_ref().into())
-                .or_default()
-                .push(Session {
-                    start: starts.value(r),
-                    end: ends.value(r),
-                    key: rows.row(r).as_ref().into(),
-                });
-        }
-        Ok(())
-    }
-}
-
-/// `keys` without column `skip` (the window, when merging sessions per key).
-fn without(keys: &[ArrayRef], skip: usize) -> Vec<ArrayRef> {
-    keys.iter()
-        .enumerate()
-        .filter(|(i, _)| *i != skip)
-        .map(|(_, k)| Arc::clone(k))
-        .collect()
 }
 
 struct AggregateHandle(Arc<Core>);
