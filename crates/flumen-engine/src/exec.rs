@@ -608,3 +608,6 @@ pub(crate) fn check_conf_unchanged(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;
