@@ -9,14 +9,15 @@ use flumen::datafusion::arrow::array::{
     Array, ArrayBuilder, ArrayRef, Float64Builder, Int64Builder, RecordBatch, StringArray,
     StringBuilder,
 };
-use flumen::datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use flumen::datafusion::arrow::datatypes::{DataType, SchemaRef};
 use flumen::functions::{JsonOptions, decode_json_column};
 use flumen::prelude::*;
 use flumen_examples::titanic;
 use serde::Deserialize;
 
-use crate::data::titanic_messages;
+use crate::data::{titanic_messages, value_batches};
 use crate::measure::{Figure, Sample, median, time, time_async};
+use crate::pipeline::{parsed_values, run_to_noop_sink};
 
 /// Rows per record batch the source hands the plan.
 const CHUNK: usize = 65_536;
@@ -27,48 +28,8 @@ const FLUSH: usize = 8_192;
 /// `foreach_batch` sink that does nothing, available-now.
 async fn query(batches: &[RecordBatch], schema: &SchemaRef) -> usize {
     let session = StreamSession::new();
-    let checkpoint = tempfile::tempdir().expect("checkpoint directory");
-    let input = MemoryStream::new("json", batches[0].schema());
-    for b in batches {
-        input.add_batch(b.clone()).expect("same schema");
-    }
-    let query = session
-        .stream(Arc::new(input))
-        .expect("stream")
-        .with_column(
-            "data",
-            from_json(col("value"), Arc::clone(schema)).expect("schema"),
-        )
-        .expect("from_json")
-        .select_expr(["data.*"])
-        .expect("data.*")
-        .write_stream()
-        .trigger(Trigger::AvailableNow)
-        .checkpoint_location(checkpoint.path())
-        .foreach_batch(|_, _| async { Ok(()) })
-        .start()
-        .await
-        .expect("start");
-    query.await_termination(None).await.expect("run");
-    query
-        .recent_progress()
-        .iter()
-        .map(|p| p.sink.num_output_rows.max(0) as usize)
-        .sum()
-}
-
-/// The records as a `value` string column, in Kafka-fetch-sized batches.
-fn value_batches(messages: &[Vec<u8>]) -> Vec<RecordBatch> {
-    let schema = Arc::new(Schema::new(vec![Field::new("value", DataType::Utf8, true)]));
-    messages
-        .chunks(CHUNK)
-        .map(|chunk| {
-            let values = StringArray::from_iter_values(
-                chunk.iter().map(|m| std::str::from_utf8(m).expect("UTF-8")),
-            );
-            RecordBatch::try_new(Arc::clone(&schema), vec![Arc::new(values)]).expect("batch")
-        })
-        .collect()
+    let parsed = parsed_values(&session, batches, None, Arc::clone(schema));
+    run_to_noop_sink(parsed).await as usize
 }
 
 /// Micro-benchmark of the function `from_json` calls: the `value` column as strings, then
@@ -192,7 +153,7 @@ fn parse_only(messages: &[Vec<u8>]) -> usize {
 /// Runs (a).
 pub fn run(rows: usize, reps: usize, runtime: &tokio::runtime::Runtime) -> Vec<Figure> {
     let messages = titanic_messages(rows);
-    let batches = value_batches(&messages);
+    let batches = value_batches(&messages, CHUNK);
     let bytes: usize = messages.iter().map(Vec::len).sum();
     let schema = titanic::schema();
     let mut samples: [Vec<Sample>; 6] = Default::default();

@@ -16,12 +16,12 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use flumen::datafusion::arrow::array::{RecordBatch, StringArray};
-use flumen::datafusion::arrow::datatypes::{DataType, Field, Schema};
+use flumen::datafusion::arrow::array::RecordBatch;
+use flumen::datafusion::arrow::datatypes::SchemaRef;
 use flumen::prelude::*;
 use flumen_examples::titanic;
 
-use crate::data::titanic_messages;
+use crate::data::{titanic_messages, value_batches};
 use crate::measure::{Figure, Sample, median, time_async};
 
 /// Rows per trigger, as in the measurement.
@@ -29,50 +29,35 @@ pub const PER_TRIGGER: usize = 200_000;
 /// Rows per record batch added to the memory stream (a Kafka fetch's size).
 const CHUNK: usize = 10_000;
 
-/// The records as the memory stream's `value` column, in chunks.
-fn value_batches(messages: &[Vec<u8>]) -> Vec<RecordBatch> {
-    let schema = Arc::new(Schema::new(vec![Field::new("value", DataType::Utf8, true)]));
-    messages
-        .chunks(CHUNK)
-        .map(|chunk| {
-            let values = StringArray::from_iter_values(
-                chunk
-                    .iter()
-                    .map(|m| std::str::from_utf8(m).expect("the generator writes UTF-8")),
-            );
-            RecordBatch::try_new(Arc::clone(&schema), vec![Arc::new(values)])
-                .expect("one string column")
-        })
-        .collect()
-}
-
-/// Runs the enrichment over `batches` once; returns the rows the sink received.
-pub async fn enrichment(batches: &[RecordBatch]) -> u64 {
-    let session = StreamSession::new();
-    let checkpoint = tempfile::tempdir().expect("checkpoint directory");
-    let input = MemoryStream::new("titanic-json", batches[0].schema())
-        .with_max_rows_per_trigger(PER_TRIGGER as u64);
+/// The records parsed as the examples write it: a memory stream of `batches` (at most
+/// `per_trigger` rows per micro-batch when given), `from_json(value)` as `data`, then `data.*`.
+pub fn parsed_values(
+    session: &StreamSession,
+    batches: &[RecordBatch],
+    per_trigger: Option<u64>,
+    schema: SchemaRef,
+) -> StreamFrame {
+    let mut input = MemoryStream::new("json", batches[0].schema());
+    if let Some(rows) = per_trigger {
+        input = input.with_max_rows_per_trigger(rows);
+    }
     for b in batches {
         input.add_batch(b.clone()).expect("same schema");
     }
-    let query = session
+    session
         .stream(Arc::new(input))
         .expect("stream")
-        .with_column(
-            "data",
-            from_json(col("value"), titanic::schema()).expect("schema"),
-        )
+        .with_column("data", from_json(col("value"), schema).expect("schema"))
         .expect("from_json")
         .select_expr(["data.*"])
         .expect("data.*")
-        .with_column("is_adult", titanic::is_adult().expect("is_adult"))
-        .expect("is_adult")
-        .join(
-            titanic::class_names(&session).expect("classes"),
-            JoinType::Left,
-            &["Pclass"],
-        )
-        .expect("join")
+}
+
+/// Runs `frame` available-now into a `foreach_batch` sink that does nothing (the engine still
+/// computes every row); returns the rows the sink received.
+pub async fn run_to_noop_sink(frame: StreamFrame) -> u64 {
+    let checkpoint = tempfile::tempdir().expect("checkpoint directory");
+    let query = frame
         .write_stream()
         .trigger(Trigger::AvailableNow)
         .checkpoint_location(checkpoint.path())
@@ -86,6 +71,26 @@ pub async fn enrichment(batches: &[RecordBatch]) -> u64 {
         .iter()
         .map(|p| p.sink.num_output_rows.max(0) as u64)
         .sum()
+}
+
+/// Runs the enrichment over `batches` once; returns the rows the sink received.
+pub async fn enrichment(batches: &[RecordBatch]) -> u64 {
+    let session = StreamSession::new();
+    let enriched = parsed_values(
+        &session,
+        batches,
+        Some(PER_TRIGGER as u64),
+        titanic::schema(),
+    )
+    .with_column("is_adult", titanic::is_adult().expect("is_adult"))
+    .expect("is_adult")
+    .join(
+        titanic::class_names(&session).expect("classes"),
+        JoinType::Left,
+        &["Pclass"],
+    )
+    .expect("join");
+    run_to_noop_sink(enriched).await
 }
 
 /// Writes the records as text files of [`PER_TRIGGER`] lines each (Spark's input).
@@ -170,7 +175,7 @@ fn run_spark(dir: &Path, rows: usize, reps: usize) -> Spark {
 /// Runs (g): the engine (warm-up excluded) and Spark on the same records.
 pub async fn versus_spark(rows: usize, reps: usize, scratch: &Path) -> Vec<Figure> {
     let messages = titanic_messages(rows);
-    let batches = value_batches(&messages);
+    let batches = value_batches(&messages, CHUNK);
     let dir = scratch.join("spark-input");
     std::fs::create_dir_all(&dir).expect("scratch");
     let bytes = write_spark_input(&messages, &dir);
@@ -237,7 +242,7 @@ pub fn child(rows: usize, reps: usize) {
         .expect("runtime");
     let messages = titanic_messages(rows);
     let input_bytes: usize = messages.iter().map(Vec::len).sum();
-    let batches = value_batches(&messages);
+    let batches = value_batches(&messages, CHUNK);
     drop(messages);
     // From here on the high-water mark counts the runs, with the input resident.
     let reset = std::fs::write("/proc/self/clear_refs", "5").is_ok();

@@ -29,7 +29,7 @@ use datafusion::logical_expr::{
     Expr, ExprSchemable, Extension, Filter, LogicalPlan, Projection, UserDefinedLogicalNodeCore,
 };
 use datafusion::physical_expr::EquivalenceProperties;
-use datafusion::physical_plan::execution_plan::{ChildrenPropertiesMode, ReplaceChildrenOptions};
+use datafusion::physical_plan::execution_plan::ReplaceChildrenOptions;
 use datafusion::physical_plan::metrics::{BaselineMetrics, ExecutionPlanMetricsSet, MetricsSet};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
@@ -338,13 +338,7 @@ impl ExecutionPlan for JsonDecodeExec {
         "JsonDecodeExec"
     }
 
-    fn properties(&self) -> &Arc<PlanProperties> {
-        &self.properties
-    }
-
-    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
-        vec![&self.input]
-    }
+    crate::stateful::unary_plan_methods!();
 
     fn maintains_input_order(&self) -> Vec<bool> {
         vec![true]
@@ -373,17 +367,6 @@ impl ExecutionPlan for JsonDecodeExec {
     ) -> DFResult<Arc<dyn ExecutionPlan>> {
         let input = children.pop().unwrap_or_else(|| Arc::clone(&self.input));
         Ok(Arc::new(Self::try_new(input, self.decodes.clone())?))
-    }
-
-    #[allow(deprecated)]
-    fn with_new_children(
-        self: Arc<Self>,
-        children: Vec<Arc<dyn ExecutionPlan>>,
-    ) -> DFResult<Arc<dyn ExecutionPlan>> {
-        self.replace_children(
-            children,
-            ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute),
-        )
     }
 
     fn execute(

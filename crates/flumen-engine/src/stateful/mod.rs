@@ -33,7 +33,7 @@ use self::concat::ConcatPartitionsExec;
 use crate::error::{FlumenError, Result};
 use crate::progress::StateOperatorProgress;
 
-/// The `ExecutionPlan` methods every one-input Flumen operator writes the same way:
+/// The `ExecutionPlan` methods every one-input Flumen operator (stateful or not) writes the same way:
 /// `properties`, `children` and `with_new_children` (which delegates to `replace_children`).
 /// Expects `properties` and `input` fields.
 macro_rules! unary_plan_methods {
