@@ -3,7 +3,7 @@
 //! `is_adult`, join with the class names), and the result is read back from Kafka and counted.
 //!
 //! ```text
-//! FLUMEN_TITANIC_CSV=../shared/data/titanic.csv cargo run --release --example titanic
+//! cargo run --release --example titanic
 //! cargo run --release --example titanic -- --ui    # then keeps http://127.0.0.1:4040/ up until Ctrl-C
 //! ```
 
@@ -19,7 +19,7 @@ use flumen_examples::{Broker, KafkaArgs, UiArgs, keep_ui_until_ctrl_c};
 /// Run the Titanic enrichment end to end and summarise it.
 #[derive(Parser, Debug)]
 struct Args {
-    /// The Titanic CSV (default: $FLUMEN_TITANIC_CSV, else 891 generated passengers).
+    /// The Titanic CSV (default: $FLUMEN_TITANIC_CSV, else data/titanic.csv).
     #[arg(long)]
     csv: Option<PathBuf>,
     #[command(flatten)]

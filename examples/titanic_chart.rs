@@ -21,7 +21,7 @@ use flumen_examples::{Broker, KafkaArgs};
 struct Args {
     #[command(flatten)]
     kafka: KafkaArgs,
-    /// The Titanic CSV (default: $FLUMEN_TITANIC_CSV, else 891 generated passengers).
+    /// The Titanic CSV (default: $FLUMEN_TITANIC_CSV, else data/titanic.csv).
     #[arg(long)]
     csv: Option<PathBuf>,
     /// Where to write the chart.

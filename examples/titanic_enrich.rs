@@ -8,7 +8,7 @@
 //!   untruncated.
 //!
 //! ```text
-//! cargo run --release --example titanic_enrich -- --csv ../shared/data/titanic.csv --available-now
+//! cargo run --release --example titanic_enrich -- --available-now
 //! cargo run --release --example titanic_enrich -- --ui    # watch it on http://127.0.0.1:4040/
 //! ```
 
@@ -24,7 +24,7 @@ use flumen_examples::{Broker, KafkaArgs, UiArgs, run_until_ctrl_c_with_ui};
 struct Args {
     #[command(flatten)]
     kafka: KafkaArgs,
-    /// The Titanic CSV (default: $FLUMEN_TITANIC_CSV, else 891 generated passengers).
+    /// The Titanic CSV (default: $FLUMEN_TITANIC_CSV, else data/titanic.csv).
     #[arg(long)]
     csv: Option<PathBuf>,
     /// Checkpoint directory of the Kafka query.

@@ -18,7 +18,7 @@ use flumen_examples::{Broker, KafkaArgs, run_until_ctrl_c};
 struct Args {
     #[command(flatten)]
     kafka: KafkaArgs,
-    /// The Titanic CSV (default: $FLUMEN_TITANIC_CSV, else 891 generated passengers).
+    /// The Titanic CSV (default: $FLUMEN_TITANIC_CSV, else data/titanic.csv).
     #[arg(long)]
     csv: Option<PathBuf>,
     /// Event times start here (RFC 3339, e.g. 2026-01-01T00:00:00Z); default: now.

@@ -13,6 +13,8 @@ use rand::{Rng, SeedableRng};
 
 /// The environment variable naming the Titanic CSV.
 pub const CSV_ENV: &str = "FLUMEN_TITANIC_CSV";
+/// The Titanic CSV the repository carries (`data/titanic.csv`; see `data/README.md`).
+pub const BUNDLED_CSV: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../data/titanic.csv");
 /// Topic the passengers are loaded into.
 pub const RAW_TOPIC: &str = "raw-titanic";
 /// Topic the enriched passengers are written to.
@@ -43,16 +45,21 @@ pub enum TitanicData {
 }
 
 impl TitanicData {
-    /// `--csv PATH`, else `FLUMEN_TITANIC_CSV`, else 891 generated passengers — said loudly.
+    /// `--csv PATH`, else `FLUMEN_TITANIC_CSV`, else the repository's `data/titanic.csv`, else
+    /// 891 generated passengers — said loudly.
     pub fn choose(csv: Option<PathBuf>) -> Self {
-        match csv.or_else(|| std::env::var_os(CSV_ENV).map(PathBuf::from)) {
+        let bundled = Path::new(BUNDLED_CSV);
+        let found = csv
+            .or_else(|| std::env::var_os(CSV_ENV).map(PathBuf::from))
+            .or_else(|| bundled.exists().then(|| bundled.to_path_buf()));
+        match found {
             Some(path) => {
                 eprintln!("Reading passengers from {}", path.display());
                 Self::Csv(path)
             }
             None => {
                 eprintln!(
-                    "*** No Titanic CSV given (--csv PATH or {CSV_ENV}): using 891 GENERATED passengers (seed 1912), not the real data set ***"
+                    "*** No Titanic CSV given (--csv PATH or {CSV_ENV}) and none at {BUNDLED_CSV}: using 891 GENERATED passengers (seed 1912), not the real data set ***"
                 );
                 Self::Generated {
                     rows: 891,

@@ -176,12 +176,12 @@ pub fn earliest_reader(
         .starting_offsets(StartingOffsets::Earliest)
 }
 
-/// The Titanic CSV: `FLUMEN_TITANIC_CSV`, else `../shared/data/titanic.csv` beside the repository.
+/// The Titanic CSV: `FLUMEN_TITANIC_CSV`, else the repository's `data/titanic.csv`.
 pub fn titanic_csv() -> PathBuf {
     let path = std::env::var_os("FLUMEN_TITANIC_CSV")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/titanic.csv")
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../data/titanic.csv")
         });
     assert!(
         path.exists(),
