@@ -113,11 +113,33 @@ async fn run_from(
     checkpoint: Option<&std::path::Path>,
     outputs: Outputs,
 ) -> flumen::Result<Run> {
+    let session = StreamSession::new();
+    run_in(
+        session,
+        build,
+        mode,
+        batches,
+        already_fed,
+        checkpoint,
+        outputs,
+    )
+    .await
+}
+
+/// [`run_from`] in `session`.
+async fn run_in(
+    session: StreamSession,
+    build: impl Fn(StreamFrame) -> flumen::Result<StreamFrame>,
+    mode: OutputMode,
+    batches: &[&[(&str, i64)]],
+    already_fed: usize,
+    checkpoint: Option<&std::path::Path>,
+    outputs: Outputs,
+) -> flumen::Result<Run> {
     let input = Arc::new(MemoryStream::new("events", schema()));
     for batch in &batches[..already_fed] {
         input.add_batch(events(batch))?;
     }
-    let session = StreamSession::new();
     let frame = build(session.stream(input.clone())?)?;
     let sink_outputs = Arc::clone(&outputs);
     let mut writer = frame
@@ -424,7 +446,7 @@ async fn run_resumed(
         std::fs::remove_file(checkpoint.join("commits").join(last.to_string())).unwrap();
         assert!(
             checkpoint
-                .join(format!("state/0/{}.delta", last + 1))
+                .join(format!("state/0/0/{}.delta", last + 1))
                 .exists()
         );
     }
@@ -439,6 +461,220 @@ async fn run_resumed(
     .await
     .unwrap()
     .outputs
+}
+
+/// A session whose stateful operators split new state over `partitions` key partitions.
+fn session_with_partitions(partitions: usize) -> StreamSession {
+    use flumen::datafusion::prelude::SessionConfig;
+    StreamSession::with_config(SessionConfig::new().with_target_partitions(partitions))
+}
+
+/// 60 rows over 11 words and about an hour, out of order by up to 8 minutes, every 17th row
+/// 20 minutes late; in 6 batches.
+fn many_words() -> Vec<Vec<(String, i64)>> {
+    (0..60i64)
+        .map(|i| {
+            let late = if i % 17 == 16 { 20 } else { 0 };
+            (format!("w{}", (i * 7) % 11), i + (i * 7) % 9 - late)
+        })
+        .collect::<Vec<_>>()
+        .chunks(10)
+        .map(<[_]>::to_vec)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_partitioned_state_emits_the_same_rows_in_the_same_order_for_any_partition_count() {
+    let words = many_words();
+    let words: Vec<Vec<(&str, i64)>> = words
+        .iter()
+        .map(|b| b.iter().map(|(w, m)| (w.as_str(), *m)).collect())
+        .collect();
+    let words: Vec<&[(&str, i64)]> = words.iter().map(Vec::as_slice).collect();
+    let sessions = |f: StreamFrame| {
+        f.with_watermark("ts", "10 minutes")?
+            .group_by([session_window(col("ts"), "4 minutes"), col("word")])
+            .count()
+    };
+    let sliding = |f: StreamFrame| {
+        f.with_watermark("ts", "10 minutes")?
+            .group_by([
+                sliding_window(col("ts"), "10 minutes", "5 minutes"),
+                col("word"),
+            ])
+            .agg([count(lit(1)).alias("n"), max(col("ts")).alias("last")])
+    };
+    let dedup = |f: StreamFrame| {
+        f.with_watermark("ts", "10 minutes")?
+            .drop_duplicates_within_watermark(&["word"])
+    };
+    type Build = fn(StreamFrame) -> flumen::Result<StreamFrame>;
+    let cases: Vec<(&str, Build, OutputMode)> = vec![
+        ("tumbling update", windowed_counts, OutputMode::Update),
+        ("tumbling append", windowed_counts, OutputMode::Append),
+        ("tumbling complete", windowed_counts, OutputMode::Complete),
+        ("sliding update", sliding, OutputMode::Update),
+        ("sliding append", sliding, OutputMode::Append),
+        ("sessions append", sessions, OutputMode::Append),
+        ("sessions complete", sessions, OutputMode::Complete),
+        ("dedup", dedup, OutputMode::Append),
+    ];
+    for (name, build, mode) in cases {
+        let one = run_in(
+            session_with_partitions(1),
+            build,
+            mode,
+            &words,
+            0,
+            None,
+            fresh(),
+        )
+        .await
+        .unwrap();
+        assert!(
+            one.outputs.values().map(Vec::len).sum::<usize>() >= 10,
+            "{name}: {:?}",
+            one.outputs
+        );
+        // Complete mode keeps every group, so nothing is late for it (Spark's rule).
+        assert_eq!(
+            one.dropped() > 0,
+            mode != OutputMode::Complete,
+            "{name}: late rows"
+        );
+        for partitions in [2, 5] {
+            let split = run_in(
+                session_with_partitions(partitions),
+                build,
+                mode,
+                &words,
+                0,
+                None,
+                fresh(),
+            )
+            .await
+            .unwrap();
+            assert_eq!(
+                split.outputs, one.outputs,
+                "{name} in {partitions} partitions"
+            );
+            assert_eq!(split.dropped(), one.dropped(), "{name}");
+            let last = &split.progress.last().unwrap().state_operators[0];
+            let last_one = &one.progress.last().unwrap().state_operators[0];
+            assert_eq!(last.num_shuffle_partitions, partitions as u64, "{name}");
+            assert_eq!(last.num_state_store_instances, partitions as u64, "{name}");
+            assert_eq!(last.num_rows_total, last_one.num_rows_total, "{name}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_checkpoint_keeps_its_state_partition_count_across_restarts() {
+    let straight = run_in(
+        session_with_partitions(1),
+        windowed_counts,
+        OutputMode::Update,
+        GUIDE,
+        0,
+        None,
+        fresh(),
+    )
+    .await
+    .unwrap();
+    let checkpoint = temp_dir();
+    let outputs = fresh();
+    run_in(
+        session_with_partitions(3),
+        windowed_counts,
+        OutputMode::Update,
+        &GUIDE[..3],
+        0,
+        Some(checkpoint.path()),
+        Arc::clone(&outputs),
+    )
+    .await
+    .unwrap();
+    let resumed = run_in(
+        session_with_partitions(1),
+        windowed_counts,
+        OutputMode::Update,
+        GUIDE,
+        3,
+        Some(checkpoint.path()),
+        outputs,
+    )
+    .await
+    .unwrap();
+    assert_eq!(resumed.outputs, straight.outputs);
+    let last = resumed.progress.last().unwrap();
+    assert_eq!(last.state_operators[0].num_shuffle_partitions, 3);
+    let offsets = std::fs::read_to_string(checkpoint.path().join("offsets/4")).unwrap();
+    assert!(
+        offsets.contains("\"flumen.state.partitions\":\"3\""),
+        "{offsets}"
+    );
+    for partition in 0..3 {
+        assert!(
+            checkpoint
+                .path()
+                .join(format!("state/0/{partition}/5.delta"))
+                .exists()
+        );
+    }
+    assert!(!checkpoint.path().join("state/0/3").exists());
+}
+
+/// A checkpoint written before state was partitioned: `state/0/<version>.delta`, and offset
+/// logs without `flumen.state.partitions`. Made here from a one-partition checkpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpoint_from_before_partitioned_state_resumes_with_one_partition() {
+    let straight = run(windowed_counts, OutputMode::Append, GUIDE, None, fresh())
+        .await
+        .unwrap();
+    let checkpoint = temp_dir();
+    let outputs = fresh();
+    run_in(
+        session_with_partitions(1),
+        windowed_counts,
+        OutputMode::Append,
+        &GUIDE[..3],
+        0,
+        Some(checkpoint.path()),
+        Arc::clone(&outputs),
+    )
+    .await
+    .unwrap();
+    let state = checkpoint.path().join("state/0");
+    for entry in std::fs::read_dir(state.join("0")).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::rename(&path, state.join(path.file_name().unwrap())).unwrap();
+    }
+    std::fs::remove_dir(state.join("0")).unwrap();
+    for entry in std::fs::read_dir(checkpoint.path().join("offsets")).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let legacy = text.replace(",\"flumen.state.partitions\":\"1\"", "");
+        assert_ne!(text, legacy);
+        std::fs::write(&path, legacy).unwrap();
+    }
+    let resumed = run_in(
+        session_with_partitions(4),
+        windowed_counts,
+        OutputMode::Append,
+        GUIDE,
+        3,
+        Some(checkpoint.path()),
+        outputs,
+    )
+    .await
+    .unwrap();
+    assert_eq!(resumed.outputs, straight.outputs);
+    assert_eq!(
+        resumed.progress.last().unwrap().state_operators[0].num_shuffle_partitions,
+        1
+    );
+    assert!(state.join("5.delta").exists());
+    assert!(!state.join("0").exists());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -180,9 +180,7 @@ pub fn earliest_reader(
 pub fn titanic_csv() -> PathBuf {
     let path = std::env::var_os("FLUMEN_TITANIC_CSV")
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../data/titanic.csv")
-        });
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../data/titanic.csv"));
     assert!(
         path.exists(),
         "the Titanic CSV is not at {}; set FLUMEN_TITANIC_CSV to its path",

@@ -9,6 +9,8 @@
 //!                     {"demo-topic":{"0":5}}                    one line per source (end, exclusive)
 //!   commits/<N>       v1                                        written after the sink
 //!                     {"nextBatchWatermarkMs":0}                has batch N
+//!   state/<op>/<p>/   <version>.delta, <version>.snapshot       partition p of the op-th
+//!                                                               stateful operator's state
 //! ```
 //!
 //! Files are written to a temporary name, fsynced, renamed into place and the directory fsynced,
@@ -30,6 +32,30 @@ pub const FORMAT_VERSION: &str = "v1";
 
 /// How many batches of offset and commit logs are kept (Spark's `minBatchesToRetain`).
 pub const MIN_BATCHES_TO_RETAIN: u64 = 100;
+
+/// The offset log setting that records how many key partitions each stateful operator's
+/// state has (Spark records `spark.sql.shuffle.partitions` the same way).
+pub const STATE_PARTITIONS_CONF: &str = "flumen.state.partitions";
+
+/// How a query's operator state is split under `state/`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StateLayout {
+    /// `state/<operator>/<partition>/<version>.delta`: this many key partitions per operator.
+    Partitioned(usize),
+    /// `state/<operator>/<version>.delta`: one partition, as in checkpoints written before state
+    /// was partitioned (their offset logs do not record [`STATE_PARTITIONS_CONF`]).
+    Single,
+}
+
+impl StateLayout {
+    /// The number of partitions.
+    pub fn partitions(&self) -> usize {
+        match self {
+            StateLayout::Partitioned(n) => *n,
+            StateLayout::Single => 1,
+        }
+    }
+}
 
 /// Batch metadata stored in `offsets/N` (Spark's `OffsetSeqMetadata`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -116,9 +142,36 @@ impl Checkpoint {
         self.root.join("sources").join(index.to_string()).join("0")
     }
 
-    /// `state/<operator>`: the state directory of the query's `operator`-th stateful operator.
-    pub fn state_dir(&self, operator: usize) -> PathBuf {
-        self.root.join("state").join(operator.to_string())
+    /// The state directories of the query's `operator`-th stateful operator, one per
+    /// partition: `state/<operator>/<partition>` (or `state/<operator>` in the
+    /// [`StateLayout::Single`] layout).
+    pub fn state_dirs(&self, operator: usize, layout: StateLayout) -> Vec<PathBuf> {
+        let dir = self.root.join("state").join(operator.to_string());
+        match layout {
+            StateLayout::Single => vec![dir],
+            StateLayout::Partitioned(n) => (0..n).map(|p| dir.join(p.to_string())).collect(),
+        }
+    }
+
+    /// How this checkpoint lays out its state: as recorded in its newest offset log, or, for a
+    /// new checkpoint, `default_partitions` partitions. The count is fixed once a batch has
+    /// been planned: a query restarted with another `target_partitions` keeps the checkpoint's.
+    pub fn state_layout(&self, default_partitions: usize) -> Result<StateLayout> {
+        let Some((n, entry)) = self.latest_offsets()? else {
+            return Ok(StateLayout::Partitioned(default_partitions.max(1)));
+        };
+        match entry.metadata.conf.get(STATE_PARTITIONS_CONF) {
+            None => Ok(StateLayout::Single),
+            Some(v) => match v.parse::<usize>() {
+                Ok(count) if count > 0 => Ok(StateLayout::Partitioned(count)),
+                _ => Err(FlumenError::checkpoint(
+                    self.offsets_path(n),
+                    format!(
+                        "has {STATE_PARTITIONS_CONF} = '{v}', which is not a positive number; restore the file or start a new checkpoint location"
+                    ),
+                )),
+            },
+        }
     }
 
     /// Whether this is a temporary checkpoint.

@@ -17,7 +17,7 @@ use futures::FutureExt;
 use tracing::Instrument;
 
 use crate::checkpoint::{
-    Checkpoint, CommitEntry, MIN_BATCHES_TO_RETAIN, OffsetEntry, OffsetMetadata,
+    Checkpoint, CommitEntry, MIN_BATCHES_TO_RETAIN, OffsetEntry, OffsetMetadata, StateLayout,
 };
 use crate::error::{FlumenError, Result};
 use crate::modes::{OutputMode, Trigger};
@@ -46,6 +46,8 @@ pub(crate) struct Execution {
     pub trigger: Trigger,
     pub read_limit: ReadLimit,
     pub conf: BTreeMap<String, String>,
+    /// How the stateful operators' state is split into key partitions (their count is set).
+    pub state_layout: StateLayout,
     /// Partitions idle this long stop holding the watermark back (`None`: never).
     pub watermark_idle_timeout: Option<Duration>,
     /// The query's watermark, when it declares one (set up by the run loop).
@@ -284,7 +286,9 @@ impl Execution {
                 let keep_from = next_batch + 1 - MIN_BATCHES_TO_RETAIN;
                 self.checkpoint.purge_before(keep_from)?;
                 for i in 0..self.plan.operators.len() {
-                    StateStore::purge(&self.checkpoint.state_dir(i), keep_from)?;
+                    for dir in self.checkpoint.state_dirs(i, self.state_layout) {
+                        StateStore::purge(&dir, keep_from)?;
+                    }
                 }
             }
             start = end;
@@ -323,7 +327,7 @@ impl Execution {
     /// Restores the stateful operators for running batch `version` next, and the watermark.
     fn restore_state(&mut self, version: u64, watermark_ms: i64) -> Result<()> {
         for (i, operator) in self.plan.operators.iter().enumerate() {
-            operator.restore(&self.checkpoint.state_dir(i), version)?;
+            operator.restore(&self.checkpoint.state_dirs(i, self.state_layout), version)?;
         }
         if let Some((spec, _)) = &self.plan.watermark {
             self.tracker = Some(WatermarkTracker::new(
@@ -429,7 +433,10 @@ impl Execution {
             let output = self.execute_plan(input, batch.timestamp_ms).await?;
             let output_rows: i64 = output.iter().map(|b| b.num_rows() as i64).sum();
             for (i, operator) in self.plan.operators.iter().enumerate() {
-                operator.commit(&self.checkpoint.state_dir(i), batch_id + 1)?;
+                operator.commit(
+                    &self.checkpoint.state_dirs(i, self.state_layout),
+                    batch_id + 1,
+                )?;
             }
             self.sink
                 .add_batch(batch_id, &self.plan.output_schema, output, self.mode)

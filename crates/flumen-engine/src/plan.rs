@@ -575,6 +575,9 @@ pub(crate) struct QueryPlan {
     pub operators: Vec<OperatorHandle>,
     /// The batch timestamp `current_timestamp()` returns in this query.
     pub clock: BatchClock,
+    /// The session's `target_partitions`: how many key partitions a new checkpoint's state
+    /// gets.
+    pub target_partitions: usize,
 }
 
 impl fmt::Debug for QueryPlan {
@@ -674,6 +677,7 @@ pub(crate) async fn plan_query(
         watermark,
         operators,
         clock,
+        target_partitions: partitions,
     })
 }
 

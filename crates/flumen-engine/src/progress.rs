@@ -79,9 +79,10 @@ pub struct StateOperatorProgress {
     pub memory_used_bytes: u64,
     /// Input rows ignored because they were behind the watermark.
     pub num_rows_dropped_by_watermark: u64,
-    /// Always 1: Flumen does not shuffle.
+    /// Key partitions the operator's state is split into (the checkpoint's
+    /// `flumen.state.partitions`; Spark's `spark.sql.shuffle.partitions`).
     pub num_shuffle_partitions: u64,
-    /// Always 1: one state store per operator.
+    /// State stores of the operator: one per key partition.
     pub num_state_store_instances: u64,
     /// Store-specific metrics, e.g. `stateOnCurrentVersionSizeBytes`.
     #[serde(default)]

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::dataframe::DataFrame;
 
-use crate::checkpoint::Checkpoint;
+use crate::checkpoint::{Checkpoint, STATE_PARTITIONS_CONF, StateLayout};
 use crate::error::{FlumenError, Result};
 use crate::exec::Execution;
 use crate::frame::StreamFrame;
@@ -264,6 +264,15 @@ impl DataStreamWriter {
         let mut conf = BTreeMap::new();
         conf.insert("flumen.source".to_string(), plan.source.fingerprint());
         crate::exec::check_conf_unchanged(&checkpoint, &conf)?;
+        // State partitions: the checkpoint's count wins over the session's (Spark restores
+        // `spark.sql.shuffle.partitions` the same way), so every key finds its state again.
+        let state_layout = checkpoint.state_layout(plan.target_partitions)?;
+        if let StateLayout::Partitioned(n) = state_layout {
+            conf.insert(STATE_PARTITIONS_CONF.to_string(), n.to_string());
+        }
+        for operator in &plan.operators {
+            operator.set_partitions(state_layout.partitions())?;
+        }
         let read_limit = plan.source.read_limit();
         let watermark_idle_timeout = match self.options.get("watermarkIdleTimeout") {
             None => Some(DEFAULT_WATERMARK_IDLE_TIMEOUT),
@@ -288,6 +297,7 @@ impl DataStreamWriter {
             trigger: self.trigger,
             read_limit,
             conf,
+            state_layout,
             watermark_idle_timeout,
             tracker: None,
             run_no_data_batch: false,

@@ -56,8 +56,8 @@
 //! `flumen::MonitorServer`: a JSON API, Prometheus metrics and a live page for a session's
 //! queries on `http://127.0.0.1:4040/`.
 //!
-//! See the README for the examples, the checkpoint layout, monitoring and the differences from
-//! Spark.
+//! See the repository's README for the examples, and its `docs/` pages for the API guide, event
+//! time and state, monitoring, the checkpoint layout, Kafka and the differences from Spark.
 
 pub use flumen_engine::*;
 

@@ -9,15 +9,17 @@
 use std::collections::HashSet;
 use std::fmt;
 use std::hash::{Hash, Hasher};
-use std::path::Path;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, BooleanArray, Int64Array, RecordBatch, UInt32Array,
+    Array, ArrayRef, AsArray, BooleanArray, Int64Array, RecordBatch, TimestampMicrosecondArray,
+    UInt32Array,
 };
-use datafusion::arrow::compute::{concat_batches, filter_record_batch, take};
+use datafusion::arrow::compute::{concat_batches, filter_record_batch};
 use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef};
+use datafusion::arrow::row::Rows;
 use datafusion::common::DFSchemaRef;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::error::Result as DFResult;
@@ -28,11 +30,13 @@ use datafusion::physical_plan::{
     SendableRecordBatchStream,
 };
 
+use super::partitions::{self, for_each_partition};
 use super::store::StateStore;
 use super::windows::event_time_micros;
 use super::{
-    OperatorHandle, OperatorState, StatefulOperator, WatermarkSpec, process_whole_input,
-    single_partition_input, single_partition_properties,
+    OperatorHandle, OperatorState, StatefulOperator, WatermarkSpec, account_partitions,
+    commit_partitions, process_whole_input, restore_partitions, single_partition_input,
+    single_partition_properties, sum_progress,
 };
 use crate::error::{FlumenError, Result};
 use crate::progress::StateOperatorProgress;
@@ -104,7 +108,10 @@ struct Core {
     within_watermark: bool,
     /// Event-time column and, within the watermark, the delay (µs).
     event: Option<(usize, i64)>,
-    state: Mutex<OperatorState>,
+    key_schema: SchemaRef,
+    value_schema: SchemaRef,
+    /// One state per key partition.
+    state: Mutex<Vec<OperatorState>>,
 }
 
 /// The physical operator.
@@ -173,21 +180,18 @@ impl DedupExec {
             true,
         )]));
         let properties = single_partition_properties(input.properties());
+        let core = Core {
+            input_schema: schema,
+            key_indices,
+            within_watermark,
+            event,
+            key_schema,
+            value_schema,
+            state: Mutex::new(Vec::new()),
+        };
+        core.set_partitions(1)?;
         Ok(Self {
-            core: Arc::new(Core {
-                input_schema: schema,
-                key_indices,
-                within_watermark,
-                event,
-                state: Mutex::new(OperatorState::new(
-                    StateStore::new(key_schema, value_schema)?,
-                    if within_watermark {
-                        "dedupeWithinWatermark"
-                    } else {
-                        "dedupe"
-                    },
-                )),
-            }),
+            core: Arc::new(core),
             input,
             properties,
         })
@@ -221,31 +225,50 @@ impl DedupExec {
 }
 
 impl Core {
-    fn lock(&self) -> Result<std::sync::MutexGuard<'_, OperatorState>> {
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, Vec<OperatorState>>> {
         self.state.lock().map_err(|_| {
             FlumenError::IllegalState("deduplication state poisoned by an earlier panic".into())
         })
     }
 
+    /// Empty state in `partitions` key partitions.
+    fn set_partitions(&self, partitions: usize) -> Result<()> {
+        let name = if self.within_watermark {
+            "dedupeWithinWatermark"
+        } else {
+            "dedupe"
+        };
+        let states = (0..partitions.max(1))
+            .map(|_| {
+                let store =
+                    StateStore::new(Arc::clone(&self.key_schema), Arc::clone(&self.value_schema))?;
+                Ok(OperatorState::new(store, name))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        *self.lock()? = states;
+        Ok(())
+    }
+
+    /// Keeps each key's first row (rows behind the watermark dropped), in batch order.
     fn process(&self, input: Vec<RecordBatch>, ctx: &TaskContext) -> Result<RecordBatch> {
-        let started = Instant::now();
-        let mut guard = self.lock()?;
-        let state = &mut *guard;
+        let mut states = self.lock()?;
         let batch = concat_batches(&self.input_schema, &input)?;
         let keys: Vec<ArrayRef> = self
             .key_indices
             .iter()
             .map(|&i| Arc::clone(batch.column(i)))
             .collect();
-        let rows = state.store.key_rows(&keys)?;
+        let rows = partitions::key_rows(&keys)?;
         let times = match self.event {
             Some((i, _)) => Some(event_time_micros(batch.column(i))?),
             None => None,
         };
-        let watermark_us = state.watermark_ms.saturating_mul(1000);
-        let mut seen: HashSet<&[u8]> = HashSet::new();
-        let mut keep = Vec::with_capacity(batch.num_rows());
-        let mut first_rows: Vec<u32> = Vec::new();
+        let watermark_us = states
+            .first()
+            .map_or(0, |s| s.watermark_ms)
+            .saturating_mul(1000);
+        let count = states.len();
+        let mut routed = vec![Vec::new(); count];
         let mut dropped = 0u64;
         for i in 0..batch.num_rows() {
             if let Some(times) = &times
@@ -253,24 +276,48 @@ impl Core {
                 && times.value(i) <= watermark_us
             {
                 dropped += 1;
-                keep.push(false);
                 continue;
             }
-            let key = rows.row(i).data();
-            let new = state.store.get(key).is_none() && seen.insert(key);
-            if new {
-                first_rows.push(i as u32);
-            }
-            keep.push(new);
+            routed[partitions::partition_of(rows.row(i).data(), count)].push(i as u32);
         }
-        let output = filter_record_batch(&batch, &BooleanArray::from(keep))?;
+        let stored: usize = states.iter().map(|s| s.store.len()).sum();
+        let work = |state: &mut OperatorState, positions: Vec<u32>| {
+            self.process_partition(state, &positions, &keys, &rows, times.as_ref())
+        };
+        let kept = for_each_partition(&mut states, routed, batch.num_rows() + stored, work)?;
+        if let Some(first) = states.first_mut() {
+            first.metrics.num_rows_dropped_by_watermark = dropped;
+        }
+        account_partitions(states.iter_mut(), ctx, "deduplication")?;
+        let mut keep = vec![false; batch.num_rows()];
+        for position in kept.into_iter().flatten() {
+            keep[position as usize] = true;
+        }
+        Ok(filter_record_batch(&batch, &BooleanArray::from(keep))?)
+    }
 
+    /// Stores the keys of one partition's rows (at `positions` of the batch) not seen before,
+    /// evicts expired keys, and returns the positions of the rows to keep.
+    fn process_partition(
+        &self,
+        state: &mut OperatorState,
+        positions: &[u32],
+        keys: &[ArrayRef],
+        rows: &Rows,
+        times: Option<&TimestampMicrosecondArray>,
+    ) -> Result<Vec<u32>> {
+        let started = Instant::now();
+        let mut seen: HashSet<&[u8]> = HashSet::new();
+        let mut first_rows: Vec<u32> = Vec::new();
+        for &i in positions {
+            let key = rows.row(i as usize).data();
+            if state.store.get(key).is_none() && seen.insert(key) {
+                first_rows.push(i);
+            }
+        }
         let first = UInt32Array::from(first_rows);
-        let new_keys: Vec<ArrayRef> = keys
-            .iter()
-            .map(|k| Ok(take(k, &first, None)?))
-            .collect::<Result<_>>()?;
-        let expires: Int64Array = match (&times, self.event) {
+        let new_keys = partitions::take_rows(keys, &first)?;
+        let expires: Int64Array = match (times, self.event) {
             (Some(times), Some((_, delay_us))) => first
                 .values()
                 .iter()
@@ -291,6 +338,7 @@ impl Core {
 
         let removal = Instant::now();
         let mut removed = 0;
+        let watermark_us = state.watermark_ms.saturating_mul(1000);
         if self.event.is_some() && state.eviction_due() {
             let (gone, _) = state.store.remove_where(|_, values| {
                 let expires = values[0].as_primitive::<Int64Type>();
@@ -307,36 +355,46 @@ impl Core {
         m.num_rows_total = state.store.len() as u64;
         m.num_rows_updated = added;
         m.num_rows_removed = removed;
-        m.num_rows_dropped_by_watermark = dropped;
+        m.num_rows_dropped_by_watermark = 0;
         m.all_updates_time_ms = updates_ms;
         m.all_removals_time_ms = removal.elapsed().as_millis() as u64;
-        m.memory_used_bytes = state.store.account(ctx, "deduplication")?;
-        Ok(output)
+        Ok(first.values().to_vec())
     }
 }
 
 struct DedupHandle(Arc<Core>);
 
 impl StatefulOperator for DedupHandle {
-    fn restore(&self, dir: &Path, version: u64) -> Result<()> {
-        self.0.lock()?.restore(dir, version)
+    fn set_partitions(&self, partitions: usize) -> Result<()> {
+        self.0.set_partitions(partitions)
+    }
+
+    fn restore(&self, dirs: &[PathBuf], version: u64) -> Result<()> {
+        let mut states = self.0.lock()?;
+        restore_partitions(&mut states, dirs, version, |state, dir, version| {
+            state.restore(dir, version)
+        })
     }
 
     fn begin_batch(&self, watermark_ms: i64) {
-        if let Ok(mut state) = self.0.state.lock() {
-            state.begin_batch(watermark_ms);
+        if let Ok(mut states) = self.0.state.lock() {
+            for state in states.iter_mut() {
+                state.begin_batch(watermark_ms);
+            }
         }
     }
 
-    fn commit(&self, dir: &Path, version: u64) -> Result<()> {
-        self.0.lock()?.commit(dir, version)
+    fn commit(&self, dirs: &[PathBuf], version: u64) -> Result<()> {
+        let mut states = self.0.lock()?;
+        let mut ops: Vec<&mut OperatorState> = states.iter_mut().collect();
+        commit_partitions(&mut ops, dirs, version)
     }
 
     fn progress(&self) -> StateOperatorProgress {
         self.0
             .state
             .lock()
-            .map(|s| s.metrics.clone())
+            .map(|s| sum_progress(s.iter().map(|s| &s.metrics)))
             .unwrap_or_default()
     }
 

@@ -9,17 +9,19 @@
 pub(crate) mod aggregate;
 mod concat;
 pub(crate) mod dedup;
+mod partitions;
 pub(crate) mod planner;
 pub(crate) mod store;
 pub(crate) mod watermark;
 pub mod windows;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use datafusion::arrow::array::{ArrayRef, RecordBatch};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::error::{DataFusionError, Result as DFResult};
+use datafusion::execution::TaskContext;
 use datafusion::physical_expr::expressions::{CastExpr, Column, TryCastExpr};
 use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
@@ -122,13 +124,18 @@ pub struct WatermarkSpec {
 }
 
 /// What the micro-batch loop needs from a stateful operator.
+///
+/// Its state is split into key partitions (see [`partitions`]); the directories passed to
+/// `restore` and `commit` are one per partition.
 pub(crate) trait StatefulOperator: Send + Sync {
+    /// Empties the state and splits it into `partitions` key partitions (before a restore).
+    fn set_partitions(&self, partitions: usize) -> Result<()>;
     /// Restores the state as of `version` (the state after batch `version - 1`).
-    fn restore(&self, dir: &Path, version: u64) -> Result<()>;
+    fn restore(&self, dirs: &[PathBuf], version: u64) -> Result<()>;
     /// Sets the watermark the next execution uses to drop late rows and evict state (ms).
     fn begin_batch(&self, watermark_ms: i64);
     /// Writes the state changes of the batch just executed as `version`.
-    fn commit(&self, dir: &Path, version: u64) -> Result<()>;
+    fn commit(&self, dirs: &[PathBuf], version: u64) -> Result<()>;
     /// Metrics of the last batch.
     fn progress(&self) -> StateOperatorProgress;
     /// Whether a batch without new data should run because the watermark moved from
@@ -154,8 +161,6 @@ impl OperatorState {
             evicted_at_ms: i64::MIN,
             metrics: StateOperatorProgress {
                 operator_name: operator_name.into(),
-                num_shuffle_partitions: 1,
-                num_state_store_instances: 1,
                 ..Default::default()
             },
         }
@@ -195,6 +200,105 @@ impl OperatorState {
             .insert("stateOnCurrentVersionSizeBytes".into(), bytes);
         Ok(())
     }
+}
+
+/// The partition of each state in `states` paired with its directory: fails when the counts
+/// differ (the loop sets the partitions before it restores or commits).
+fn with_dirs<'a, S>(
+    states: &'a mut [S],
+    dirs: &'a [PathBuf],
+) -> Result<Vec<(&'a mut S, &'a PathBuf)>> {
+    if states.len() != dirs.len() {
+        return Err(FlumenError::IllegalState(format!(
+            "{} state partitions but {} state directories; this is a bug in Flumen, please report it",
+            states.len(),
+            dirs.len()
+        )));
+    }
+    Ok(states.iter_mut().zip(dirs).collect())
+}
+
+/// Restores every partition's state from its directory.
+pub(crate) fn restore_partitions<S: Send>(
+    states: &mut [S],
+    dirs: &[PathBuf],
+    version: u64,
+    restore: impl Fn(&mut S, &Path, u64) -> Result<()> + Sync,
+) -> Result<()> {
+    let n = states.len();
+    let pairs = with_dirs(states, dirs)?;
+    let mut slots: Vec<()> = vec![(); n];
+    partitions::for_each_partition(&mut slots, pairs, usize::MAX, |_, (state, dir)| {
+        restore(state, dir, version)
+    })?;
+    Ok(())
+}
+
+/// Writes every partition's changes as `version`, the partitions in parallel (their fsyncs
+/// overlap).
+pub(crate) fn commit_partitions(
+    states: &mut [&mut OperatorState],
+    dirs: &[PathBuf],
+    version: u64,
+) -> Result<()> {
+    let n = states.len();
+    let pairs = with_dirs(states, dirs)?;
+    let mut slots: Vec<()> = vec![(); n];
+    partitions::for_each_partition(&mut slots, pairs, usize::MAX, |_, (state, dir)| {
+        state.commit(dir, version)
+    })?;
+    Ok(())
+}
+
+/// Charges the state of all an operator's partitions to the session's memory pool (as one
+/// reservation, so the error of a state that does not fit tells its whole size) and records
+/// each partition's bytes in its metrics.
+pub(crate) fn account_partitions<'a>(
+    states: impl Iterator<Item = &'a mut OperatorState>,
+    ctx: &TaskContext,
+    operator: &str,
+) -> Result<()> {
+    let mut states: Vec<&mut OperatorState> = states.collect();
+    let (mut bytes, mut keys) = (0, 0);
+    for state in states.iter_mut() {
+        let held = state.store.memory_bytes();
+        state.metrics.memory_used_bytes = held as u64;
+        bytes += held;
+        keys += state.store.len();
+    }
+    match states.first_mut() {
+        Some(first) => first.store.reserve(ctx, operator, bytes, keys),
+        None => Ok(()),
+    }
+}
+
+/// One operator's progress from its partitions' metrics: counts, bytes and times summed.
+pub(crate) fn sum_progress<'a>(
+    partitions: impl ExactSizeIterator<Item = &'a StateOperatorProgress>,
+) -> StateOperatorProgress {
+    let count = partitions.len() as u64;
+    let mut total = StateOperatorProgress {
+        num_shuffle_partitions: count,
+        num_state_store_instances: count,
+        ..Default::default()
+    };
+    for m in partitions {
+        if total.operator_name.is_empty() {
+            total.operator_name.clone_from(&m.operator_name);
+        }
+        total.num_rows_total += m.num_rows_total;
+        total.num_rows_updated += m.num_rows_updated;
+        total.all_updates_time_ms += m.all_updates_time_ms;
+        total.num_rows_removed += m.num_rows_removed;
+        total.all_removals_time_ms += m.all_removals_time_ms;
+        total.commit_time_ms += m.commit_time_ms;
+        total.memory_used_bytes += m.memory_used_bytes;
+        total.num_rows_dropped_by_watermark += m.num_rows_dropped_by_watermark;
+        for (name, value) in &m.custom_metrics {
+            *total.custom_metrics.entry(name.clone()).or_default() += value;
+        }
+    }
+    total
 }
 
 /// A shared handle to a stateful operator of a query's plan.

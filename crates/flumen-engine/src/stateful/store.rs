@@ -155,22 +155,25 @@ impl StateStore {
         self.chunk_bytes + self.index.capacity() * (size_of::<Slot>() + 1) + self.converter.size()
     }
 
-    /// Charges the state's memory to the session's memory pool (DataFusion's, so a memory
-    /// limit set on the session bounds it); fails naming the operator when it does not fit.
-    /// Returns the bytes held.
-    pub fn account(&mut self, ctx: &TaskContext, operator: &str) -> Result<u64> {
-        let bytes = self.memory_bytes();
+    /// Charges `bytes` of state (`keys` keys: this store's and its sibling partitions') to the
+    /// session's memory pool (DataFusion's, so a memory limit set on the session bounds it);
+    /// fails naming the operator when they do not fit.
+    pub fn reserve(
+        &mut self,
+        ctx: &TaskContext,
+        operator: &str,
+        bytes: usize,
+        keys: usize,
+    ) -> Result<()> {
         let reservation = self.reservation.get_or_insert_with(|| {
             MemoryConsumer::new(format!("StreamingState[{operator}]")).register(ctx.memory_pool())
         });
         reservation.try_resize(bytes).map_err(|e| {
             FlumenError::DataFusion(DataFusionError::ResourcesExhausted(format!(
-                "the {operator} state ({bytes} bytes, {} keys) does not fit in the session's memory pool ({e}); \
+                "the {operator} state ({bytes} bytes, {keys} keys) does not fit in the session's memory pool ({e}); \
                  declare a watermark so old keys are evicted, or give the session more memory",
-                self.index.len()
             )))
-        })?;
-        Ok(bytes as u64)
+        })
     }
 
     /// Keys in row format, to look up and order.

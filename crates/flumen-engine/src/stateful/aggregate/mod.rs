@@ -25,7 +25,7 @@ mod sessions;
 
 use std::collections::HashMap;
 use std::fmt;
-use std::path::Path;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -49,11 +49,13 @@ use datafusion::physical_plan::{
     SendableRecordBatchStream,
 };
 
+use super::partitions::{self, for_each_partition};
 use super::store::{Loc, StateStore};
 use super::windows::{WindowExpr, WindowKind, as_window_expr, event_time_micros, window_structs};
 use super::{
-    OperatorHandle, OperatorState, StatefulOperator, WatermarkSpec, column_name, evaluate,
-    process_whole_input, single_partition_input, single_partition_properties,
+    OperatorHandle, OperatorState, StatefulOperator, WatermarkSpec, account_partitions,
+    column_name, commit_partitions, evaluate, process_whole_input, restore_partitions,
+    single_partition_input, single_partition_properties, sum_progress,
 };
 use crate::error::{FlumenError, Result};
 use crate::modes::OutputMode;
@@ -119,11 +121,35 @@ struct Core {
     schema: SchemaRef,
     /// Grouping columns as stored (a constant key stands in when there is no grouping).
     key_schema: SchemaRef,
+    /// Intermediate state columns as stored.
+    value_schema: SchemaRef,
     /// Where each aggregate's intermediate state columns start, and how many it has.
     state_ranges: Vec<std::ops::Range<usize>>,
     event: Option<EventKey>,
     mode: OutputMode,
-    state: Mutex<AggregateState>,
+    /// One state per key partition.
+    state: Mutex<Vec<AggregateState>>,
+}
+
+/// The evaluated input rows of one key partition.
+struct PartitionInput {
+    /// Position in the batch (windows expanded) of each row, ascending.
+    positions: Vec<u32>,
+    keys: Vec<ArrayRef>,
+    values: Vec<Vec<ArrayRef>>,
+    filters: Vec<Option<ArrayRef>>,
+}
+
+/// What one key partition emits for a batch.
+#[derive(Default)]
+struct PartitionOutput {
+    /// Update mode: the groups the batch changed, and the batch position of each group's
+    /// first row (so partitions' rows are emitted in the order the batch first showed them).
+    updated: Option<(RecordBatch, Vec<u32>)>,
+    /// Append mode: the groups the watermark closed.
+    closed: Option<RecordBatch>,
+    /// Complete mode: every group, ordered by key.
+    all: Option<RecordBatch>,
 }
 
 struct AggregateState {
@@ -246,7 +272,6 @@ impl StatefulAggregateExec {
             state_ranges.push(start..value_fields.len());
         }
         let value_schema = Arc::new(Schema::new(value_fields));
-        let store = StateStore::new(Arc::clone(&key_schema), value_schema)?;
         let core = Core {
             groups,
             window,
@@ -254,15 +279,13 @@ impl StatefulAggregateExec {
             filters: source.filter_expr().to_vec(),
             schema: Arc::clone(&schema),
             key_schema,
+            value_schema,
             state_ranges,
             event,
             mode,
-            state: Mutex::new(AggregateState {
-                op: OperatorState::new(store, "stateStoreSave"),
-                grouping: None,
-                sessions: HashMap::new(),
-            }),
+            state: Mutex::new(Vec::new()),
         };
+        core.set_partitions(1)?;
         Ok(Arc::new(Self {
             core: Arc::new(core),
             input: single_partition_input(input),
@@ -277,10 +300,27 @@ impl StatefulAggregateExec {
 }
 
 impl Core {
-    fn lock(&self) -> Result<std::sync::MutexGuard<'_, AggregateState>> {
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, Vec<AggregateState>>> {
         self.state.lock().map_err(|_| {
             FlumenError::IllegalState("aggregation state poisoned by an earlier panic".into())
         })
+    }
+
+    /// Empty state in `partitions` key partitions.
+    fn set_partitions(&self, partitions: usize) -> Result<()> {
+        let states = (0..partitions.max(1))
+            .map(|_| {
+                let store =
+                    StateStore::new(Arc::clone(&self.key_schema), Arc::clone(&self.value_schema))?;
+                Ok(AggregateState {
+                    op: OperatorState::new(store, "stateStoreSave"),
+                    grouping: None,
+                    sessions: HashMap::new(),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        *self.lock()? = states;
+        Ok(())
     }
 
     fn new_accumulator(agg: &Arc<AggregateFunctionExpr>) -> Result<Box<dyn GroupsAccumulator>> {
@@ -484,12 +524,84 @@ impl Core {
         input_schema: &SchemaRef,
         ctx: &TaskContext,
     ) -> Result<RecordBatch> {
-        let started = Instant::now();
-        let mut guard = self.lock()?;
-        let state = &mut *guard;
+        let mut states = self.lock()?;
         let batch = concat_batches(input_schema, &input)?;
-        let (keys, values, filters, dropped) =
-            self.evaluate_input(&batch, state.op.watermark_ms)?;
+        let watermark_ms = states.first().map_or(0, |s| s.op.watermark_ms);
+        let (keys, values, filters, dropped) = self.evaluate_input(&batch, watermark_ms)?;
+        let inputs = self.route(keys, values, filters, states.len())?;
+        let stored: usize = states.iter().map(|s| s.op.store.len()).sum();
+        let outputs = for_each_partition(
+            &mut states,
+            inputs,
+            batch.num_rows() + stored,
+            |state, input| self.process_partition(state, input),
+        )?;
+        if let Some(first) = states.first_mut() {
+            first.op.metrics.num_rows_dropped_by_watermark = dropped;
+        }
+        account_partitions(states.iter_mut().map(|s| &mut s.op), ctx, "aggregation")?;
+        self.combine(outputs)
+    }
+
+    /// Splits the evaluated rows by key partition: sessions by their non-window keys (a key's
+    /// sessions merge with each other), everything else by all its grouping keys.
+    fn route(
+        &self,
+        keys: Vec<ArrayRef>,
+        values: Vec<Vec<ArrayRef>>,
+        filters: Vec<Option<ArrayRef>>,
+        partitions: usize,
+    ) -> Result<Vec<PartitionInput>> {
+        let rows = keys[0].len();
+        if partitions <= 1 {
+            return Ok(vec![PartitionInput {
+                positions: Vec::new(),
+                keys,
+                values,
+                filters,
+            }]);
+        }
+        let routing = match &self.window {
+            Some((wi, w)) if matches!(w.kind, WindowKind::Session(_)) => {
+                self.other_key_rows(&sessions::without(&keys, *wi), rows)?
+            }
+            _ => partitions::key_rows(&keys)?,
+        };
+        partitions::route(&routing, partitions)
+            .into_iter()
+            .map(|positions| {
+                let picked = UInt32Array::from(positions);
+                Ok(PartitionInput {
+                    keys: partitions::take_rows(&keys, &picked)?,
+                    values: values
+                        .iter()
+                        .map(|v| partitions::take_rows(v, &picked))
+                        .collect::<Result<_>>()?,
+                    filters: filters
+                        .iter()
+                        .map(|f| f.as_ref().map(|f| Ok(take(f, &picked, None)?)).transpose())
+                        .collect::<Result<_>>()?,
+                    positions: picked.values().to_vec(),
+                })
+            })
+            .collect()
+    }
+
+    /// Folds one partition's rows into its state, evicts what the watermark passed, and says
+    /// what to emit.
+    fn process_partition(
+        &self,
+        state: &mut AggregateState,
+        input: PartitionInput,
+    ) -> Result<PartitionOutput> {
+        let started = Instant::now();
+        let PartitionInput {
+            positions,
+            keys,
+            values,
+            filters,
+        } = input;
+        let mut out = PartitionOutput::default();
 
         // Group the rows: local group ids, in order of first appearance.
         let BatchGroups {
@@ -528,10 +640,15 @@ impl Core {
         }
         let updates_ms = started.elapsed().as_millis() as u64;
 
-        let mut out = match self.mode {
-            OutputMode::Update if groups > 0 => vec![self.output(&group_keys, &new_state)?],
-            _ => Vec::new(),
-        };
+        if self.mode == OutputMode::Update && groups > 0 {
+            let mut first_positions = vec![u32::MAX; groups];
+            for (row, &group) in group_ids.iter().enumerate() {
+                if first_positions[group] == u32::MAX {
+                    first_positions[group] = positions.get(row).copied().unwrap_or(row as u32);
+                }
+            }
+            out.updated = Some((self.output(&group_keys, &new_state)?, first_positions));
+        }
 
         // Evict what the watermark has passed (never in complete mode).
         let removal_start = Instant::now();
@@ -559,53 +676,126 @@ impl Core {
                 self.forget_sessions(state, &keys)?;
             }
             if self.mode == OutputMode::Append && removed > 0 {
-                out.push(self.output(&keys, &values)?);
+                out.closed = Some(self.output(&keys, &values)?);
             }
         }
         let removals_ms = removal_start.elapsed().as_millis() as u64;
         if self.mode == OutputMode::Complete {
             let (keys, values) = state.op.store.all_sorted()?;
-            out.push(self.output(&keys, &values)?);
+            out.all = Some(self.output(&keys, &values)?);
         }
         state.op.store.maybe_compact()?;
 
-        let memory = state.op.store.account(ctx, "aggregation")?;
         let m = &mut state.op.metrics;
         m.num_rows_total = state.op.store.len() as u64;
         m.num_rows_updated = groups as u64;
         m.num_rows_removed = removed;
-        m.num_rows_dropped_by_watermark = dropped;
+        m.num_rows_dropped_by_watermark = 0;
         m.all_updates_time_ms = updates_ms;
         m.all_removals_time_ms = removals_ms;
-        m.memory_used_bytes = memory;
+        Ok(out)
+    }
+
+    /// The batch's output from its partitions' outputs, in the order one state would give:
+    /// updated groups in order of their first row in the batch, closed groups as found, and
+    /// in complete mode every group ordered by key.
+    fn combine(&self, outputs: Vec<PartitionOutput>) -> Result<RecordBatch> {
+        let several = outputs.len() > 1;
+        let mut updated = Vec::new();
+        let mut first_positions = Vec::new();
+        let mut closed = Vec::new();
+        let mut all = Vec::new();
+        for output in outputs {
+            if let Some((batch, positions)) = output.updated {
+                updated.push(batch);
+                first_positions.extend(positions);
+            }
+            closed.extend(output.closed);
+            all.extend(output.all);
+        }
+        let mut out = Vec::new();
+        if !updated.is_empty() {
+            let batch = concat_batches(&self.schema, &updated)?;
+            out.push(if several {
+                self.reordered(&batch, |columns| {
+                    partitions::sort_rows_by(columns, &first_positions)
+                })?
+            } else {
+                batch
+            });
+        }
+        if !closed.is_empty() {
+            let batch = concat_batches(&self.schema, &closed)?;
+            out.push(if several {
+                self.reordered(&batch, |columns| {
+                    partitions::sort_rows_by_key(columns, self.groups.len())
+                })?
+            } else {
+                batch
+            });
+        }
+        if !all.is_empty() {
+            let batch = concat_batches(&self.schema, &all)?;
+            out.push(if several {
+                self.reordered(&batch, |columns| {
+                    partitions::sort_rows_by_key(columns, self.groups.len())
+                })?
+            } else {
+                batch
+            });
+        }
         Ok(concat_batches(&self.schema, &out)?)
+    }
+
+    /// `batch` with its rows reordered by `order`.
+    fn reordered(
+        &self,
+        batch: &RecordBatch,
+        order: impl FnOnce(&[ArrayRef]) -> Result<Vec<ArrayRef>>,
+    ) -> Result<RecordBatch> {
+        Ok(RecordBatch::try_new_with_options(
+            Arc::clone(&self.schema),
+            order(batch.columns())?,
+            &datafusion::arrow::array::RecordBatchOptions::new()
+                .with_row_count(Some(batch.num_rows())),
+        )?)
     }
 }
 
 struct AggregateHandle(Arc<Core>);
 
 impl StatefulOperator for AggregateHandle {
-    fn restore(&self, dir: &Path, version: u64) -> Result<()> {
-        let mut state = self.0.lock()?;
-        state.op.restore(dir, version)?;
-        self.0.rebuild_sessions(&mut state)
+    fn set_partitions(&self, partitions: usize) -> Result<()> {
+        self.0.set_partitions(partitions)
+    }
+
+    fn restore(&self, dirs: &[PathBuf], version: u64) -> Result<()> {
+        let mut states = self.0.lock()?;
+        restore_partitions(&mut states, dirs, version, |state, dir, version| {
+            state.op.restore(dir, version)?;
+            self.0.rebuild_sessions(state)
+        })
     }
 
     fn begin_batch(&self, watermark_ms: i64) {
-        if let Ok(mut state) = self.0.state.lock() {
-            state.op.begin_batch(watermark_ms);
+        if let Ok(mut states) = self.0.state.lock() {
+            for state in states.iter_mut() {
+                state.op.begin_batch(watermark_ms);
+            }
         }
     }
 
-    fn commit(&self, dir: &Path, version: u64) -> Result<()> {
-        self.0.lock()?.op.commit(dir, version)
+    fn commit(&self, dirs: &[PathBuf], version: u64) -> Result<()> {
+        let mut states = self.0.lock()?;
+        let mut ops: Vec<&mut OperatorState> = states.iter_mut().map(|s| &mut s.op).collect();
+        commit_partitions(&mut ops, dirs, version)
     }
 
     fn progress(&self) -> StateOperatorProgress {
         self.0
             .state
             .lock()
-            .map(|s| s.op.metrics.clone())
+            .map(|s| sum_progress(s.iter().map(|s| &s.op.metrics)))
             .unwrap_or_default()
     }
 

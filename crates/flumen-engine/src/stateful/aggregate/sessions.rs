@@ -169,7 +169,7 @@ impl Core {
         })
     }
 
-    fn other_key_rows(&self, others: &[ArrayRef], rows: usize) -> Result<Rows> {
+    pub(super) fn other_key_rows(&self, others: &[ArrayRef], rows: usize) -> Result<Rows> {
         let columns: Vec<ArrayRef> = if others.is_empty() {
             vec![Arc::new(Int8Array::from(vec![0i8; rows]))]
         } else {
