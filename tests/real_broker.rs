@@ -1,4 +1,4 @@
-//! End to end against a real, independent Kafka-compatible broker (tansu in CI). Runs when
+//! End to end against a real Apache Kafka broker (`scripts/kafka.sh start` in CI). Runs when
 //! `FLUMEN_E2E_BOOTSTRAP` names the broker (`host:port`); otherwise every test returns at once
 //! and says so.
 
@@ -7,12 +7,6 @@ use std::sync::Arc;
 use flumen::prelude::*;
 use flumen_examples::titanic;
 use flumen_tests::*;
-
-/// Producer settings for tansu 0.6, which reports wrong latest offsets (ListOffsets) when a
-/// record batch holds more than one record: one record per batch keeps them right.
-fn single_record_batches() -> Vec<(String, String)> {
-    vec![("kafka.batch.num.messages".to_string(), "1".to_string())]
-}
 
 fn broker() -> Option<String> {
     let servers = std::env::var("FLUMEN_E2E_BOOTSTRAP").ok();
@@ -47,15 +41,9 @@ async fn titanic_enrichment_against_a_real_broker() {
     let passengers = session.read_csv(titanic_csv()).await.unwrap();
     let schema = Arc::new(passengers.schema().as_arrow().clone());
     assert_eq!(
-        titanic::load_into_kafka(
-            passengers,
-            &session,
-            &servers,
-            &raw,
-            &single_record_batches()
-        )
-        .await
-        .unwrap(),
+        titanic::load_into_kafka(passengers, &session, &servers, &raw, &[])
+            .await
+            .unwrap(),
         891
     );
 
@@ -68,7 +56,6 @@ async fn titanic_enrichment_against_a_real_broker() {
         .kafka()
         .bootstrap_servers(&servers)
         .topic(&enriched_topic)
-        .options(single_record_batches())
         .checkpoint_location(checkpoint.path())
         .trigger(Trigger::AvailableNow)
         .start()

@@ -9,4 +9,5 @@ mod listener;
 mod monitor;
 mod pipeline;
 mod restart;
+mod static_csv;
 mod titanic_time;

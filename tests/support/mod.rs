@@ -63,10 +63,8 @@ pub fn produce_to(
     records: &[KeyValue<'_>],
     headers: &[(&str, Option<&[u8]>)],
 ) {
-    // One record per batch: tansu 0.6 reports wrong latest offsets for multi-record batches.
     let producer: BaseProducer = ClientConfig::new()
         .set("bootstrap.servers", servers)
-        .set("batch.num.messages", "1")
         .create()
         .expect("producer");
     for (key, value) in records {

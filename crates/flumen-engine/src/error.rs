@@ -56,6 +56,17 @@ pub enum FlumenError {
     #[error("{0}")]
     Unsupported(String),
 
+    /// A record of a file that does not fit its schema, read in `FAILFAST` mode.
+    #[error("malformed record at {source_name}: {reason}: {record}")]
+    MalformedRecord {
+        /// The file and line, as `path:line`.
+        source_name: String,
+        /// The record as read.
+        record: String,
+        /// What does not fit, and what to do.
+        reason: String,
+    },
+
     /// A failure inside a source (Kafka metadata, fetch, data loss).
     #[error("source {source_name}: {message}")]
     Source {

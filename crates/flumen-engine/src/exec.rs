@@ -23,7 +23,7 @@ use crate::error::{FlumenError, Result};
 use crate::modes::{OutputMode, Trigger};
 use crate::plan::QueryPlan;
 use crate::progress::{SinkProgress, SourceProgress, StreamingQueryProgress, rate};
-use crate::query::QueryShared;
+use crate::query_shared::QueryShared;
 use crate::sink::StreamSink;
 use crate::source::{ReadLimit, SourceOffset, SourceReader};
 use crate::stateful::iso_millis;

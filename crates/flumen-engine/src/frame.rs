@@ -28,6 +28,50 @@ const LEFT: &str = "__flumen_left";
 const RIGHT: &str = "__flumen_right";
 
 /// A (possibly streaming) DataFrame.
+///
+/// The same transformations apply to a stream and to a static table; only the actions differ:
+/// a static frame is run with [`collect`](Self::collect), a streaming one by a query started
+/// with [`write_stream`](Self::write_stream).
+///
+/// ```
+/// # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+/// # async fn main() -> flumen_engine::Result<()> {
+/// use std::sync::Arc;
+/// use flumen_engine::datafusion::arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray};
+/// use flumen_engine::datafusion::arrow::util::pretty::pretty_format_batches;
+/// use flumen_engine::prelude::*;
+///
+/// let session = StreamSession::new();
+/// let batch = RecordBatch::try_from_iter([
+///     ("name", Arc::new(StringArray::from(vec!["Ann", "Bob", "Cid"])) as ArrayRef),
+///     ("age", Arc::new(Int64Array::from(vec![34, 17, 52])) as ArrayRef),
+/// ])?;
+/// let people = Arc::new(MemoryStream::new("people", batch.schema()));
+/// people.add_batch(batch)?;
+///
+/// let adults = session
+///     .stream(people)?
+///     .filter(col("age").gt_eq(lit(18)))?
+///     .with_column("senior", col("age").gt_eq(lit(50)))?
+///     .drop(&["age"])?;
+/// assert!(adults.is_streaming());
+/// assert!(adults.collect().await.is_err()); // a stream needs write_stream().start()
+///
+/// let query = adults.write_stream().memory().query_name("adults").start().await?;
+/// query.process_all_available().await?;
+/// query.stop().await?;
+/// let rows = session.sql("SELECT * FROM adults ORDER BY name").await?.collect().await?;
+/// assert_eq!(
+///     pretty_format_batches(&rows)?.to_string(),
+///     "+------+--------+\n\
+///      | name | senior |\n\
+///      +------+--------+\n\
+///      | Ann  | false  |\n\
+///      | Cid  | true   |\n\
+///      +------+--------+"
+/// );
+/// # Ok(()) }
+/// ```
 #[derive(Clone)]
 pub struct StreamFrame {
     session: StreamSession,
@@ -98,6 +142,48 @@ impl StreamFrame {
     /// Projects SQL expressions, as Spark's `selectExpr`: `"CAST(value AS STRING) AS json"`,
     /// `"data.*"` (the fields of a struct column), `"to_json(struct(*)) AS value"` (`*` inside
     /// `struct(...)` is every column of this frame).
+    ///
+    /// Decoding JSON values, as read from Kafka's binary `value` column:
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+    /// # async fn main() -> flumen_engine::Result<()> {
+    /// use std::sync::Arc;
+    /// use flumen_engine::datafusion::arrow::array::{ArrayRef, BinaryArray, RecordBatch};
+    /// use flumen_engine::datafusion::arrow::util::pretty::pretty_format_batches;
+    /// use flumen_engine::prelude::*;
+    ///
+    /// let session = StreamSession::new();
+    /// let values = BinaryArray::from_vec(vec![
+    ///     br#"{"name":"Ann","age":34}"#.as_slice(),
+    ///     br#"{"name":"Bob","age":17}"#.as_slice(),
+    /// ]);
+    /// let batch = RecordBatch::try_from_iter([("value", Arc::new(values) as ArrayRef)])?;
+    /// let input = Arc::new(MemoryStream::new("json", batch.schema()));
+    /// input.add_batch(batch)?;
+    ///
+    /// let people = session
+    ///     .stream(input)?
+    ///     .select_expr(["from_json(CAST(value AS STRING), 'name STRING, age INT') AS data"])?
+    ///     .select_expr(["data.*"])?
+    ///     .select_expr(["name", "age >= 18 AS adult"])?;
+    /// assert_eq!(people.columns(), ["name", "adult"]);
+    ///
+    /// let query = people.write_stream().memory().query_name("people").start().await?;
+    /// query.process_all_available().await?;
+    /// query.stop().await?;
+    /// let rows = session.sql("SELECT * FROM people ORDER BY name").await?.collect().await?;
+    /// assert_eq!(
+    ///     pretty_format_batches(&rows)?.to_string(),
+    ///     "+------+-------+\n\
+    ///      | name | adult |\n\
+    ///      +------+-------+\n\
+    ///      | Ann  | true  |\n\
+    ///      | Bob  | false |\n\
+    ///      +------+-------+"
+    /// );
+    /// # Ok(()) }
+    /// ```
     pub fn select_expr<S: AsRef<str>>(&self, exprs: impl IntoIterator<Item = S>) -> Result<Self> {
         let schema = self.df.schema().clone();
         let mut projected = Vec::new();
@@ -257,6 +343,77 @@ impl StreamFrame {
     /// Declares `column` as event time, with rows up to `delay` late (`"10 minutes"`): stateful
     /// operators after this drop rows behind the watermark and evict state it has passed.
     /// See [`crate::stateful`] for how the watermark is computed.
+    ///
+    /// Counts per 10-minute window, each window written once, when the watermark (the latest
+    /// event time seen minus the delay) has passed its end (append mode):
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+    /// # async fn main() -> flumen_engine::Result<()> {
+    /// use std::sync::Arc;
+    /// use flumen_engine::datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray};
+    /// use flumen_engine::datafusion::arrow::util::pretty::pretty_format_batches;
+    /// use flumen_engine::prelude::*;
+    ///
+    /// let events = |rows: &[(&str, &str)]| {
+    ///     let words: Vec<&str> = rows.iter().map(|(w, _)| *w).collect();
+    ///     let times: Vec<&str> = rows.iter().map(|(_, t)| *t).collect();
+    ///     RecordBatch::try_from_iter([
+    ///         ("word", Arc::new(StringArray::from(words)) as ArrayRef),
+    ///         ("time", Arc::new(StringArray::from(times)) as ArrayRef),
+    ///     ])
+    /// };
+    /// let session = StreamSession::new();
+    /// let input = Arc::new(MemoryStream::new("events", events(&[])?.schema()));
+    /// let query = session
+    ///     .stream(input.clone())?
+    ///     .select_expr(["word", "CAST(time AS TIMESTAMP) AS ts"])?
+    ///     .with_watermark("ts", "10 minutes")?
+    ///     .group_by([window(col("ts"), "10 minutes"), col("word")])
+    ///     .count()?
+    ///     .write_stream()
+    ///     .memory()
+    ///     .query_name("closed_windows")
+    ///     .start()
+    ///     .await?;
+    /// async fn closed(session: &StreamSession) -> flumen_engine::Result<String> {
+    ///     let sql = "SELECT window.start AS start, word, count FROM closed_windows ORDER BY word";
+    ///     let rows = session.sql(sql).await?.collect().await?;
+    ///     Ok(pretty_format_batches(&rows)?.to_string())
+    /// }
+    ///
+    /// input.add_batch(events(&[
+    ///     ("dog", "2026-11-24 12:07:00"),
+    ///     ("owl", "2026-11-24 12:08:00"),
+    /// ])?)?;
+    /// query.process_all_available().await?;
+    /// assert_eq!(closed(&session).await?, "++\n++"); // the 12:00-12:10 window is still open
+    ///
+    /// // 12:25 moves the watermark to 12:15: the 12:00-12:10 window closes. The late dog at
+    /// // 12:03 is then behind the watermark and dropped.
+    /// input.add_batch(events(&[("cat", "2026-11-24 12:25:00")])?)?;
+    /// query.process_all_available().await?;
+    /// input.add_batch(events(&[("dog", "2026-11-24 12:03:00")])?)?;
+    /// query.process_all_available().await?;
+    /// assert_eq!(
+    ///     closed(&session).await?,
+    ///     "+---------------------+------+-------+\n\
+    ///      | start               | word | count |\n\
+    ///      +---------------------+------+-------+\n\
+    ///      | 2026-11-24T12:00:00 | dog  | 1     |\n\
+    ///      | 2026-11-24T12:00:00 | owl  | 1     |\n\
+    ///      +---------------------+------+-------+"
+    /// );
+    /// let dropped: u64 = query
+    ///     .recent_progress()
+    ///     .iter()
+    ///     .flat_map(|p| &p.state_operators)
+    ///     .map(|s| s.num_rows_dropped_by_watermark)
+    ///     .sum();
+    /// assert_eq!(dropped, 1);
+    /// query.stop().await?;
+    /// # Ok(()) }
+    /// ```
     pub fn with_watermark(&self, column: &str, delay: &str) -> Result<Self> {
         let delay_ms = parse_delay(delay)?;
         let (state, plan) = self.df.clone().into_parts();
@@ -267,7 +424,54 @@ impl StreamFrame {
         Ok(self.with_df(DataFrame::new(state, plan)))
     }
 
-    /// Groups rows for an aggregation: `group_by([window(col("t"), "1 minute")])?.count()`.
+    /// Groups rows for an aggregation: `group_by([window(col("t"), "1 minute")]).count()`.
+    ///
+    /// On a stream the aggregate is state kept across micro-batches: a running word count,
+    /// rewritten in full after every batch (complete mode):
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+    /// # async fn main() -> flumen_engine::Result<()> {
+    /// use std::sync::Arc;
+    /// use flumen_engine::datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray};
+    /// use flumen_engine::datafusion::arrow::util::pretty::pretty_format_batches;
+    /// use flumen_engine::prelude::*;
+    ///
+    /// let words = |list: Vec<&str>| {
+    ///     RecordBatch::try_from_iter([("word", Arc::new(StringArray::from(list)) as ArrayRef)])
+    /// };
+    /// let session = StreamSession::new();
+    /// let input = Arc::new(MemoryStream::new("words", words(vec![])?.schema()));
+    /// let query = session
+    ///     .stream(input.clone())?
+    ///     .group_by([col("word")])
+    ///     .count()?
+    ///     .write_stream()
+    ///     .output_mode(OutputMode::Complete)
+    ///     .memory()
+    ///     .query_name("word_counts")
+    ///     .start()
+    ///     .await?;
+    ///
+    /// input.add_batch(words(vec!["a", "b", "a"])?)?;
+    /// query.process_all_available().await?;
+    /// input.add_batch(words(vec!["c", "a"])?)?;
+    /// query.process_all_available().await?;
+    /// query.stop().await?;
+    ///
+    /// let rows = session.sql("SELECT * FROM word_counts ORDER BY word").await?.collect().await?;
+    /// assert_eq!(
+    ///     pretty_format_batches(&rows)?.to_string(),
+    ///     "+------+-------+\n\
+    ///      | word | count |\n\
+    ///      +------+-------+\n\
+    ///      | a    | 3     |\n\
+    ///      | b    | 1     |\n\
+    ///      | c    | 1     |\n\
+    ///      +------+-------+"
+    /// );
+    /// # Ok(()) }
+    /// ```
     pub fn group_by(&self, keys: impl IntoIterator<Item = Expr>) -> GroupedFrame {
         GroupedFrame {
             frame: self.clone(),
@@ -351,6 +555,48 @@ impl StreamFrame {
     /// Runs a static frame and returns its rows. A streaming frame fails with Spark's message.
     pub async fn collect(&self) -> Result<Vec<RecordBatch>> {
         Ok(self.clone().into_dataframe()?.collect().await?)
+    }
+
+    /// Prints the first `num_rows` rows as a table, as Spark's `df.show(numRows)` (cells longer
+    /// than 20 characters cut, right-aligned; "only showing top N rows" when there are more), in
+    /// the console sink's format. Static frames only: a streaming frame fails with Spark's
+    /// message (show a stream with `write_stream().console()`). Inside
+    /// [`foreach_batch`](crate::DataStreamWriter::foreach_batch), wrap the batch's DataFrame
+    /// with [`StreamSession::frame`] to show it.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> flumen_engine::Result<()> {
+    /// let session = flumen_engine::StreamSession::new();
+    /// let frame = session.sql("SELECT 1 AS id, 'First Class' AS class").await?;
+    /// frame.show(20).await?;
+    /// assert_eq!(
+    ///     frame.show_string(20, true).await?,
+    ///     "+---+-----------+\n| id|      class|\n+---+-----------+\n|  1|First Class|\n+---+-----------+\n"
+    /// );
+    /// # Ok(()) }
+    /// ```
+    pub async fn show(&self, num_rows: usize) -> Result<()> {
+        print!("{}", self.show_string(num_rows, true).await?);
+        Ok(())
+    }
+
+    /// The table [`show`](Self::show) prints (Spark's `showString`): the first `num_rows` rows,
+    /// cells cut at 20 characters when `truncate`, left-aligned and whole otherwise.
+    pub async fn show_string(&self, num_rows: usize, truncate: bool) -> Result<String> {
+        let schema = self.schema();
+        // One row more than shown tells whether to say "only showing top N rows".
+        let rows = self
+            .clone()
+            .into_dataframe()?
+            .limit(0, Some(num_rows.saturating_add(1)))?
+            .collect()
+            .await?;
+        crate::sink::format_batches(
+            &schema,
+            &rows,
+            crate::sink::ConsoleOptions { num_rows, truncate },
+        )
     }
 
     /// The frame as a plain DataFusion DataFrame (static frames only).

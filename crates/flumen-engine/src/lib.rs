@@ -34,7 +34,9 @@
 //! # Ok(()) }
 //! ```
 
+mod batch_reader;
 pub mod checkpoint;
+mod csv;
 mod decode_once;
 mod error;
 mod exec;
@@ -47,6 +49,7 @@ pub mod options;
 mod plan;
 pub mod progress;
 mod query;
+mod query_shared;
 mod reader;
 mod session;
 pub mod sink;
@@ -54,6 +57,8 @@ pub mod source;
 pub mod stateful;
 mod writer;
 
+pub use batch_reader::DataFrameReader;
+pub use csv::ParseMode;
 pub use error::{FlumenError, Result};
 pub use frame::{GroupedFrame, StreamFrame};
 pub use memory_stream::MemoryStream;

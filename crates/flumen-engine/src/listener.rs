@@ -61,7 +61,7 @@ use chrono::{SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::progress::StreamingQueryProgress;
-use crate::query::QueryShared;
+use crate::query_shared::{QueryEvents, QueryShared};
 use crate::session::StreamSession;
 
 /// How many events may wait for the listeners before new ones are dropped (Spark's listener bus
@@ -345,67 +345,61 @@ impl StreamSession {
     }
 }
 
-/// The hooks the engine calls; each posts an event when the session has listeners.
-impl QueryShared {
-    /// Called once, when the session registers the query: remembers the session's listeners and
-    /// tells them the query started.
-    pub(crate) fn attach_listeners(&self, bus: &Arc<ListenerBus>) {
-        if self.listeners.set(Arc::clone(bus)).is_ok() {
-            self.post_with(|| {
-                QueryEvent::Started(QueryStartedEvent {
-                    id: self.id.clone(),
-                    run_id: self.run_id.clone(),
-                    name: self.name.clone(),
-                    timestamp: now_timestamp(),
-                })
-            });
-        }
+/// The engine's hooks: each builds and posts an event only when the session has listeners.
+impl QueryEvents for ListenerBus {
+    fn started(&self, query: &QueryShared) {
+        self.post_with(|| {
+            QueryEvent::Started(QueryStartedEvent {
+                id: query.id.clone(),
+                run_id: query.run_id.clone(),
+                name: query.name.clone(),
+                timestamp: now_timestamp(),
+            })
+        });
     }
 
-    /// Posts the query's latest progress report.
-    pub(crate) fn post_last_progress(&self) {
+    fn progress(&self, query: &QueryShared) {
         self.post_with(|| {
-            let progress = self.state.lock().ok()?.recent.back().cloned()?;
+            let progress = query.state.lock().ok()?.recent.back().cloned()?;
             Some(QueryEvent::Progress(Box::new(QueryProgressEvent {
                 progress,
             })))
         });
     }
 
-    /// Posts that the query is idle, as of `timestamp`.
-    pub(crate) fn post_idle(&self, timestamp: String) {
+    fn idle(&self, query: &QueryShared, timestamp: String) {
         self.post_with(|| {
             QueryEvent::Idle(QueryIdleEvent {
-                id: self.id.clone(),
-                run_id: self.run_id.clone(),
+                id: query.id.clone(),
+                run_id: query.run_id.clone(),
                 timestamp,
             })
         });
     }
 
-    /// Posts that the query ended, with its error if it failed.
-    pub(crate) fn post_terminated(&self) {
+    fn terminated(&self, query: &QueryShared) {
         self.post_with(|| {
-            let exception = self
+            let exception = query
                 .state
                 .lock()
                 .ok()
                 .and_then(|s| s.error.as_ref().map(|e| e.to_string()));
             QueryEvent::Terminated(QueryTerminatedEvent {
-                id: self.id.clone(),
-                run_id: self.run_id.clone(),
+                id: query.id.clone(),
+                run_id: query.run_id.clone(),
                 exception,
             })
         });
     }
+}
 
+impl ListenerBus {
     /// Builds and posts an event, only when someone listens.
     fn post_with<E: Into<Option<QueryEvent>>>(&self, event: impl FnOnce() -> E) {
-        if let Some(bus) = self.listeners.get()
-            && bus.has_listeners()
+        if self.has_listeners()
             && let Some(event) = event().into()
         {
-            bus.post(event);
+            self.post(event);
         }
     }
 }

@@ -1,126 +1,44 @@
-//! The [`StreamingQuery`] handle and the state it shares with the query's execution.
+//! The [`StreamingQuery`] handle (its state, shared with the execution, is in `query_shared.rs`).
 
-use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
-
-use tokio::sync::watch;
 
 use crate::error::{FlumenError, Result};
 use crate::progress::{StreamingQueryProgress, StreamingQueryStatus};
-
-/// The mutable part of a query's shared state.
-#[derive(Debug)]
-pub(crate) struct QueryState {
-    pub status: StreamingQueryStatus,
-    pub recent: VecDeque<StreamingQueryProgress>,
-    pub error: Option<Arc<FlumenError>>,
-    pub terminated: bool,
-}
-
-/// How many progress reports a query keeps (Spark's `numRecentProgressUpdates`).
-pub const RECENT_PROGRESS_RETAINED: usize = 100;
-
-/// State shared between a query's handle(s) and its execution task.
-#[derive(Debug)]
-pub(crate) struct QueryShared {
-    pub id: String,
-    pub run_id: String,
-    pub name: Option<String>,
-    pub state: Mutex<QueryState>,
-    /// Bumped on every state change; waiters watch it.
-    pub changed: watch::Sender<u64>,
-    /// Set to true to ask the execution task to stop.
-    pub stop: watch::Sender<bool>,
-    /// `process_all_available` requests issued / answered (see [`StreamingQuery::process_all_available`]).
-    pub idle_requested: AtomicU64,
-    pub idle_answered: AtomicU64,
-    pub task: Mutex<Option<tokio::task::JoinHandle<()>>>,
-    /// The id of the task running the query.
-    pub task_id: Mutex<Option<tokio::task::Id>>,
-    /// The query's physical plan, for `explain`.
-    pub plan: Mutex<Option<Arc<dyn datafusion::physical_plan::ExecutionPlan>>>,
-    /// The session's listeners, set when the query is registered (see `listener.rs`).
-    pub listeners: std::sync::OnceLock<Arc<crate::listener::ListenerBus>>,
-}
-
-impl QueryShared {
-    pub(crate) fn new(id: String, name: Option<String>) -> Self {
-        Self {
-            id,
-            run_id: uuid::Uuid::new_v4().to_string(),
-            name,
-            state: Mutex::new(QueryState {
-                status: StreamingQueryStatus::new("Initializing sources", false, false),
-                recent: VecDeque::new(),
-                error: None,
-                terminated: false,
-            }),
-            changed: watch::channel(0).0,
-            stop: watch::channel(false).0,
-            idle_requested: AtomicU64::new(0),
-            idle_answered: AtomicU64::new(0),
-            task: Mutex::new(None),
-            task_id: Mutex::new(None),
-            plan: Mutex::new(None),
-            listeners: std::sync::OnceLock::new(),
-        }
-    }
-
-    pub(crate) fn update(&self, f: impl FnOnce(&mut QueryState)) {
-        if let Ok(mut state) = self.state.lock() {
-            f(&mut state);
-        }
-        self.changed.send_modify(|v| *v += 1);
-    }
-
-    pub(crate) fn set_status(&self, message: &str, data: bool, active: bool) {
-        self.update(|s| s.status = StreamingQueryStatus::new(message, data, active));
-    }
-
-    pub(crate) fn push_progress(&self, progress: StreamingQueryProgress) {
-        self.record_progress(progress);
-        self.post_last_progress();
-    }
-
-    /// Records the progress of a trigger that found no data; listeners hear `on_query_idle`.
-    pub(crate) fn push_idle_progress(&self, progress: StreamingQueryProgress) {
-        let timestamp = progress.timestamp.clone();
-        self.record_progress(progress);
-        self.post_idle(timestamp);
-    }
-
-    fn record_progress(&self, progress: StreamingQueryProgress) {
-        tracing::info!(target: "flumen::progress", query = %self.id, batch = progress.batch_id, rows = progress.num_input_rows, "{}", progress.json());
-        self.update(|s| {
-            if s.recent.len() == RECENT_PROGRESS_RETAINED {
-                s.recent.pop_front();
-            }
-            s.recent.push_back(progress);
-        });
-    }
-
-    pub(crate) fn stop_requested(&self) -> bool {
-        *self.stop.borrow()
-    }
-
-    fn failure(&self) -> Option<FlumenError> {
-        let state = self.state.lock().ok()?;
-        state.error.as_ref().map(|cause| FlumenError::QueryFailed {
-            name: self.name.clone().unwrap_or_else(|| "<unnamed>".into()),
-            id: self.id.clone(),
-            run_id: self.run_id.clone(),
-            cause: Arc::clone(cause),
-        })
-    }
-
-    fn terminated(&self) -> bool {
-        self.state.lock().map(|s| s.terminated).unwrap_or(true)
-    }
-}
+use crate::query_shared::QueryShared;
+pub use crate::query_shared::RECENT_PROGRESS_RETAINED;
 
 /// A handle to a running (or finished) streaming query. Cheap to clone.
+///
+/// ```
+/// # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+/// # async fn main() -> flumen_engine::Result<()> {
+/// use std::sync::Arc;
+/// use flumen_engine::datafusion::arrow::datatypes::{DataType, Field, Schema};
+/// use flumen_engine::prelude::*;
+///
+/// let session = StreamSession::new();
+/// let schema = Arc::new(Schema::new(vec![Field::new("word", DataType::Utf8, false)]));
+/// let query = session
+///     .stream(Arc::new(MemoryStream::new("words", schema)))?
+///     .write_stream()
+///     .memory()
+///     .query_name("words")
+///     .start()
+///     .await?;
+/// assert_eq!(query.name(), Some("words"));
+/// assert!(query.is_active());
+/// // Returns when the query is still running after the timeout.
+/// let ended = query.await_termination(Some(std::time::Duration::from_millis(10))).await?;
+/// assert!(!ended);
+///
+/// query.stop().await?;
+/// assert!(!query.is_active());
+/// assert!(query.exception().is_none()); // stopped, not failed
+/// assert!(session.active_queries().is_empty());
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone)]
 pub struct StreamingQuery {
     pub(crate) shared: Arc<QueryShared>,
@@ -157,6 +75,39 @@ impl StreamingQuery {
     }
 
     /// The most recent progress report.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+    /// # async fn main() -> flumen_engine::Result<()> {
+    /// use std::sync::Arc;
+    /// use flumen_engine::datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray};
+    /// use flumen_engine::prelude::*;
+    ///
+    /// let session = StreamSession::new();
+    /// let batch = RecordBatch::try_from_iter([(
+    ///     "word",
+    ///     Arc::new(StringArray::from(vec!["a", "b", "c"])) as ArrayRef,
+    /// )])?;
+    /// let input = Arc::new(MemoryStream::new("words", batch.schema()));
+    /// input.add_batch(batch)?;
+    /// let query = session
+    ///     .stream(input)?
+    ///     .write_stream()
+    ///     .memory()
+    ///     .query_name("words")
+    ///     .start()
+    ///     .await?;
+    /// query.process_all_available().await?;
+    ///
+    /// let progress = query.last_progress().expect("one batch has run");
+    /// assert_eq!((progress.batch_id, progress.num_input_rows), (0, 3));
+    /// assert_eq!(progress.sources[0].description, "MemoryStream[words]");
+    /// assert_eq!(progress.sources[0].end_offset.to_string(), r#"{"rows":3}"#);
+    /// assert_eq!(progress.sink.description, "MemorySink[words]");
+    /// println!("{}", progress.pretty_json()); // Spark's JSON form
+    /// query.stop().await?;
+    /// # Ok(()) }
+    /// ```
     pub fn last_progress(&self) -> Option<StreamingQueryProgress> {
         self.shared
             .state
@@ -227,6 +178,41 @@ impl StreamingQuery {
     /// Blocks until every record available in the sources when it was called has been processed
     /// and committed (Spark's `processAllAvailable`, meant for tests and examples). Returns the
     /// query's error if it fails meanwhile.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+    /// # async fn main() -> flumen_engine::Result<()> {
+    /// use std::sync::Arc;
+    /// use flumen_engine::datafusion::arrow::array::{ArrayRef, Int64Array, RecordBatch};
+    /// use flumen_engine::prelude::*;
+    ///
+    /// let numbers = |values: Vec<i64>| {
+    ///     RecordBatch::try_from_iter([("n", Arc::new(Int64Array::from(values)) as ArrayRef)])
+    /// };
+    /// let session = StreamSession::new();
+    /// let input = Arc::new(MemoryStream::new("numbers", numbers(vec![])?.schema()));
+    /// let query = session
+    ///     .stream(input.clone())?
+    ///     .filter(col("n").gt(lit(1)))?
+    ///     .write_stream()
+    ///     .memory()
+    ///     .query_name("big_numbers")
+    ///     .start()
+    ///     .await?;
+    /// let total = async || -> flumen_engine::Result<usize> {
+    ///     let rows = session.sql("SELECT n FROM big_numbers").await?.collect().await?;
+    ///     Ok(rows.iter().map(|b| b.num_rows()).sum())
+    /// };
+    ///
+    /// input.add_batch(numbers(vec![1, 2, 3])?)?;
+    /// query.process_all_available().await?; // every row added so far is in the sink
+    /// assert_eq!(total().await?, 2);
+    /// input.add_batch(numbers(vec![4])?)?;
+    /// query.process_all_available().await?;
+    /// assert_eq!(total().await?, 3);
+    /// query.stop().await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn process_all_available(&self) -> Result<()> {
         let ticket = self.shared.idle_requested.fetch_add(1, Ordering::SeqCst) + 1;
         let mut changes = self.shared.changed.subscribe();

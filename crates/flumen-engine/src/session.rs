@@ -9,7 +9,7 @@ use datafusion::dataframe::DataFrame;
 use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::SessionStateDefaults;
 use datafusion::execution::runtime_env::RuntimeEnv;
-use datafusion::prelude::{CsvReadOptions, SessionConfig, SessionContext};
+use datafusion::prelude::{SessionConfig, SessionContext};
 
 use crate::error::Result;
 use crate::frame::StreamFrame;
@@ -31,6 +31,51 @@ use crate::stateful::planner::FlumenQueryPlanner;
 /// let session = StreamSession::new();
 /// let df = session.sql("SELECT concat('a', NULL) AS x").await?.collect().await?;
 /// assert_eq!(df[0].column(0).null_count(), 1); // Spark's concat: null in, null out
+/// # Ok(()) }
+/// ```
+///
+/// Streams live in the same catalog: a query's memory sink is a table that SQL reads, and the
+/// session keeps track of the queries started from its frames.
+///
+/// ```
+/// # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+/// # async fn main() -> flumen_engine::Result<()> {
+/// use std::sync::Arc;
+/// use flumen_engine::datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray};
+/// use flumen_engine::datafusion::arrow::util::pretty::pretty_format_batches;
+/// use flumen_engine::prelude::*;
+///
+/// let session = StreamSession::new();
+/// let batch = RecordBatch::try_from_iter([(
+///     "word",
+///     Arc::new(StringArray::from(vec!["spark", "flumen"])) as ArrayRef,
+/// )])?;
+/// let words = Arc::new(MemoryStream::new("words", batch.schema()));
+/// words.add_batch(batch)?;
+///
+/// let query = session
+///     .stream(words)?
+///     .select_expr(["upper(word) AS word"])?
+///     .write_stream()
+///     .memory()
+///     .query_name("loud_words")
+///     .start()
+///     .await?;
+/// query.process_all_available().await?;
+/// assert_eq!(session.active_queries().len(), 1);
+///
+/// let rows = session.sql("SELECT word FROM loud_words ORDER BY word").await?.collect().await?;
+/// assert_eq!(
+///     pretty_format_batches(&rows)?.to_string(),
+///     "+--------+\n\
+///      | word   |\n\
+///      +--------+\n\
+///      | FLUMEN |\n\
+///      | SPARK  |\n\
+///      +--------+"
+/// );
+/// session.stop_all().await?;
+/// assert!(session.active_queries().is_empty());
 /// # Ok(()) }
 /// ```
 #[derive(Clone)]
@@ -128,7 +173,34 @@ impl StreamSession {
         DataStreamReader::new(self.clone())
     }
 
-    /// A stream frame over a source definition (used by connectors).
+    /// A stream frame over a source definition (used by connectors): a [`MemoryStream`]
+    /// in tests and examples, the Kafka source through `read_stream().kafka()...load()`.
+    ///
+    /// Nothing is read until a query over the frame starts; rows added to the source later are
+    /// read by the next micro-batch.
+    ///
+    /// [`MemoryStream`]: crate::MemoryStream
+    ///
+    /// ```
+    /// # fn main() -> flumen_engine::Result<()> {
+    /// use std::sync::Arc;
+    /// use flumen_engine::datafusion::arrow::array::{ArrayRef, Int64Array, RecordBatch};
+    /// use flumen_engine::datafusion::arrow::array::StringArray;
+    /// use flumen_engine::prelude::*;
+    ///
+    /// let session = StreamSession::new();
+    /// let batch = RecordBatch::try_from_iter([
+    ///     ("name", Arc::new(StringArray::from(vec!["Ann", "Bob"])) as ArrayRef),
+    ///     ("age", Arc::new(Int64Array::from(vec![34, 17])) as ArrayRef),
+    /// ])?;
+    /// let people = Arc::new(MemoryStream::new("people", batch.schema()));
+    /// people.add_batch(batch)?;
+    ///
+    /// let frame = session.stream(people)?;
+    /// assert!(frame.is_streaming());
+    /// assert_eq!(frame.columns(), ["name", "age"]);
+    /// # Ok(()) }
+    /// ```
     pub fn stream(&self, source: SourceRef) -> Result<StreamFrame> {
         let df = self
             .inner
@@ -145,31 +217,61 @@ impl StreamSession {
 
     /// Runs SQL. The result is a streaming frame when the query reads a registered stream (see
     /// [`StreamFrame::create_or_replace_temp_view`]), a static one otherwise.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+    /// # async fn main() -> flumen_engine::Result<()> {
+    /// use std::sync::Arc;
+    /// use flumen_engine::datafusion::arrow::array::{ArrayRef, Int64Array, RecordBatch};
+    /// use flumen_engine::datafusion::arrow::array::StringArray;
+    /// use flumen_engine::datafusion::arrow::util::pretty::pretty_format_batches;
+    /// use flumen_engine::prelude::*;
+    ///
+    /// let session = StreamSession::new();
+    /// let batch = RecordBatch::try_from_iter([
+    ///     ("name", Arc::new(StringArray::from(vec!["Ann", "Bob"])) as ArrayRef),
+    ///     ("age", Arc::new(Int64Array::from(vec![34, 17])) as ArrayRef),
+    /// ])?;
+    /// let people = Arc::new(MemoryStream::new("people", batch.schema()));
+    /// people.add_batch(batch)?;
+    /// session.stream(people)?.create_or_replace_temp_view("people")?;
+    ///
+    /// // Reads the stream: a streaming frame, run by a query.
+    /// let adults = session.sql("SELECT name FROM people WHERE age >= 18").await?;
+    /// assert!(adults.is_streaming());
+    /// let query = adults.write_stream().memory().query_name("adults").start().await?;
+    /// query.process_all_available().await?;
+    /// query.stop().await?;
+    ///
+    /// // Reads the memory sink's table: a static frame, collected at once.
+    /// let rows = session.sql("SELECT name FROM adults").await?.collect().await?;
+    /// assert_eq!(
+    ///     pretty_format_batches(&rows)?.to_string(),
+    ///     "+------+\n\
+    ///      | name |\n\
+    ///      +------+\n\
+    ///      | Ann  |\n\
+    ///      +------+"
+    /// );
+    /// # Ok(()) }
+    /// ```
     pub async fn sql(&self, sql: &str) -> Result<StreamFrame> {
         let df = self.inner.ctx.sql(sql).await?;
         Ok(StreamFrame::new(self.clone(), df))
     }
 
     /// Reads a CSV file with a header row and inferred column types (Spark's
-    /// `read.csv(path, header=True, inferSchema=True)`); empty fields are null.
+    /// `read.csv(path, header=True, inferSchema=True)`); empty fields are null, quotes inside
+    /// quoted fields are doubled (RFC 4180). For Spark's other CSV options use
+    /// [`read`](Self::read).
     pub async fn read_csv(&self, path: impl AsRef<Path>) -> Result<DataFrame> {
-        let path = path.as_ref();
-        let path_text = path.to_str().ok_or_else(|| {
-            crate::FlumenError::invalid_option(
-                "path",
-                format!("{} is not valid UTF-8", path.display()),
-            )
-        })?;
-        if !path.exists() {
-            return Err(crate::FlumenError::io(
-                path,
-                std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
-            ));
-        }
-        let options = CsvReadOptions::new()
-            .has_header(true)
-            .null_regex(Some("^$".to_string()));
-        Ok(self.inner.ctx.read_csv(path_text, options).await?)
+        self.read().load_csv(path.as_ref(), true, true).await
+    }
+
+    /// Starts a static read with options (Spark's `spark.read`), e.g.
+    /// `session.read().option("header", true).csv(path)`; see [`DataFrameReader`].
+    pub fn read(&self) -> crate::DataFrameReader {
+        crate::DataFrameReader::new(self.clone())
     }
 
     /// A static DataFrame from record batches.
@@ -235,7 +337,9 @@ impl StreamSession {
         let mut queries = self.lock_queries()?;
         Self::check_free(&queries, query.name(), Some(query.id()))?;
         queries.push(query.clone());
-        query.shared.attach_listeners(&self.inner.listeners);
+        query.shared.attach_events(
+            Arc::clone(&self.inner.listeners) as Arc<dyn crate::query_shared::QueryEvents>
+        );
         Ok(())
     }
 

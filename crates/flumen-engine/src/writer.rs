@@ -16,7 +16,8 @@ use crate::frame::StreamFrame;
 use crate::modes::{OutputMode, Trigger};
 use crate::options::Options;
 use crate::plan::plan_query;
-use crate::query::{QueryShared, StreamingQuery};
+use crate::query::StreamingQuery;
+use crate::query_shared::QueryShared;
 use crate::sink::console::SharedWriter;
 use crate::sink::{ConsoleOptions, ConsoleSink, ForeachBatchSink, MemorySink, StreamSink};
 
@@ -35,6 +36,61 @@ enum SinkChoice {
 pub const DEFAULT_WATERMARK_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Builder for a streaming query.
+///
+/// Every setter has a Spark-style option of the same meaning, so a query can be described
+/// with typed setters or with `format` and `option` as in Spark:
+///
+/// ```
+/// # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+/// # async fn main() -> flumen_engine::Result<()> {
+/// use std::sync::Arc;
+/// use flumen_engine::datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray};
+/// use flumen_engine::datafusion::arrow::util::pretty::pretty_format_batches;
+/// use flumen_engine::prelude::*;
+///
+/// let session = StreamSession::new();
+/// let batch = RecordBatch::try_from_iter([(
+///     "word",
+///     Arc::new(StringArray::from(vec!["a", "b", "a"])) as ArrayRef,
+/// )])?;
+/// let input = Arc::new(MemoryStream::new("words", batch.schema()));
+/// input.add_batch(batch)?;
+/// let counts = session.stream(input)?.group_by([col("word")]).count()?;
+///
+/// let typed = counts
+///     .write_stream()
+///     .memory()
+///     .query_name("typed")
+///     .output_mode(OutputMode::Complete)
+///     .trigger(Trigger::processing_time("100 milliseconds")?)
+///     .start()
+///     .await?;
+/// let spark_style = counts
+///     .write_stream()
+///     .format("memory")
+///     .option("queryName", "spark_style")
+///     .option("outputMode", "complete")
+///     .start()
+///     .await?;
+/// for query in [&typed, &spark_style] {
+///     query.process_all_available().await?;
+///     query.stop().await?;
+/// }
+///
+/// let typed_rows = session.sql("SELECT * FROM typed ORDER BY word").await?.collect().await?;
+/// let spark_rows = session.sql("SELECT * FROM spark_style ORDER BY word").await?.collect().await?;
+/// assert_eq!(typed_rows, spark_rows);
+/// assert_eq!(
+///     pretty_format_batches(&typed_rows)?.to_string(),
+///     "+------+-------+\n\
+///      | word | count |\n\
+///      +------+-------+\n\
+///      | a    | 2     |\n\
+///      | b    | 1     |\n\
+///      +------+-------+"
+/// );
+/// # Ok(()) }
+/// ```
 pub struct DataStreamWriter {
     frame: StreamFrame,
     options: Options,
@@ -105,6 +161,39 @@ impl DataStreamWriter {
     }
 
     /// When batches run. Default: as fast as possible.
+    ///
+    /// [`Trigger::AvailableNow`] processes what the source holds when the query starts, in as
+    /// many batches as the source's rate limit needs, then stops the query:
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+    /// # async fn main() -> flumen_engine::Result<()> {
+    /// use std::sync::Arc;
+    /// use flumen_engine::datafusion::arrow::array::{ArrayRef, Int64Array, RecordBatch};
+    /// use flumen_engine::prelude::*;
+    ///
+    /// let session = StreamSession::new();
+    /// let batch = RecordBatch::try_from_iter([(
+    ///     "n",
+    ///     Arc::new(Int64Array::from(vec![1, 2, 3, 4, 5])) as ArrayRef,
+    /// )])?;
+    /// let input = MemoryStream::new("numbers", batch.schema()).with_max_rows_per_trigger(2);
+    /// input.add_batch(batch)?;
+    ///
+    /// let query = session
+    ///     .stream(Arc::new(input))?
+    ///     .write_stream()
+    ///     .trigger(Trigger::AvailableNow)
+    ///     .memory()
+    ///     .query_name("numbers")
+    ///     .start()
+    ///     .await?;
+    /// assert!(query.await_termination(None).await?); // ended on its own
+    /// let progress = query.recent_progress();
+    /// let batch_sizes: Vec<u64> = progress.iter().map(|p| p.num_input_rows).collect();
+    /// assert_eq!(batch_sizes, [2, 2, 1]);
+    /// # Ok(()) }
+    /// ```
     #[must_use]
     pub fn trigger(mut self, trigger: Trigger) -> Self {
         self.trigger = trigger;
@@ -120,6 +209,42 @@ impl DataStreamWriter {
 
     /// Where offsets and commits are kept. Required except for console and memory sinks, which
     /// default to a temporary directory removed after a clean stop.
+    ///
+    /// A query restarted on the same checkpoint continues after the last committed batch:
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+    /// # async fn main() -> flumen_engine::Result<()> {
+    /// use std::sync::Arc;
+    /// use flumen_engine::datafusion::arrow::array::{ArrayRef, Int64Array, RecordBatch};
+    /// use flumen_engine::prelude::*;
+    ///
+    /// let numbers = |values: Vec<i64>| {
+    ///     RecordBatch::try_from_iter([("n", Arc::new(Int64Array::from(values)) as ArrayRef)])
+    /// };
+    /// let session = StreamSession::new();
+    /// let input = Arc::new(MemoryStream::new("numbers", numbers(vec![])?.schema()));
+    /// let checkpoint = tempfile::tempdir().expect("a temporary directory");
+    /// let run = async || {
+    ///     let query = session
+    ///         .stream(input.clone())?
+    ///         .write_stream()
+    ///         .memory()
+    ///         .query_name("numbers")
+    ///         .checkpoint_location(checkpoint.path())
+    ///         .start()
+    ///         .await?;
+    ///     query.process_all_available().await?;
+    ///     query.stop().await?;
+    ///     Ok::<_, flumen_engine::FlumenError>(query.last_progress().map(|p| (p.batch_id, p.num_input_rows)))
+    /// };
+    ///
+    /// input.add_batch(numbers(vec![1, 2, 3])?)?;
+    /// assert_eq!(run().await?, Some((0, 3)));
+    /// input.add_batch(numbers(vec![4])?)?;
+    /// assert_eq!(run().await?, Some((1, 1))); // only the new row, in the next batch
+    /// # Ok(()) }
+    /// ```
     #[must_use]
     pub fn checkpoint_location(mut self, path: impl Into<PathBuf>) -> Self {
         self.options.set(
@@ -168,6 +293,50 @@ impl DataStreamWriter {
     }
 
     /// Calls `f(batch, batch_id)` with each micro-batch as a DataFusion DataFrame.
+    ///
+    /// The function may write the batch anywhere, with any batch API; a batch whose function
+    /// fails is not committed, and runs again with the same id when the query restarts. Needs
+    /// a [`checkpoint_location`](Self::checkpoint_location).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+    /// # async fn main() -> flumen_engine::Result<()> {
+    /// use std::sync::{Arc, Mutex};
+    /// use flumen_engine::datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray};
+    /// use flumen_engine::prelude::*;
+    ///
+    /// let names = |list: Vec<&str>| {
+    ///     RecordBatch::try_from_iter([("name", Arc::new(StringArray::from(list)) as ArrayRef)])
+    /// };
+    /// let session = StreamSession::new();
+    /// let input = Arc::new(MemoryStream::new("names", names(vec![])?.schema()));
+    /// let checkpoint = tempfile::tempdir().expect("a temporary directory");
+    ///
+    /// let seen = Arc::new(Mutex::new(Vec::new()));
+    /// let sink = Arc::clone(&seen);
+    /// let query = session
+    ///     .stream(input.clone())?
+    ///     .write_stream()
+    ///     .foreach_batch(move |batch, batch_id| {
+    ///         let sink = Arc::clone(&sink);
+    ///         async move {
+    ///             let rows = batch.count().await?;
+    ///             sink.lock().expect("not poisoned").push((batch_id, rows));
+    ///             Ok(())
+    ///         }
+    ///     })
+    ///     .checkpoint_location(checkpoint.path())
+    ///     .start()
+    ///     .await?;
+    ///
+    /// input.add_batch(names(vec!["Ann", "Bob"])?)?;
+    /// query.process_all_available().await?;
+    /// input.add_batch(names(vec!["Cid"])?)?;
+    /// query.process_all_available().await?;
+    /// query.stop().await?;
+    /// assert_eq!(*seen.lock().expect("not poisoned"), [(0, 2), (1, 1)]);
+    /// # Ok(()) }
+    /// ```
     #[must_use]
     pub fn foreach_batch<F, Fut>(mut self, f: F) -> Self
     where
@@ -198,6 +367,38 @@ impl DataStreamWriter {
 
     /// Starts the query: checks and plans it, opens the checkpoint, and runs micro-batches in a
     /// background task. Errors in the query's shape, options or checkpoint are reported here.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+    /// # async fn main() -> flumen_engine::Result<()> {
+    /// use std::sync::Arc;
+    /// use flumen_engine::datafusion::arrow::datatypes::{DataType, Field, Schema};
+    /// use flumen_engine::prelude::*;
+    ///
+    /// let session = StreamSession::new();
+    /// let schema = Arc::new(Schema::new(vec![Field::new("word", DataType::Utf8, false)]));
+    /// let words = session.stream(Arc::new(MemoryStream::new("words", schema)))?;
+    ///
+    /// // A memory sink is a table named after the query.
+    /// let error = words.write_stream().memory().start().await.unwrap_err();
+    /// assert!(error.to_string().contains("queryName must be specified for memory sink"));
+    /// // Spark's rule: complete mode needs an aggregation.
+    /// let error = words
+    ///     .write_stream()
+    ///     .output_mode(OutputMode::Complete)
+    ///     .memory()
+    ///     .query_name("words")
+    ///     .start()
+    ///     .await
+    ///     .unwrap_err();
+    /// assert!(error.to_string().contains("Complete output mode not supported"));
+    ///
+    /// let query = words.write_stream().memory().query_name("words").start().await?;
+    /// assert!(query.is_active());
+    /// query.stop().await?;
+    /// assert!(!query.is_active());
+    /// # Ok(()) }
+    /// ```
     pub async fn start(self) -> Result<StreamingQuery> {
         if let Some(e) = self.error {
             return Err(e);

@@ -32,6 +32,64 @@ impl KafkaReadStreamExt for DataStreamReader {
 }
 
 /// Builder of a Kafka stream; see the Spark option names on each setter.
+///
+/// The stream has Spark's Kafka schema (`key`, `value`, `topic`, `partition`, `offset`,
+/// `timestamp`, `timestampType`), with `key` and `value` as bytes to decode:
+///
+/// ```
+/// # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+/// # async fn main() -> flumen_engine::Result<()> {
+/// use flumen_engine::datafusion::arrow::util::pretty::pretty_format_batches;
+/// use flumen_engine::prelude::*;
+/// use flumen_kafka::prelude::*;
+///
+/// // An in-process broker; a real one is used the same way, with its bootstrap servers.
+/// let kafka = EmbeddedKafka::with_topics(&[("orders", 1)])?;
+/// let session = StreamSession::new();
+/// let orders = r#"SELECT * FROM (VALUES ('{"item":"tea","qty":2}'), ('{"item":"cake","qty":1}'))
+///                 AS t(value)"#;
+/// session
+///     .sql(orders)
+///     .await?
+///     .write_kafka()
+///     .bootstrap_servers(kafka.bootstrap_servers())
+///     .topic("orders")
+///     .save()
+///     .await?;
+///
+/// let query = session
+///     .read_stream()
+///     .kafka()
+///     .bootstrap_servers(kafka.bootstrap_servers())
+///     .subscribe(["orders"])
+///     .starting_offsets(StartingOffsets::Earliest)
+///     .max_offsets_per_trigger(1000)
+///     .load()?
+///     .select_expr([
+///         "offset",
+///         "from_json(CAST(value AS STRING), 'item STRING, qty INT') AS data",
+///     ])?
+///     .select_expr(["offset", "data.*"])?
+///     .write_stream()
+///     .memory()
+///     .query_name("orders")
+///     .start()
+///     .await?;
+/// query.process_all_available().await?;
+/// query.stop().await?;
+///
+/// let rows = session.sql("SELECT * FROM orders ORDER BY offset").await?.collect().await?;
+/// assert_eq!(
+///     pretty_format_batches(&rows)?.to_string(),
+///     "+--------+------+-----+\n\
+///      | offset | item | qty |\n\
+///      +--------+------+-----+\n\
+///      | 0      | tea  | 2   |\n\
+///      | 1      | cake | 1   |\n\
+///      +--------+------+-----+"
+/// );
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone)]
 #[must_use]
 pub struct KafkaStreamReader {
@@ -44,11 +102,95 @@ macro_rules! source_setters {
     ($ty:ident) => {
         impl $ty {
             /// `kafka.bootstrap.servers`: `host:port[,host:port...]`. Required.
+            ///
+            /// The same on a stream (`read_stream().kafka()`) and a bounded read
+            /// (`read_kafka()`):
+            ///
+            /// ```
+            /// # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+            /// # async fn main() -> flumen_engine::Result<()> {
+            /// use flumen_engine::StreamSession;
+            /// use flumen_kafka::prelude::*;
+            ///
+            /// let kafka = EmbeddedKafka::with_topics(&[("events", 1)])?;
+            /// let session = StreamSession::new();
+            ///
+            /// // load() checks the options; the stream connects when a query starts.
+            /// let stream = session
+            ///     .read_stream()
+            ///     .kafka()
+            ///     .bootstrap_servers(kafka.bootstrap_servers())
+            ///     .subscribe(["events"])
+            ///     .load()?;
+            /// assert_eq!(
+            ///     stream.columns(),
+            ///     ["key", "value", "topic", "partition", "offset", "timestamp", "timestampType"]
+            /// );
+            /// assert!(session.read_stream().kafka().subscribe(["events"]).load().is_err());
+            ///
+            /// // A bounded read reads at once (the topic is empty).
+            /// let read = session
+            ///     .read_kafka()
+            ///     .bootstrap_servers(kafka.bootstrap_servers())
+            ///     .subscribe(["events"])
+            ///     .load()
+            ///     .await?;
+            /// assert_eq!(read.count().await?, 0);
+            /// # Ok(()) }
+            /// ```
             pub fn bootstrap_servers(self, servers: impl AsRef<str>) -> Self {
                 self.option("kafka.bootstrap.servers", servers.as_ref())
             }
 
             /// `subscribe`: read these topics (all partitions, including ones added later).
+            ///
+            /// The same on a stream (`read_stream().kafka()`) and a bounded read
+            /// (`read_kafka()`, shown here):
+            ///
+            /// ```
+            /// # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+            /// # async fn main() -> flumen_engine::Result<()> {
+            /// use flumen_engine::datafusion::arrow::util::pretty::pretty_format_batches;
+            /// use flumen_engine::prelude::*;
+            /// use flumen_kafka::prelude::*;
+            ///
+            /// let kafka = EmbeddedKafka::with_topics(&[("clicks", 1), ("views", 1)])?;
+            /// let session = StreamSession::new();
+            /// for topic in ["clicks", "views", "views"] {
+            ///     session
+            ///         .sql("SELECT 'event' AS value")
+            ///         .await?
+            ///         .write_kafka()
+            ///         .bootstrap_servers(kafka.bootstrap_servers())
+            ///         .topic(topic)
+            ///         .save()
+            ///         .await?;
+            /// }
+            ///
+            /// let events = session
+            ///     .read_kafka()
+            ///     .bootstrap_servers(kafka.bootstrap_servers())
+            ///     .subscribe(["clicks", "views"])
+            ///     .load()
+            ///     .await?;
+            /// let per_topic = session
+            ///     .frame(events)
+            ///     .group_by([col("topic")])
+            ///     .count()?
+            ///     .order_by([col("topic")])?
+            ///     .collect()
+            ///     .await?;
+            /// assert_eq!(
+            ///     pretty_format_batches(&per_topic)?.to_string(),
+            ///     "+--------+-------+\n\
+            ///      | topic  | count |\n\
+            ///      +--------+-------+\n\
+            ///      | clicks | 1     |\n\
+            ///      | views  | 2     |\n\
+            ///      +--------+-------+"
+            /// );
+            /// # Ok(()) }
+            /// ```
             pub fn subscribe<S: AsRef<str>>(self, topics: impl IntoIterator<Item = S>) -> Self {
                 let list: Vec<String> =
                     topics.into_iter().map(|t| t.as_ref().to_string()).collect();
@@ -75,6 +217,68 @@ macro_rules! source_setters {
             /// `startingOffsets`: where a new query starts. Default: latest for streams,
             /// earliest for batch reads (where latest is not allowed). Ignored when restarting
             /// from a checkpoint.
+            ///
+            /// A stream from the earliest offsets reads the records already in the topic; one
+            /// from the latest (the default) only the records written after it started:
+            ///
+            /// ```
+            /// # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+            /// # async fn main() -> flumen_engine::Result<()> {
+            /// use flumen_engine::datafusion::arrow::util::pretty::pretty_format_batches;
+            /// use flumen_engine::prelude::*;
+            /// use flumen_kafka::prelude::*;
+            ///
+            /// let kafka = EmbeddedKafka::with_topics(&[("events", 1)])?;
+            /// let servers = kafka.bootstrap_servers();
+            /// let session = StreamSession::new();
+            /// let old = session.sql("SELECT 'old' AS value").await?;
+            /// old.write_kafka().bootstrap_servers(servers).topic("events").save().await?;
+            ///
+            /// let mut queries = Vec::new();
+            /// let starts = [
+            ///     ("earliest", StartingOffsets::Earliest),
+            ///     ("latest", StartingOffsets::Latest),
+            /// ];
+            /// for (name, offsets) in starts {
+            ///     let query = session
+            ///         .read_stream()
+            ///         .kafka()
+            ///         .bootstrap_servers(servers)
+            ///         .subscribe(["events"])
+            ///         .starting_offsets(offsets)
+            ///         .load()?
+            ///         .select_expr(["CAST(value AS STRING) AS value"])?
+            ///         .write_stream()
+            ///         .memory()
+            ///         .query_name(name)
+            ///         .start()
+            ///         .await?;
+            ///     query.process_all_available().await?;
+            ///     queries.push(query);
+            /// }
+            /// let new = session.sql("SELECT 'new' AS value").await?;
+            /// new.write_kafka().bootstrap_servers(servers).topic("events").save().await?;
+            /// for query in &queries {
+            ///     query.process_all_available().await?;
+            ///     query.stop().await?;
+            /// }
+            ///
+            /// let sql = "SELECT 'earliest' AS start, value FROM earliest \
+            ///            UNION ALL SELECT 'latest' AS start, value FROM latest \
+            ///            ORDER BY start, value";
+            /// let rows = session.sql(sql).await?.collect().await?;
+            /// assert_eq!(
+            ///     pretty_format_batches(&rows)?.to_string(),
+            ///     "+----------+-------+\n\
+            ///      | start    | value |\n\
+            ///      +----------+-------+\n\
+            ///      | earliest | new   |\n\
+            ///      | earliest | old   |\n\
+            ///      | latest   | new   |\n\
+            ///      +----------+-------+"
+            /// );
+            /// # Ok(()) }
+            /// ```
             pub fn starting_offsets(self, offsets: StartingOffsets) -> Self {
                 self.option("startingOffsets", String::from(offsets))
             }
@@ -119,6 +323,67 @@ macro_rules! sink_setters {
             }
 
             /// `topic`: the topic for every row; overrides a `topic` column.
+            ///
+            /// The same on a streaming write (`write_stream().kafka()`) and a batch write
+            /// (`write_kafka()`, shown here):
+            ///
+            /// ```
+            /// # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+            /// # async fn main() -> flumen_engine::Result<()> {
+            /// use flumen_engine::datafusion::arrow::util::pretty::pretty_format_batches;
+            /// use flumen_engine::prelude::*;
+            /// use flumen_kafka::prelude::*;
+            ///
+            /// let kafka = EmbeddedKafka::with_topics(&[("tea", 1), ("cake", 1), ("audit", 1)])?;
+            /// let servers = kafka.bootstrap_servers();
+            /// let session = StreamSession::new();
+            /// let orders = "SELECT * FROM (VALUES ('tea', 'order 1'), ('cake', 'order 2')) \
+            ///               AS t(topic, value)";
+            ///
+            /// // Without topic(), each row goes to the topic its `topic` column names...
+            /// let routed = session
+            ///     .sql(orders)
+            ///     .await?
+            ///     .write_kafka()
+            ///     .bootstrap_servers(servers)
+            ///     .save()
+            ///     .await?;
+            /// // ...with it, every row goes to that one topic.
+            /// let copied = session
+            ///     .sql(orders)
+            ///     .await?
+            ///     .write_kafka()
+            ///     .bootstrap_servers(servers)
+            ///     .topic("audit")
+            ///     .save()
+            ///     .await?;
+            /// assert_eq!((routed, copied), (2, 2));
+            ///
+            /// let all = session
+            ///     .read_kafka()
+            ///     .bootstrap_servers(servers)
+            ///     .subscribe(["tea", "cake", "audit"])
+            ///     .load()
+            ///     .await?;
+            /// let rows = session
+            ///     .frame(all)
+            ///     .select_expr(["topic", "CAST(value AS STRING) AS value"])?
+            ///     .order_by([col("topic"), col("value")])?
+            ///     .collect()
+            ///     .await?;
+            /// assert_eq!(
+            ///     pretty_format_batches(&rows)?.to_string(),
+            ///     "+-------+---------+\n\
+            ///      | topic | value   |\n\
+            ///      +-------+---------+\n\
+            ///      | audit | order 1 |\n\
+            ///      | audit | order 2 |\n\
+            ///      | cake  | order 2 |\n\
+            ///      | tea   | order 1 |\n\
+            ///      +-------+---------+"
+            /// );
+            /// # Ok(()) }
+            /// ```
             pub fn topic(self, topic: impl AsRef<str>) -> Self {
                 self.option("topic", topic.as_ref())
             }
@@ -175,6 +440,65 @@ impl KafkaWriteStreamExt for DataStreamWriter {
 }
 
 /// Builder of a streaming query writing to Kafka.
+///
+/// The frame needs a `value` column (string or binary), and may have `key`, `topic`,
+/// `partition` and `headers` columns (Spark's rules); a checkpoint location is required.
+///
+/// ```
+/// # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+/// # async fn main() -> flumen_engine::Result<()> {
+/// use std::sync::Arc;
+/// use flumen_engine::datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray};
+/// use flumen_engine::datafusion::arrow::util::pretty::pretty_format_batches;
+/// use flumen_engine::prelude::*;
+/// use flumen_kafka::prelude::*;
+///
+/// let kafka = EmbeddedKafka::with_topics(&[("greetings", 1)])?;
+/// let session = StreamSession::new();
+/// let batch = RecordBatch::try_from_iter([(
+///     "name",
+///     Arc::new(StringArray::from(vec!["Ann", "Bob"])) as ArrayRef,
+/// )])?;
+/// let names = Arc::new(MemoryStream::new("names", batch.schema()));
+/// names.add_batch(batch)?;
+///
+/// let checkpoint = tempfile::tempdir().expect("a temporary directory");
+/// let query = session
+///     .stream(names)?
+///     .select_expr(["name AS key", "concat('Hello ', name) AS value"])?
+///     .write_stream()
+///     .kafka()
+///     .bootstrap_servers(kafka.bootstrap_servers())
+///     .topic("greetings")
+///     .checkpoint_location(checkpoint.path())
+///     .start()
+///     .await?;
+/// query.process_all_available().await?;
+/// query.stop().await?;
+///
+/// let written = session
+///     .read_kafka()
+///     .bootstrap_servers(kafka.bootstrap_servers())
+///     .subscribe(["greetings"])
+///     .load()
+///     .await?;
+/// let rows = session
+///     .frame(written)
+///     .select_expr(["CAST(key AS STRING) AS key", "CAST(value AS STRING) AS value"])?
+///     .order_by([col("key")])?
+///     .collect()
+///     .await?;
+/// assert_eq!(
+///     pretty_format_batches(&rows)?.to_string(),
+///     "+-----+-----------+\n\
+///      | key | value     |\n\
+///      +-----+-----------+\n\
+///      | Ann | Hello Ann |\n\
+///      | Bob | Hello Bob |\n\
+///      +-----+-----------+"
+/// );
+/// # Ok(()) }
+/// ```
 #[derive(Debug)]
 #[must_use]
 pub struct KafkaStreamWriter {
