@@ -11,7 +11,7 @@
 
 use clap::Parser;
 use flumen::prelude::*;
-use flumen_examples::{Broker, KafkaArgs, run_until_ctrl_c, seed_greetings};
+use flumen_examples::{Broker, KafkaArgs, RunArgs, run_until_ctrl_c, seed_greetings};
 
 /// Stream a topic to the console.
 #[derive(Parser, Debug)]
@@ -22,9 +22,8 @@ struct Args {
     /// Topic to read.
     #[arg(long, default_value = "demo-topic")]
     topic: String,
-    /// Process what is in the topic, then exit.
-    #[arg(long)]
-    available_now: bool,
+    #[command(flatten)]
+    run: RunArgs,
 }
 
 #[tokio::main]
@@ -50,11 +49,7 @@ async fn main() -> anyhow::Result<()> {
         .write_stream()
         .output_mode(OutputMode::Append)
         .console()
-        .trigger(if args.available_now {
-            Trigger::AvailableNow
-        } else {
-            Trigger::default()
-        })
+        .trigger(args.run.trigger())
         .start()
         .await?;
     run_until_ctrl_c(&[query]).await

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use clap::Parser;
 use flumen::datafusion::arrow::datatypes::DataType;
 use flumen::prelude::*;
-use flumen_examples::{Broker, KafkaArgs, run_until_ctrl_c, seed_greetings};
+use flumen_examples::{Broker, KafkaArgs, RunArgs, run_until_ctrl_c, seed_greetings};
 
 /// Tag every record of one topic and write it to another.
 #[derive(Parser, Debug)]
@@ -30,9 +30,8 @@ struct Args {
     /// Checkpoint directory.
     #[arg(long, default_value = "/tmp/checkpoints/processed")]
     checkpoint: PathBuf,
-    /// Process what is in the topic, then exit.
-    #[arg(long)]
-    available_now: bool,
+    #[command(flatten)]
+    run: RunArgs,
 }
 
 #[tokio::main]
@@ -43,15 +42,8 @@ async fn main() -> anyhow::Result<()> {
     broker
         .ensure_topics(&[(args.input.as_str(), 1), (args.output.as_str(), 1)])
         .await?;
+    broker.forget_checkpoint_of_an_earlier_broker(&args.checkpoint)?;
     if broker.is_embedded() {
-        // A fresh broker: the checkpoint of an earlier run would point past the new data.
-        if args.checkpoint.exists() {
-            eprintln!(
-                "Removing {} (it belongs to an earlier embedded broker)",
-                args.checkpoint.display()
-            );
-            std::fs::remove_dir_all(&args.checkpoint)?;
-        }
         seed_greetings(&session, &broker, &args.input).await?;
     }
 
@@ -78,11 +70,7 @@ async fn main() -> anyhow::Result<()> {
         .topic(&args.output)
         .checkpoint_location(&args.checkpoint)
         .output_mode(OutputMode::Append)
-        .trigger(if args.available_now {
-            Trigger::AvailableNow
-        } else {
-            Trigger::default()
-        })
+        .trigger(args.run.trigger())
         .start()
         .await?;
     run_until_ctrl_c(std::slice::from_ref(&query)).await?;
@@ -103,17 +91,6 @@ async fn main() -> anyhow::Result<()> {
     let out = session
         .frame(out)
         .select_expr(["CAST(value AS STRING) AS value"])?;
-    let rows = out.collect().await?;
-    println!(
-        "{}",
-        flumen::sink::format_batches(
-            &out.schema(),
-            &rows,
-            flumen::sink::ConsoleOptions {
-                num_rows: 20,
-                truncate: false
-            }
-        )?
-    );
+    print!("{}", out.show_string(20, false).await?);
     Ok(())
 }

@@ -98,35 +98,13 @@ async fn main() -> anyhow::Result<()> {
              GROUP BY 1, 2 ORDER BY 1, 2",
         )
         .await?;
-    let batches = summary.collect().await?;
     println!("3. Read back {ENRICHED_TOPIC} with an independent batch read:");
-    print!(
-        "{}",
-        flumen::sink::format_batches(
-            &summary.schema(),
-            &batches,
-            flumen::sink::ConsoleOptions {
-                num_rows: 20,
-                truncate: false
-            }
-        )?
-    );
+    summary.show(20).await?;
     let sample = session
         .sql("SELECT CAST(key AS STRING) AS key, CAST(value AS STRING) AS value FROM enriched_raw ORDER BY offset LIMIT 1")
         .await?;
-    let sample_rows = sample.collect().await?;
     println!("   first record:");
-    print!(
-        "{}",
-        flumen::sink::format_batches(
-            &sample.schema(),
-            &sample_rows,
-            flumen::sink::ConsoleOptions {
-                num_rows: 1,
-                truncate: false
-            }
-        )?
-    );
+    print!("{}", sample.show_string(1, false).await?);
     println!("Done in {:.1} s.", started.elapsed().as_secs_f64());
     keep_ui_until_ctrl_c(ui.as_ref()).await
 }

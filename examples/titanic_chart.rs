@@ -84,11 +84,11 @@ async fn main() -> anyhow::Result<()> {
         result?;
     }
 
-    let rows = session
+    let agg_table = session
         .sql("SELECT * FROM agg_table ORDER BY is_adult")
-        .await?
-        .collect()
         .await?;
+    agg_table.show(20).await?;
+    let rows = agg_table.collect().await?;
     let mut bars = Vec::new();
     for batch in &rows {
         let labels = batch.column(0).as_string::<i32>();
@@ -101,10 +101,6 @@ async fn main() -> anyhow::Result<()> {
             bars.push((labels.value(i).to_string(), counts.value(i)));
         }
     }
-    println!(
-        "{}",
-        flumen::datafusion::arrow::util::pretty::pretty_format_batches(&rows)?
-    );
     let chart = BarChart {
         title: "Количество взрослых и не взрослых пассажиров Titanic (batch из стрима)".into(),
         x_label: "is_adult".into(),

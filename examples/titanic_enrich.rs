@@ -1,4 +1,5 @@
-//! The notebook's stream–static join cell: load the Titanic CSV into `raw-titanic` (key =
+//! The notebook's stream–static join cell, written the way the cell reads (the tests and the
+//! benchmarks run the same pipeline from `flumen_examples::titanic`): load the Titanic CSV into `raw-titanic` (key =
 //! PassengerId, value = the row as JSON), then run two streaming queries over that topic:
 //!
 //! - parse the JSON with the CSV's inferred schema, add `is_adult`, left-join the class names,
@@ -13,11 +14,13 @@
 //! ```
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use clap::Parser;
+use flumen::datafusion::arrow::datatypes::DataType;
 use flumen::prelude::*;
-use flumen_examples::titanic::{self, ENRICHED_TOPIC, PRETTY_COLUMNS, RAW_TOPIC, TitanicData};
-use flumen_examples::{Broker, KafkaArgs, UiArgs, run_until_ctrl_c_with_ui};
+use flumen_examples::titanic::{self, ENRICHED_TOPIC, RAW_TOPIC, TitanicData};
+use flumen_examples::{Broker, KafkaArgs, RunArgs, UiArgs, run_until_ctrl_c_with_ui};
 
 /// Enrich Titanic passengers streaming through Kafka.
 #[derive(Parser, Debug)]
@@ -33,9 +36,8 @@ struct Args {
     /// Skip loading the CSV into raw-titanic; only run the streaming queries.
     #[arg(long)]
     no_load: bool,
-    /// Process everything available, then exit 0 (with --ui: once Ctrl-C is pressed).
-    #[arg(long)]
-    available_now: bool,
+    #[command(flatten)]
+    run: RunArgs,
     #[command(flatten)]
     ui: UiArgs,
 }
@@ -47,20 +49,16 @@ async fn main() -> anyhow::Result<()> {
     broker
         .ensure_topics(&[(RAW_TOPIC, 1), (ENRICHED_TOPIC, 1)])
         .await?;
-    if broker.is_embedded() && args.checkpoint.exists() {
-        eprintln!(
-            "Removing {} (it belongs to an earlier embedded broker)",
-            args.checkpoint.display()
-        );
-        std::fs::remove_dir_all(&args.checkpoint)?;
-    }
+    broker.forget_checkpoint_of_an_earlier_broker(&args.checkpoint)?;
     let session = StreamSession::new();
     let ui = args.ui.start(&session)?;
-    let data = TitanicData::choose(args.csv);
-    let titanic_df = data.load(&session).await?;
-    let schema = std::sync::Arc::new(titanic_df.schema().as_arrow().clone());
 
+    // titanic_df = spark.read.csv("titanic.csv", header=True, inferSchema=True)
+    let titanic_df = TitanicData::choose(args.csv).load(&session).await?;
+    // schema = titanic_df.schema
+    let schema = Arc::new(titanic_df.schema().as_arrow().clone());
     if !args.no_load {
+        // The loading cell: key = PassengerId, value = to_json(struct(*)), into raw-titanic.
         let n = titanic::load_into_kafka(
             titanic_df,
             &session,
@@ -72,20 +70,50 @@ async fn main() -> anyhow::Result<()> {
         println!("Loaded {n} passengers into the topic {RAW_TOPIC}");
     }
 
-    let enriched_df = titanic::enriched_stream(
-        &session,
-        broker.servers(),
-        RAW_TOPIC,
-        &broker.kafka_options(),
-        schema,
-    )?;
-    let pretty_df = enriched_df.select_columns(&PRETTY_COLUMNS)?;
-    let trigger = if args.available_now {
-        Trigger::AvailableNow
-    } else {
-        Trigger::default()
-    };
-    let query_kafka = titanic::to_kafka_records(&enriched_df)?
+    // The notebook's stream-static join cell, line by line.
+    let raw_stream = session
+        .read_stream()
+        .kafka()
+        .bootstrap_servers(broker.servers())
+        .options(broker.kafka_options())
+        .subscribe([RAW_TOPIC])
+        .starting_offsets(StartingOffsets::Earliest)
+        .load()?;
+
+    let parsed_stream = raw_stream
+        .select_expr(["CAST(value AS STRING) AS json_str"])?
+        .with_column("data", from_json(col("json_str"), schema)?)?
+        .select_expr(["data.*"])?;
+
+    let static_df = session
+        .sql("SELECT * FROM (VALUES (1, 'First Class'), (2, 'Second Class'), (3, 'Third Class')) AS t(Pclass, ClassName)")
+        .await?
+        .into_dataframe()?;
+
+    let enriched_df = parsed_stream
+        .with_column(
+            "is_adult",
+            when(col("Age").gt_eq(lit(18)), lit("yes")).otherwise(lit("no"))?,
+        )?
+        .join(static_df, JoinType::Left, &["Pclass"])?;
+
+    let pretty_df = enriched_df.select_columns(&[
+        "PassengerId",
+        "Name",
+        "Age",
+        "Pclass",
+        "ClassName",
+        "is_adult",
+        "Survived",
+    ])?;
+
+    let every_column = struct_(enriched_df.columns().iter().map(|c| col(c.as_str())));
+    let df_to_kafka = enriched_df
+        .with_column("key", cast(col("PassengerId"), DataType::Utf8))?
+        .with_column("value", to_json(every_column))?;
+
+    let query_kafka = df_to_kafka
+        .select_columns(&["key", "value"])?
         .write_stream()
         .kafka()
         .bootstrap_servers(broker.servers())
@@ -94,18 +122,21 @@ async fn main() -> anyhow::Result<()> {
         .checkpoint_location(&args.checkpoint)
         .output_mode(OutputMode::Append)
         .query_name("titanic_kafka")
-        .trigger(trigger)
+        .trigger(args.run.trigger())
         .start()
         .await?;
+
     let query_console = pretty_df
         .write_stream()
         .console()
         .option("truncate", false)
         .output_mode(OutputMode::Append)
         .query_name("titanic_console")
-        .trigger(trigger)
+        .trigger(args.run.trigger())
         .start()
         .await?;
+
+    // query_kafka.awaitTermination(); query_console.awaitTermination() — or Ctrl-C.
     run_until_ctrl_c_with_ui(&[query_kafka.clone(), query_console], ui.as_ref()).await?;
     let written: i64 = query_kafka
         .recent_progress()

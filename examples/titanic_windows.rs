@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use clap::Parser;
 use flumen::prelude::*;
 use flumen_examples::titanic::{self, RAW_TOPIC, TitanicData};
-use flumen_examples::{Broker, KafkaArgs, run_until_ctrl_c};
+use flumen_examples::{Broker, KafkaArgs, RunArgs, run_until_ctrl_c};
 
 /// Count Titanic passengers per one-minute event-time window.
 #[derive(Parser, Debug)]
@@ -33,9 +33,8 @@ struct Args {
     /// Skip loading the CSV; only run the streaming query.
     #[arg(long)]
     no_load: bool,
-    /// Process everything available, then exit 0.
-    #[arg(long)]
-    available_now: bool,
+    #[command(flatten)]
+    run: RunArgs,
 }
 
 #[tokio::main]
@@ -80,11 +79,7 @@ async fn main() -> anyhow::Result<()> {
         .option("numRows", args.num_rows)
         .output_mode(OutputMode::Complete)
         .query_name("titanic_windows")
-        .trigger(if args.available_now {
-            Trigger::AvailableNow
-        } else {
-            Trigger::default()
-        })
+        .trigger(args.run.trigger())
         .start()
         .await?;
     run_until_ctrl_c(std::slice::from_ref(&query)).await?;

@@ -32,6 +32,26 @@ fn parse_key_value(text: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("expected KEY=VALUE, got '{text}'"))
 }
 
+/// The run flag every streaming example takes: `--available-now`.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct RunArgs {
+    /// Process everything available, then exit 0 (with --ui: once Ctrl-C is pressed).
+    #[arg(long)]
+    pub available_now: bool,
+}
+
+impl RunArgs {
+    /// `Trigger::AvailableNow` with `--available-now`, else the default trigger (a micro-batch
+    /// as soon as the previous one is done).
+    pub fn trigger(&self) -> Trigger {
+        if self.available_now {
+            Trigger::AvailableNow
+        } else {
+            Trigger::default()
+        }
+    }
+}
+
 /// The monitoring flags (`--ui`, `--ui-port`) of the examples that can show the live page.
 #[derive(clap::Args, Debug, Clone)]
 pub struct UiArgs {
@@ -130,6 +150,22 @@ impl Broker {
     /// Whether this is the embedded broker (which starts empty).
     pub fn is_embedded(&self) -> bool {
         self.embedded.is_some()
+    }
+
+    /// Removes `checkpoint` when the broker is a fresh embedded one: the offsets an earlier run
+    /// checkpointed belong to an earlier broker and would point past the new data.
+    pub fn forget_checkpoint_of_an_earlier_broker(
+        &self,
+        checkpoint: &std::path::Path,
+    ) -> anyhow::Result<()> {
+        if self.is_embedded() && checkpoint.exists() {
+            eprintln!(
+                "Removing {} (it belongs to an earlier embedded broker)",
+                checkpoint.display()
+            );
+            std::fs::remove_dir_all(checkpoint)?;
+        }
+        Ok(())
     }
 
     /// Creates the topics that do not exist yet.
