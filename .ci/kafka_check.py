@@ -3,13 +3,13 @@
 
 Flumen speaks the Kafka protocol with its own Rust code; this script uses
 confluent-kafka (librdkafka) instead, so a test can write with one
-implementation and read with the other. CI uses it against the tansu
-broker started by .ci/tansu.sh; it needs `pip install confluent-kafka`.
+implementation and read with the other. CI uses it against the Apache Kafka
+broker started by scripts/kafka.sh; it needs `pip install confluent-kafka`.
 
 Subcommands (BOOTSTRAP is host:port):
   metadata     BOOTSTRAP [--timeout S]
       Print cluster metadata as JSON; exit non-zero if the broker does not
-      answer. .ci/tansu.sh uses this as its readiness probe.
+      answer.
   create-topic BOOTSTRAP TOPIC --partitions P [--if-not-exists] [--timeout S]
       Create TOPIC via the AdminClient (replication factor 1) and wait until
       metadata shows all P partitions.
