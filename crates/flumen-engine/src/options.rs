@@ -114,8 +114,11 @@ impl<K: Into<String>, V: Into<String>> FromIterator<(K, V)> for Options {
     }
 }
 
-/// Parses a Spark interval string such as `10 seconds`, `1 minute`, `500 ms`, `2 hours` or
-/// `1 day 30 minutes` into a [`Duration`].
+/// Parses a Spark interval string such as `10 seconds`, `1 minute`, `500 ms`, `500ms`, `2 hours`
+/// or `1 day 30 minutes` into a [`Duration`], with Arrow's interval parser (the one DataFusion's
+/// SQL `INTERVAL` literals use): units from weeks down to nanoseconds, singular, plural or
+/// abbreviated (`w`, `d`, `h`, `m`, `s`, `ms`, `us`), fractions (`1.5 hours`) and an optional
+/// leading `interval`. Months and years are refused: they have no fixed length.
 ///
 /// ```
 /// use std::time::Duration;
@@ -123,8 +126,12 @@ impl<K: Into<String>, V: Into<String>> FromIterator<(K, V)> for Options {
 /// assert_eq!(parse_interval("2 seconds").unwrap(), Duration::from_secs(2));
 /// assert_eq!(parse_interval("1 minute 30 seconds").unwrap(), Duration::from_secs(90));
 /// assert_eq!(parse_interval("250 milliseconds").unwrap(), Duration::from_millis(250));
+/// assert_eq!(parse_interval("500ms").unwrap(), Duration::from_millis(500));
 /// ```
 pub fn parse_interval(text: &str) -> Result<Duration> {
+    use datafusion::arrow::compute::kernels::cast_utils::{
+        IntervalParseConfig, IntervalUnit, parse_interval_month_day_nano_config,
+    };
     let bad = |why: &str| {
         FlumenError::invalid_option(
             "interval",
@@ -133,49 +140,37 @@ pub fn parse_interval(text: &str) -> Result<Duration> {
             ),
         )
     };
-    let trimmed = text.trim();
-    let trimmed = trimmed
-        .strip_prefix("interval ")
-        .or_else(|| trimmed.strip_prefix("INTERVAL "))
-        .unwrap_or(trimmed);
-    let tokens: Vec<&str> = trimmed.split_whitespace().collect();
-    if tokens.is_empty() {
+    let mut tokens: Vec<&str> = text.split_whitespace().collect();
+    if tokens
+        .first()
+        .is_some_and(|first| first.eq_ignore_ascii_case("interval"))
+    {
+        tokens.remove(0);
+    }
+    let Some(last) = tokens.last() else {
         return Err(bad("empty"));
+    };
+    // Arrow would read a bare number as seconds; Spark's options always name the unit.
+    if !last.chars().any(|c| c.is_ascii_alphabetic()) {
+        return Err(bad("missing unit"));
     }
-    let mut total_micros: u128 = 0;
-    let mut i = 0;
-    while i < tokens.len() {
-        // Accept both "10 seconds" and "10s"/"500ms".
-        let (number, unit) = match tokens[i].find(|c: char| c.is_ascii_alphabetic()) {
-            Some(pos) if pos > 0 => (&tokens[i][..pos], &tokens[i][pos..]),
-            _ => {
-                let unit = tokens.get(i + 1).ok_or_else(|| bad("missing unit"))?;
-                i += 1;
-                (tokens[i - 1], *unit)
-            }
-        };
-        i += 1;
-        let value: f64 = number.parse().map_err(|_| bad("not a number"))?;
-        if value < 0.0 || !value.is_finite() {
-            return Err(bad("negative or not finite"));
-        }
-        let unit_micros: f64 = match unit.to_ascii_lowercase().as_str() {
-            "w" | "week" | "weeks" => 7.0 * 86_400e6,
-            "d" | "day" | "days" => 86_400e6,
-            "h" | "hr" | "hrs" | "hour" | "hours" => 3_600e6,
-            "m" | "min" | "mins" | "minute" | "minutes" => 60e6,
-            "s" | "sec" | "secs" | "second" | "seconds" => 1e6,
-            "ms" | "milli" | "millis" | "millisecond" | "milliseconds" => 1e3,
-            "us" | "micro" | "micros" | "microsecond" | "microseconds" => 1.0,
-            _ => {
-                return Err(bad(
-                    "unknown unit; use week, day, hour, minute, second, millisecond or microsecond",
-                ));
-            }
-        };
-        total_micros += (value * unit_micros).round() as u128;
+    let interval = parse_interval_month_day_nano_config(
+        &tokens.join(" "),
+        IntervalParseConfig::new(IntervalUnit::Second),
+    )
+    .map_err(|e| bad(&e.to_string()))?;
+    if interval.months != 0 {
+        return Err(bad(
+            "months and years have no fixed length; use weeks, days, hours, minutes or seconds",
+        ));
     }
-    Ok(Duration::from_micros(total_micros as u64))
+    let (Ok(days), Ok(nanos)) = (
+        u64::try_from(interval.days),
+        u64::try_from(interval.nanoseconds),
+    ) else {
+        return Err(bad("negative"));
+    };
+    Ok(Duration::from_secs(days * 86_400) + Duration::from_nanos(nanos))
 }
 
 #[cfg(test)]
@@ -202,7 +197,32 @@ mod tests {
         assert_eq!(parse_interval("10s").unwrap(), Duration::from_secs(10));
         assert_eq!(parse_interval("1 hour").unwrap(), Duration::from_secs(3600));
         assert_eq!(parse_interval("1 m").unwrap(), Duration::from_secs(60));
-        assert!(parse_interval("ten seconds").is_err());
-        assert!(parse_interval("3 months").is_err());
+        assert_eq!(
+            parse_interval("INTERVAL 1 day 30 minutes").unwrap(),
+            Duration::from_secs(86_400 + 1_800)
+        );
+        assert_eq!(
+            parse_interval("1.5 hours").unwrap(),
+            Duration::from_secs(5_400)
+        );
+        assert_eq!(
+            parse_interval("2 w").unwrap(),
+            Duration::from_secs(14 * 86_400)
+        );
+        assert_eq!(
+            parse_interval("250 us").unwrap(),
+            Duration::from_micros(250)
+        );
+        for (text, why) in [
+            ("ten seconds", "Invalid input syntax"),
+            ("3 months", "no fixed length"),
+            ("10", "missing unit"),
+            ("", "empty"),
+            ("-5 seconds", "negative"),
+            ("5 fortnights", "Invalid input syntax"),
+        ] {
+            let message = parse_interval(text).unwrap_err().to_string();
+            assert!(message.contains(why), "{text}: {message}");
+        }
     }
 }
