@@ -30,6 +30,14 @@ struct Args {
     /// Checkpoint directory.
     #[arg(long, default_value = "/tmp/checkpoints/processed")]
     checkpoint: PathBuf,
+    /// Write each micro-batch as one Kafka transaction: readers with
+    /// isolation.level=read_committed see every record once, across crashes (default:
+    /// at-least-once, as Spark).
+    #[arg(long)]
+    exactly_once: bool,
+    /// At most this many input records per micro-batch (default: no limit).
+    #[arg(long)]
+    max_offsets_per_trigger: Option<u64>,
     #[command(flatten)]
     run: RunArgs,
 }
@@ -47,14 +55,17 @@ async fn main() -> anyhow::Result<()> {
         seed_greetings(&session, &broker, &args.input).await?;
     }
 
-    let kafka_df = session
+    let mut reader = session
         .read_stream()
         .kafka()
         .bootstrap_servers(broker.servers())
         .options(broker.kafka_options())
         .subscribe([args.input.as_str()])
-        .starting_offsets(StartingOffsets::Earliest)
-        .load()?;
+        .starting_offsets(StartingOffsets::Earliest);
+    if let Some(records) = args.max_offsets_per_trigger {
+        reader = reader.max_offsets_per_trigger(records);
+    }
+    let kafka_df = reader.load()?;
     let parsed_df = kafka_df.select_expr(["CAST(key AS STRING)", "CAST(value AS STRING)"])?;
     let transformed_df =
         parsed_df.with_column("value", concat([lit("[processed] "), col("value")]))?;
@@ -68,6 +79,7 @@ async fn main() -> anyhow::Result<()> {
         .bootstrap_servers(broker.servers())
         .options(broker.kafka_options())
         .topic(&args.output)
+        .exactly_once(args.exactly_once)
         .checkpoint_location(&args.checkpoint)
         .output_mode(OutputMode::Append)
         .trigger(args.run.trigger())

@@ -3,7 +3,9 @@
 //! and says so.
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use flumen::datafusion::arrow::array::AsArray;
 use flumen::prelude::*;
 use flumen_examples::titanic;
 use flumen_tests::*;
@@ -141,5 +143,446 @@ async fn restart_against_a_real_broker_continues_where_it_stopped() {
     assert_eq!(
         sql_table(&session, "SELECT v FROM second_run ORDER BY v").await,
         "+---+\n| v |\n+---+\n| 3 |\n| 4 |\n+---+"
+    );
+}
+
+/// `n` numbered values `"0"`, `"1"`, ... for an input topic.
+fn numbers(n: usize) -> Vec<String> {
+    (0..n).map(|i| i.to_string()).collect()
+}
+
+/// Starts `input → "[processed] value" → output` on `checkpoint` (the kafka_to_kafka pipeline),
+/// 10 records per batch, available-now, and waits for it to finish.
+async fn copy_available_now(
+    servers: &str,
+    input: &str,
+    output: &str,
+    checkpoint: &std::path::Path,
+    exactly_once: bool,
+) -> StreamingQuery {
+    let query = earliest_reader(&StreamSession::new(), servers, input)
+        .max_offsets_per_trigger(10)
+        .load()
+        .unwrap()
+        .select_expr(["CONCAT('[processed] ', CAST(value AS STRING)) AS value"])
+        .unwrap()
+        .write_stream()
+        .kafka()
+        .bootstrap_servers(servers)
+        .topic(output)
+        .exactly_once(exactly_once)
+        .checkpoint_location(checkpoint)
+        .trigger(Trigger::AvailableNow)
+        .start()
+        .await
+        .unwrap();
+    query.await_termination(None).await.unwrap();
+    query
+}
+
+/// `[processed] 0` .. `[processed] n-1`, sorted as text.
+fn processed(n: usize) -> Vec<String> {
+    let mut values: Vec<String> = (0..n).map(|i| format!("[processed] {i}")).collect();
+    values.sort();
+    values
+}
+
+fn sorted(mut values: Vec<String>) -> Vec<String> {
+    values.sort();
+    values
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_once_sink_does_not_rewrite_a_batch_whose_transaction_committed() {
+    let Some(servers) = broker() else { return };
+    for exactly_once in [true, false] {
+        let (input, output) = (unique("eos-in"), unique("eos-out"));
+        let broker = flumen_examples::Broker::connect(Some(servers.clone())).unwrap();
+        broker
+            .ensure_topics(&[(input.as_str(), 1), (output.as_str(), 1)])
+            .await
+            .unwrap();
+        let values = numbers(30);
+        let refs: Vec<&str> = values.iter().map(String::as_str).collect();
+        produce_values(&servers, &input, &refs);
+        let checkpoint = temp_dir();
+        let first =
+            copy_available_now(&servers, &input, &output, checkpoint.path(), exactly_once).await;
+        assert_eq!(first.recent_progress().len(), 3);
+
+        // A crash after batch 2's output reached Kafka but before commits/2 was written.
+        std::fs::remove_file(checkpoint.path().join("commits").join("2")).unwrap();
+        let rerun =
+            copy_available_now(&servers, &input, &output, checkpoint.path(), exactly_once).await;
+        let batches: Vec<(u64, u64)> = rerun
+            .recent_progress()
+            .iter()
+            .map(|p| (p.batch_id, p.num_input_rows))
+            .collect();
+        assert_eq!(batches, vec![(2, 10)], "batch 2 ran again with its 10 rows");
+
+        let seen = sorted(read_committed_values(&servers, &output));
+        if exactly_once {
+            assert_eq!(seen, processed(30), "each row once");
+        } else {
+            // At-least-once, as Spark: the re-run batch is written twice.
+            let mut expected = processed(30);
+            expected.extend((20..30).map(|i| format!("[processed] {i}")));
+            assert_eq!(seen, sorted(expected));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_once_sink_aborts_the_open_transaction_of_a_dead_run_and_fences_it() {
+    let Some(servers) = broker() else { return };
+    let (input, output) = (unique("eos-zombie-in"), unique("eos-zombie-out"));
+    let broker = flumen_examples::Broker::connect(Some(servers.clone())).unwrap();
+    broker
+        .ensure_topics(&[(input.as_str(), 1), (output.as_str(), 1)])
+        .await
+        .unwrap();
+    let values = numbers(20);
+    let refs: Vec<&str> = values.iter().map(String::as_str).collect();
+    produce_values(&servers, &input, &refs);
+    let checkpoint = temp_dir();
+    copy_available_now(&servers, &input, &output, checkpoint.path(), true).await;
+
+    // A run that died mid-batch: its producer (same transactional id) has an open transaction
+    // with records in it.
+    let metadata: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(checkpoint.path().join("metadata")).unwrap())
+            .unwrap();
+    let query_id = metadata["id"].as_str().unwrap().to_string();
+    let zombie: rdkafka::producer::BaseProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &servers)
+        .set("transactional.id", format!("flumen-{query_id}-{output}"))
+        .create()
+        .unwrap();
+    use rdkafka::producer::Producer;
+    zombie.init_transactions(Duration::from_secs(30)).unwrap();
+    zombie.begin_transaction().unwrap();
+    zombie
+        .send(rdkafka::producer::BaseRecord::<(), str>::to(&output).payload("zombie"))
+        .unwrap();
+    zombie.flush(Duration::from_secs(10)).unwrap();
+
+    produce_values(&servers, &input, &["20", "21"]);
+    let restarted = copy_available_now(&servers, &input, &output, checkpoint.path(), true).await;
+    assert_eq!(
+        restarted
+            .recent_progress()
+            .iter()
+            .map(|p| p.num_input_rows)
+            .sum::<u64>(),
+        2
+    );
+    // The restart fenced the zombie: it can no longer commit.
+    let error = zombie
+        .commit_transaction(Duration::from_secs(30))
+        .unwrap_err();
+    assert!(
+        matches!(
+            error.rdkafka_error_code(),
+            Some(
+                rdkafka::types::RDKafkaErrorCode::Fenced
+                    | rdkafka::types::RDKafkaErrorCode::ProducerFenced
+                    | rdkafka::types::RDKafkaErrorCode::InvalidProducerEpoch
+            )
+        ),
+        "{error}"
+    );
+    assert_eq!(
+        sorted(read_committed_values(&servers, &output)),
+        processed(22),
+        "the zombie's record is not visible to read_committed readers"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_run_on_the_same_checkpoint_fences_the_first() {
+    let Some(servers) = broker() else { return };
+    let (input, output) = (unique("eos-fence-in"), unique("eos-fence-out"));
+    let broker = flumen_examples::Broker::connect(Some(servers.clone())).unwrap();
+    broker
+        .ensure_topics(&[(input.as_str(), 1), (output.as_str(), 1)])
+        .await
+        .unwrap();
+    produce_values(&servers, &input, &["0", "1"]);
+    let checkpoint = temp_dir();
+    let start = |session: StreamSession| {
+        let (servers, input, output) = (servers.clone(), input.clone(), output.clone());
+        let path = checkpoint.path().to_path_buf();
+        async move {
+            earliest_reader(&session, &servers, &input)
+                .load()
+                .unwrap()
+                .select_expr(["CONCAT('[processed] ', CAST(value AS STRING)) AS value"])
+                .unwrap()
+                .write_stream()
+                .kafka()
+                .bootstrap_servers(&servers)
+                .topic(&output)
+                .exactly_once(true)
+                .checkpoint_location(path)
+                .start()
+                .await
+                .unwrap()
+        }
+    };
+    let first = start(StreamSession::new()).await;
+    first.process_all_available().await.unwrap();
+    // A second process on the same checkpoint (here: another session) fences the first.
+    let second = start(StreamSession::new()).await;
+    second.process_all_available().await.unwrap();
+    produce_values(&servers, &input, &["2"]);
+    let ended = first.await_termination(Some(Duration::from_secs(60))).await;
+    let message = match ended {
+        Err(error) => error.to_string(),
+        Ok(finished) => panic!("the fenced run did not fail (finished: {finished})"),
+    };
+    assert!(
+        message.contains("fenced") && message.contains("same checkpoint"),
+        "{message}"
+    );
+    second.process_all_available().await.unwrap();
+    second.stop().await.unwrap();
+    assert_eq!(
+        sorted(read_committed_values(&servers, &output)),
+        processed(3)
+    );
+}
+
+/// Runs the kafka_to_kafka example once; returns whether it was aborted by the failpoint.
+fn run_example(
+    servers: &str,
+    input: &str,
+    output: &str,
+    checkpoint: &std::path::Path,
+    exactly_once: bool,
+    failpoint: Option<&str>,
+) -> bool {
+    let mut command = std::process::Command::new(example_binary("kafka_to_kafka"));
+    command
+        .args([
+            "--bootstrap-servers",
+            servers,
+            "--input",
+            input,
+            "--output",
+            output,
+        ])
+        .arg("--checkpoint")
+        .arg(checkpoint)
+        .args(["--max-offsets-per-trigger", "10", "--available-now"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    if exactly_once {
+        command.arg("--exactly-once");
+    }
+    match failpoint {
+        Some(point) => command.env("FLUMEN_FAILPOINT", point),
+        None => command.env_remove("FLUMEN_FAILPOINT"),
+    };
+    let outcome = command.output().unwrap();
+    let stderr = String::from_utf8_lossy(&outcome.stderr);
+    if outcome.status.success() {
+        return false;
+    }
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(
+        outcome.status.signal(),
+        Some(6),
+        "the example failed instead of aborting at the failpoint: {stderr}"
+    );
+    assert!(stderr.contains("FLUMEN_FAILPOINT: aborting at"), "{stderr}");
+    true
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failpoints_in_a_real_process_lose_nothing_and_duplicate_only_without_exactly_once() {
+    let Some(servers) = broker() else { return };
+    // (failpoint, whether it fires without exactly-once, duplicates without exactly-once)
+    let cases = [
+        ("after-fetch@1", true, 0),
+        ("after-state-commit@1", true, 0),
+        ("before-transaction-commit@1", false, 0),
+        ("after-sink-write@1", true, 10),
+    ];
+    for (failpoint, fires_without_transactions, duplicates) in cases {
+        for exactly_once in [true, false] {
+            let (input, output) = (unique("fail-in"), unique("fail-out"));
+            let broker = flumen_examples::Broker::connect(Some(servers.clone())).unwrap();
+            broker
+                .ensure_topics(&[(input.as_str(), 1), (output.as_str(), 1)])
+                .await
+                .unwrap();
+            let values = numbers(30);
+            let refs: Vec<&str> = values.iter().map(String::as_str).collect();
+            produce_values(&servers, &input, &refs);
+            let checkpoint = temp_dir();
+            let path = checkpoint.path().join("cp");
+            let aborted = run_example(
+                &servers,
+                &input,
+                &output,
+                &path,
+                exactly_once,
+                Some(failpoint),
+            );
+            assert_eq!(
+                aborted,
+                exactly_once || fires_without_transactions,
+                "{failpoint}, exactly-once {exactly_once}"
+            );
+            assert!(!run_example(
+                &servers,
+                &input,
+                &output,
+                &path,
+                exactly_once,
+                None
+            ));
+            let seen = sorted(read_committed_values(&servers, &output));
+            let mut expected = processed(30);
+            if !exactly_once {
+                expected.extend((10..10 + duplicates).map(|i| format!("[processed] {i}")));
+            }
+            assert_eq!(
+                seen,
+                sorted(expected),
+                "{failpoint}, exactly-once {exactly_once}"
+            );
+        }
+    }
+}
+
+/// Produces `(partition, timestamp ms, value)` records with explicit create times.
+fn produce_at(servers: &str, topic: &str, records: &[(i32, i64, &str)]) {
+    use rdkafka::producer::Producer;
+    let producer: rdkafka::producer::BaseProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", servers)
+        .create()
+        .unwrap();
+    for (partition, timestamp, value) in records {
+        producer
+            .send(
+                rdkafka::producer::BaseRecord::<(), str>::to(topic)
+                    .partition(*partition)
+                    .timestamp(*timestamp)
+                    .payload(*value),
+            )
+            .unwrap();
+    }
+    producer.flush(Duration::from_secs(30)).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offsets_by_timestamp_start_and_end_reads_as_spark_does() {
+    let Some(servers) = broker() else { return };
+    let topic = unique("by-time");
+    let broker = flumen_examples::Broker::connect(Some(servers.clone())).unwrap();
+    broker.ensure_topics(&[(topic.as_str(), 2)]).await.unwrap();
+    produce_at(
+        &servers,
+        &topic,
+        &[
+            (0, 1000, "a0"),
+            (0, 2000, "a1"),
+            (0, 3000, "a2"),
+            (1, 1500, "b0"),
+            (1, 2500, "b1"),
+        ],
+    );
+    let session = StreamSession::new();
+    let read = |reader: flumen::kafka::KafkaBatchReader| {
+        let session = session.clone();
+        async move {
+            let frame = session.frame(reader.load().await?);
+            let batches = frame
+                .select_expr(["CAST(value AS STRING) AS v"])?
+                .order_by([col("v")])?
+                .collect()
+                .await?;
+            let mut values = Vec::new();
+            for batch in batches {
+                let column = batch.column(0).as_string::<i32>().clone();
+                values.extend(column.iter().map(|v| v.unwrap_or_default().to_string()));
+            }
+            Ok::<_, FlumenError>(values)
+        }
+    };
+    let base = || {
+        session
+            .read_kafka()
+            .bootstrap_servers(&servers)
+            .subscribe([topic.as_str()])
+    };
+    assert_eq!(
+        read(base().starting_timestamp(2000)).await.unwrap(),
+        ["a1", "a2", "b1"]
+    );
+    // p0 from 3000; p1 from 0; p0 has no record at 9999 (ends at latest); p1 ends before 2500.
+    assert_eq!(
+        read(
+            base()
+                .starting_offsets_by_timestamp([(topic.as_str(), 0, 3000), (topic.as_str(), 1, 0)])
+                .ending_offsets_by_timestamp([
+                    (topic.as_str(), 0, 9999),
+                    (topic.as_str(), 1, 2500)
+                ])
+        )
+        .await
+        .unwrap(),
+        ["a2", "b0"]
+    );
+    assert_eq!(
+        read(base().ending_timestamp(2500)).await.unwrap(),
+        ["a0", "a1", "b0"]
+    );
+    let error = read(base().starting_offsets_by_timestamp([(topic.as_str(), 0, 0)]))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("you must specify all TopicPartitions") && error.contains("-1"),
+        "{error}"
+    );
+
+    // Streaming: a partition without a record at or after its timestamp fails the query by
+    // default and starts at latest with the "latest" strategy.
+    let stream = |strategy: &'static str| {
+        let (session, servers, topic) = (session.clone(), servers.clone(), topic.clone());
+        async move {
+            let query = session
+                .read_stream()
+                .kafka()
+                .bootstrap_servers(&servers)
+                .subscribe([topic.as_str()])
+                .starting_offsets_by_timestamp([(topic.as_str(), 0, 5000), (topic.as_str(), 1, 0)])
+                .starting_offsets_by_timestamp_strategy(strategy)
+                .load()
+                .unwrap()
+                .select_expr(["CAST(value AS STRING) AS v"])
+                .unwrap()
+                .write_stream()
+                .memory()
+                .query_name(format!("by_time_{strategy}"))
+                .trigger(Trigger::AvailableNow)
+                .start()
+                .await
+                .unwrap();
+            query.await_termination(None).await
+        }
+    };
+    let error = stream("error").await.unwrap_err().to_string();
+    assert!(
+        error.contains("No offset matched") && error.contains("5000"),
+        "{error}"
+    );
+    stream("latest").await.unwrap();
+    assert_eq!(
+        sql_table(&session, "SELECT v FROM by_time_latest ORDER BY v").await,
+        "+----+\n| v  |\n+----+\n| b0 |\n| b1 |\n+----+"
     );
 }

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -277,4 +277,55 @@ pub async fn sql_table(session: &StreamSession, sql: &str) -> String {
 /// A fresh temporary directory.
 pub fn temp_dir() -> tempfile::TempDir {
     tempfile::tempdir().expect("tempdir")
+}
+
+/// Every value of `topic` a `read_committed` consumer sees (records of aborted transactions
+/// are skipped), ordered by partition and offset; reads until nothing new came for 3 s.
+pub fn read_committed_values(servers: &str, topic: &str) -> Vec<String> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", servers)
+        .set("group.id", "flumen-tests-committed-reader")
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .create()
+        .expect("consumer");
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("metadata");
+    let mut tpl = TopicPartitionList::new();
+    for t in metadata.topics() {
+        for p in t.partitions() {
+            tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
+                .expect("tpl");
+        }
+    }
+    consumer.assign(&tpl).expect("assign");
+    let mut records = Vec::new();
+    let mut last = std::time::Instant::now();
+    while last.elapsed() < Duration::from_secs(3) {
+        if let Some(msg) = consumer.poll(Duration::from_millis(100)) {
+            let msg = msg.expect("message");
+            let value = String::from_utf8_lossy(msg.payload().unwrap_or_default()).to_string();
+            records.push((msg.partition(), msg.offset(), value));
+            last = std::time::Instant::now();
+        }
+    }
+    records.sort();
+    records.into_iter().map(|(_, _, value)| value).collect()
+}
+
+/// The path of a built example (`cargo test` builds the examples next to the test binaries).
+pub fn example_binary(name: &str) -> PathBuf {
+    let test_binary = std::env::current_exe().expect("the test binary's path");
+    let profile_dir = test_binary
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps/<test binary>");
+    let path = profile_dir.join("examples").join(name);
+    assert!(
+        path.exists(),
+        "{} is not built; run `cargo build --examples` (cargo test builds it)",
+        path.display()
+    );
+    path
 }

@@ -20,11 +20,12 @@ use crate::checkpoint::{
     Checkpoint, CommitEntry, MIN_BATCHES_TO_RETAIN, OffsetEntry, OffsetMetadata, StateLayout,
 };
 use crate::error::{FlumenError, Result};
+use crate::failpoint;
 use crate::modes::{OutputMode, Trigger};
 use crate::plan::QueryPlan;
 use crate::progress::{SinkProgress, SourceProgress, StreamingQueryProgress, rate};
 use crate::query_shared::QueryShared;
-use crate::sink::StreamSink;
+use crate::sink::{SinkContext, StreamSink};
 use crate::source::{ReadLimit, SourceOffset, SourceReader};
 use crate::stateful::iso_millis;
 use crate::stateful::store::StateStore;
@@ -128,6 +129,14 @@ impl Execution {
     async fn run_loop(&mut self) -> Result<()> {
         let source = Arc::clone(&self.plan.source);
         let mut reader = source.open().await?;
+        let last_committed_batch = self.checkpoint.latest_commit()?.map(|(n, _)| n);
+        self.sink
+            .open(&SinkContext::new(
+                self.shared.id.to_string(),
+                self.shared.run_id.to_string(),
+                last_committed_batch,
+            ))
+            .await?;
 
         // Recover: where does the next batch start, and is there an uncommitted batch to re-run?
         let mut start: SourceOffset;
@@ -426,6 +435,7 @@ impl Execution {
                     .await?
             };
             batch.phases.record("getBatch", t);
+            failpoint::check("after-fetch", batch_id);
             let input_rows: u64 = input.iter().map(|b| b.num_rows() as u64).sum();
             batch_span.record("rows", input_rows);
 
@@ -438,9 +448,11 @@ impl Execution {
                     batch_id + 1,
                 )?;
             }
+            failpoint::check("after-state-commit", batch_id);
             self.sink
                 .add_batch(batch_id, &self.plan.output_schema, output, self.mode)
                 .await?;
+            failpoint::check("after-sink-write", batch_id);
             batch.phases.record("addBatch", t);
 
             let event_stats = self

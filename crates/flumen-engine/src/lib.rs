@@ -40,6 +40,7 @@ mod csv;
 mod decode_once;
 mod error;
 mod exec;
+pub mod failpoint;
 mod frame;
 pub mod functions;
 pub mod listener;

@@ -289,6 +289,26 @@ macro_rules! source_setters {
                 self.option("startingTimestamp", millis.to_string())
             }
 
+            /// `startingOffsetsByTimestamp`: per partition, start at the first offset at or after
+            /// a time (ms since the epoch); every partition must be named. Overrides
+            /// `startingOffsets`; `startingTimestamp` overrides it.
+            pub fn starting_offsets_by_timestamp<'a>(
+                self,
+                timestamps: impl IntoIterator<Item = (&'a str, i32, i64)>,
+            ) -> Self {
+                self.option(
+                    "startingOffsetsByTimestamp",
+                    crate::offsets::to_json(&by_partition(timestamps)).to_string(),
+                )
+            }
+
+            /// `startingOffsetsByTimestampStrategy`: `"error"` (the default) fails when a
+            /// partition has no record at or after its starting timestamp; `"latest"` starts it
+            /// at its latest offset.
+            pub fn starting_offsets_by_timestamp_strategy(self, strategy: &str) -> Self {
+                self.option("startingOffsetsByTimestampStrategy", strategy)
+            }
+
             /// `failOnDataLoss`: fail when data may have been lost (default true).
             pub fn fail_on_data_loss(self, fail: bool) -> Self {
                 self.option("failOnDataLoss", fail.to_string())
@@ -311,6 +331,19 @@ macro_rules! source_setters {
             }
         }
     };
+}
+
+/// `(topic, partition, value)` triples as Spark's per-partition JSON map.
+fn by_partition<'a>(
+    values: impl IntoIterator<Item = (&'a str, i32, i64)>,
+) -> crate::offsets::PartitionOffsets {
+    let mut map = crate::offsets::PartitionOffsets::new();
+    for (topic, partition, value) in values {
+        map.entry(topic.to_string())
+            .or_default()
+            .insert(partition, value);
+    }
+    map
 }
 
 /// The sink setters shared by the streaming and the batch writer.
@@ -512,6 +545,41 @@ impl KafkaStreamWriter {
         self
     }
 
+    /// `exactlyOnce`: write each micro-batch as one Kafka transaction, so that readers with
+    /// `isolation.level=read_committed` see every output row once, across crashes and restarts
+    /// (default: at-least-once, as Spark). Needs brokers with transactions, and the `topic`
+    /// option or [`transaction_marker_topic`](Self::transaction_marker_topic). A second process
+    /// started on the same checkpoint fences the first, which fails saying so. See
+    /// [`transactional`](crate::transactional) for the protocol.
+    pub fn exactly_once(self, enabled: bool) -> Self {
+        self.option(crate::transactional::EXACTLY_ONCE, enabled)
+    }
+
+    /// `transactionalIdPrefix`: the start of the producer's `transactional.id`, which is
+    /// `<prefix><query id>-<marker topic>` (default prefix `flumen-`). Give each application
+    /// its own when transactional ids are restricted by ACLs.
+    pub fn transactional_id_prefix(self, prefix: impl AsRef<str>) -> Self {
+        self.option(
+            crate::transactional::TRANSACTIONAL_ID_PREFIX,
+            prefix.as_ref(),
+        )
+    }
+
+    /// `kafka.transaction.timeout.ms`: how long the broker keeps a transaction of a dead
+    /// process open before aborting it (default 60 s). Also bounds each batch's transaction.
+    pub fn transaction_timeout(self, timeout: std::time::Duration) -> Self {
+        self.option("kafka.transaction.timeout.ms", timeout.as_millis())
+    }
+
+    /// `transactionMarkerTopic`: the topic whose partition 0 records, in each transaction, the
+    /// batch it wrote (default: the `topic` option). Needed when rows name their own topic.
+    pub fn transaction_marker_topic(self, topic: impl AsRef<str>) -> Self {
+        self.option(
+            crate::transactional::TRANSACTION_MARKER_TOPIC,
+            topic.as_ref(),
+        )
+    }
+
     /// See [`DataStreamWriter::output_mode`].
     pub fn output_mode(mut self, mode: OutputMode) -> Self {
         self.writer = self.writer.output_mode(mode);
@@ -578,6 +646,25 @@ impl KafkaBatchReader {
     /// `endingOffsets` (default latest; exclusive).
     pub fn ending_offsets(self, offsets: StartingOffsets) -> Self {
         self.option("endingOffsets", String::from(offsets))
+    }
+
+    /// `endingTimestamp`: end every partition before the first record at or after this time
+    /// (ms since the epoch; partitions without one end at latest). Overrides
+    /// `endingOffsetsByTimestamp` and `endingOffsets`.
+    pub fn ending_timestamp(self, millis: i64) -> Self {
+        self.option("endingTimestamp", millis.to_string())
+    }
+
+    /// `endingOffsetsByTimestamp`: per partition, end before the first record at or after a
+    /// time (ms since the epoch); every partition must be named. Overrides `endingOffsets`.
+    pub fn ending_offsets_by_timestamp<'a>(
+        self,
+        timestamps: impl IntoIterator<Item = (&'a str, i32, i64)>,
+    ) -> Self {
+        self.option(
+            "endingOffsetsByTimestamp",
+            crate::offsets::to_json(&by_partition(timestamps)).to_string(),
+        )
     }
 
     /// Reads the range and returns it as a DataFrame with the Kafka schema.

@@ -9,9 +9,10 @@ use flumen_engine::{FlumenError, Result};
 use futures::StreamExt;
 
 use crate::consumer::{KafkaFetcher, OffsetSpec, blocking};
+use crate::options::TimestampNoMatch;
 use crate::options::{SourceConfig, StartingOffsets};
 use crate::sink::{SinkLayout, create_producer, produce};
-use crate::source::resolve_start;
+use crate::source::{resolve_start, timestamps_per_partition};
 
 /// Reads `[startingOffsets, endingOffsets)` of the configured partitions.
 pub(crate) async fn read_range(config: SourceConfig) -> Result<Vec<RecordBatch>> {
@@ -21,7 +22,18 @@ pub(crate) async fn read_range(config: SourceConfig) -> Result<Vec<RecordBatch>>
         let partitions = fetcher.partitions(&config.subscription)?;
         let start = resolve_start(&fetcher, &config, &partitions)?;
         let latest = fetcher.list_offsets(&partitions, OffsetSpec::Latest)?;
+        let ending_timestamps = timestamps_per_partition(
+            config.ending_timestamp,
+            config.ending_by_timestamp.as_ref(),
+            &partitions,
+            "endingOffsetsByTimestamp",
+        )?;
         let end = match &config.ending {
+            // Spark: a partition with no record at or after its ending timestamp ends at latest.
+            _ if ending_timestamps.is_some() => fetcher.offsets_at_timestamps(
+                ending_timestamps.as_deref().unwrap_or_default(),
+                TimestampNoMatch::Latest,
+            )?,
             StartingOffsets::Specific(given) => {
                 let mut end = latest.clone();
                 for (t, ps) in given {

@@ -27,7 +27,7 @@ pub(crate) const MAX_BATCH_ROWS: usize = 65_536;
 const MAX_BATCH_BYTES: usize = 256 << 20;
 /// Records kept per partition when fetched beyond the current batch.
 const MAX_PENDING_RECORDS: usize = 100_000;
-use crate::options::{SourceConfig, Subscription};
+use crate::options::{SourceConfig, Subscription, TimestampNoMatch};
 use crate::schema::{KafkaRowsBuilder, RecordView};
 
 fn is_timeout(e: &KafkaError) -> bool {
@@ -43,12 +43,11 @@ pub(crate) async fn blocking<T: Send + 'static>(
         .map_err(|e| FlumenError::IllegalState(format!("Kafka worker thread failed: {e}")))?
 }
 
-/// Offset lookups: earliest, latest, or the first offset at/after a timestamp.
+/// Offset lookups: earliest or latest (by timestamp: [`KafkaFetcher::offsets_at_timestamps`]).
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum OffsetSpec {
     Earliest,
     Latest,
-    Timestamp(i64),
 }
 
 /// A record copied out of librdkafka, kept when it was fetched past the end of a batch.
@@ -237,7 +236,6 @@ impl KafkaFetcher {
         let raw = match spec {
             OffsetSpec::Earliest => Offset::Beginning,
             OffsetSpec::Latest => Offset::End,
-            OffsetSpec::Timestamp(ts) => Offset::Offset(ts),
         };
         for (t, p) in partitions {
             tpl.add_partition_offset(t, *p, raw)
@@ -254,16 +252,9 @@ impl KafkaFetcher {
                     elem.partition()
                 )));
             }
-            let offset = match (elem.offset(), spec) {
-                (Offset::Offset(o), _) => o,
-                (Offset::End, OffsetSpec::Timestamp(ts)) => {
-                    return Err(self.error(format!(
-                        "No offset matched from request of topic-partition {}-{} and timestamp {ts}",
-                        elem.topic(),
-                        elem.partition()
-                    )));
-                }
-                (other, _) => {
+            let offset = match elem.offset() {
+                Offset::Offset(o) => o,
+                other => {
                     return Err(self.error(format!(
                         "unexpected offset {other:?} for {}-{}",
                         elem.topic(),
@@ -274,6 +265,65 @@ impl KafkaFetcher {
             out.entry(elem.topic().to_string())
                 .or_default()
                 .insert(elem.partition(), offset);
+        }
+        Ok(out)
+    }
+
+    /// The first offset whose record's timestamp is at or after each partition's timestamp
+    /// (Kafka's ListOffsets by time). A partition with no such record follows `no_match`:
+    /// an error naming it, or its latest offset.
+    pub fn offsets_at_timestamps(
+        &self,
+        timestamps: &[(TopicPartition, i64)],
+        no_match: TimestampNoMatch,
+    ) -> Result<PartitionOffsets> {
+        let mut out = PartitionOffsets::new();
+        if timestamps.is_empty() {
+            return Ok(out);
+        }
+        let mut tpl = TopicPartitionList::new();
+        for ((t, p), ts) in timestamps {
+            tpl.add_partition_offset(t, *p, Offset::Offset(*ts))
+                .map_err(|e| self.error(format!("bad partition {t}-{p}: {e}")))?;
+        }
+        let result = self
+            .retrying(|| self.lookups.offsets_for_times(tpl.clone(), self.timeout))
+            .map_err(|e| self.unreachable("look up offsets by timestamp", &e))?;
+        let mut unmatched = Vec::new();
+        for elem in result.elements() {
+            let tp = (elem.topic().to_string(), elem.partition());
+            if let Err(e) = elem.error() {
+                return Err(self.error(format!(
+                    "cannot look up offsets by timestamp in {}-{}: {e}",
+                    tp.0, tp.1
+                )));
+            }
+            match elem.offset() {
+                Offset::Offset(o) => {
+                    out.entry(tp.0).or_default().insert(tp.1, o);
+                }
+                Offset::End if no_match == TimestampNoMatch::Latest => unmatched.push(tp),
+                Offset::End => {
+                    let ts = timestamps
+                        .iter()
+                        .find(|(wanted, _)| *wanted == tp)
+                        .map_or(-1, |(_, ts)| *ts);
+                    return Err(self.error(format!(
+                        "No offset matched from request of topic-partition {}-{} and timestamp {ts}; \
+                         set startingOffsetsByTimestampStrategy to 'latest' to start such partitions \
+                         at their latest offset",
+                        tp.0, tp.1
+                    )));
+                }
+                other => {
+                    return Err(
+                        self.error(format!("unexpected offset {other:?} for {}-{}", tp.0, tp.1))
+                    );
+                }
+            }
+        }
+        for (t, ps) in self.list_offsets(&unmatched, OffsetSpec::Latest)? {
+            out.entry(t).or_default().extend(ps);
         }
         Ok(out)
     }

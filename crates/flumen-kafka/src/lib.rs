@@ -41,6 +41,7 @@ pub mod options;
 pub mod schema;
 mod sink;
 mod source;
+pub mod transactional;
 
 pub use api::{
     KafkaBatchReader, KafkaBatchWriter, KafkaDataFrameExt, KafkaReadStreamExt, KafkaSessionExt,

@@ -83,6 +83,18 @@ impl From<StartingOffsets> for String {
 /// latest).
 pub type EndingOffsets = StartingOffsets;
 
+/// What a timestamp lookup does for a partition with no record at or after the timestamp
+/// (Spark's `startingOffsetsByTimestampStrategy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TimestampNoMatch {
+    /// `error` (the default for starting timestamps): the query fails, naming the partition.
+    #[default]
+    Error,
+    /// `latest`: the partition starts (or ends) at its latest offset. Ending timestamps always
+    /// do this, as in Spark.
+    Latest,
+}
+
 /// Source options after validation.
 #[derive(Debug, Clone)]
 pub struct SourceConfig {
@@ -92,8 +104,18 @@ pub struct SourceConfig {
     pub subscription: Subscription,
     /// Where a new query starts.
     pub starting: StartingOffsets,
-    /// `startingTimestamp` (ms): overrides `startingOffsets`.
+    /// `startingTimestamp` (ms): overrides `startingOffsetsByTimestamp` and `startingOffsets`.
     pub starting_timestamp: Option<i64>,
+    /// `startingOffsetsByTimestamp`: a timestamp (ms) per partition; overrides `startingOffsets`.
+    pub starting_by_timestamp: Option<PartitionOffsets>,
+    /// `startingOffsetsByTimestampStrategy`: what a partition with no record at or after its
+    /// starting timestamp does (default: fail).
+    pub starting_no_match: TimestampNoMatch,
+    /// `endingTimestamp` (ms, batch reads): overrides `endingOffsetsByTimestamp` and
+    /// `endingOffsets`.
+    pub ending_timestamp: Option<i64>,
+    /// `endingOffsetsByTimestamp` (batch reads): a timestamp (ms) per partition.
+    pub ending_by_timestamp: Option<PartitionOffsets>,
     /// `endingOffsets` (batch reads).
     pub ending: EndingOffsets,
     /// `maxOffsetsPerTrigger`.
@@ -135,6 +157,9 @@ fn unsupported_kafka_option(key: &str, source: bool) -> Option<String> {
         }
         "key.serializer" if !source => {
             "Kafka option 'key.serializer' is not supported, as keys are always written as bytes: give a string or binary 'key' column."
+        }
+        "transactional.id" if !source => {
+            "Kafka option 'transactional.id' is not supported: with exactlyOnce the sink derives it from the query id (set transactionalIdPrefix to choose its start)."
         }
         "value.serializer" if !source => {
             "Kafka option 'value.serializer' is not supported, as values are always written as bytes: give a string or binary 'value' column."
@@ -265,6 +290,60 @@ impl SourceConfig {
                 })
             })
             .transpose()?;
+        let by_timestamp = |key: &str| -> Result<Option<PartitionOffsets>> {
+            options
+                .get(key)
+                .map(|text| {
+                    let parsed = offsets::parse(text, key)?;
+                    match parsed.values().flat_map(|p| p.values()).find(|ts| **ts < 0) {
+                        Some(ts) => Err(FlumenError::invalid_option(
+                            key,
+                            format!(
+                                "timestamp {ts} is negative; give milliseconds since the epoch"
+                            ),
+                        )),
+                        None => Ok(parsed),
+                    }
+                })
+                .transpose()
+        };
+        let starting_by_timestamp = by_timestamp("startingOffsetsByTimestamp")?;
+        let starting_no_match = match options
+            .get("startingOffsetsByTimestampStrategy")
+            .map(|s| s.trim().to_ascii_lowercase())
+            .as_deref()
+        {
+            None | Some("error") => TimestampNoMatch::Error,
+            Some("latest") => TimestampNoMatch::Latest,
+            Some(other) => {
+                return Err(FlumenError::invalid_option(
+                    "startingOffsetsByTimestampStrategy",
+                    format!("'{other}' is not a strategy; use 'error' (the default) or 'latest'"),
+                ));
+            }
+        };
+        let ending_timestamp = options
+            .get("endingTimestamp")
+            .map(|t| {
+                t.trim().parse::<i64>().map_err(|_| {
+                    FlumenError::invalid_option(
+                        "endingTimestamp",
+                        format!("'{t}' is not a timestamp in milliseconds since the epoch"),
+                    )
+                })
+            })
+            .transpose()?;
+        let ending_by_timestamp = by_timestamp("endingOffsetsByTimestamp")?;
+        if streaming {
+            for key in ["endingTimestamp", "endingOffsetsByTimestamp"] {
+                if options.contains(key) {
+                    return Err(FlumenError::invalid_option(
+                        key,
+                        "ending offset not valid in streaming queries",
+                    ));
+                }
+            }
+        }
         let max_offsets_per_trigger = options.get_positive("maxOffsetsPerTrigger")?;
         if !streaming && max_offsets_per_trigger.is_some() {
             tracing::warn!("maxOffsetsPerTrigger is ignored by batch reads");
@@ -277,6 +356,10 @@ impl SourceConfig {
             subscription,
             starting,
             starting_timestamp,
+            starting_by_timestamp,
+            starting_no_match,
+            ending_timestamp,
+            ending_by_timestamp,
             ending,
             max_offsets_per_trigger,
             fail_on_data_loss: options.get_bool("failOnDataLoss", true)?,

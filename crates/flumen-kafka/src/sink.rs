@@ -1,8 +1,10 @@
 //! The Kafka sink: Spark's column contract (`key`, `value`, `topic`, `partition`, `headers`),
 //! Spark's validation messages, and delivery checked before a batch counts as written.
 //!
-//! At-least-once: a batch is committed only after every record was acknowledged; a batch
-//! re-run after a crash is produced again.
+//! At-least-once by default: a batch is committed only after every record was acknowledged; a
+//! batch re-run after a crash is produced again. With `exactlyOnce` each batch is one Kafka
+//! transaction and a re-run batch that was already committed is skipped (see
+//! [`transactional`](crate::transactional)).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -13,7 +15,7 @@ use flumen_engine::datafusion::arrow::array::{Array, AsArray, RecordBatch};
 use flumen_engine::datafusion::arrow::compute::cast;
 use flumen_engine::datafusion::arrow::datatypes::{DataType, SchemaRef};
 use flumen_engine::options::Options;
-use flumen_engine::sink::StreamSink;
+use flumen_engine::sink::{SinkContext, StreamSink};
 use flumen_engine::{FlumenError, OutputMode, Result};
 use rdkafka::ClientContext;
 use rdkafka::config::ClientConfig;
@@ -23,6 +25,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
 
 use crate::consumer::blocking;
 use crate::options::{bootstrap_servers, client_properties};
+use crate::transactional::{TransactionalConfig, TransactionalWriter};
 
 /// Records delivery failures reported by librdkafka.
 #[derive(Default)]
@@ -139,6 +142,14 @@ impl SinkLayout {
 
 /// Creates a producer from `kafka.*` options with Flumen's defaults.
 pub(crate) fn create_producer(options: &Options) -> Result<BaseProducer<DeliveryTracker>> {
+    create_producer_with(options, &[])
+}
+
+/// [`create_producer`] with properties Flumen sets itself over the user's.
+pub(crate) fn create_producer_with(
+    options: &Options,
+    overrides: &[(&str, String)],
+) -> Result<BaseProducer<DeliveryTracker>> {
     let mut config = ClientConfig::new();
     config
         .set("bootstrap.servers", bootstrap_servers(options)?)
@@ -148,6 +159,9 @@ pub(crate) fn create_producer(options: &Options) -> Result<BaseProducer<Delivery
         if k != "bootstrap.servers" {
             config.set(k, v);
         }
+    }
+    for (k, v) in overrides {
+        config.set(*k, v);
     }
     config
         .create_with_context(DeliveryTracker::default())
@@ -280,9 +294,21 @@ fn wait_for_deliveries(producer: &BaseProducer<DeliveryTracker>) {
 
 /// The streaming Kafka sink.
 pub struct KafkaSink {
-    producer: Arc<BaseProducer<DeliveryTracker>>,
+    options: Options,
     layout: SinkLayout,
     description: String,
+    delivery: Delivery,
+}
+
+/// How batches reach Kafka.
+enum Delivery {
+    /// Plain produce, acknowledged before the batch commits.
+    AtLeastOnce(Arc<BaseProducer<DeliveryTracker>>),
+    /// One transaction per batch; the writer is set up when the query run opens the sink.
+    ExactlyOnce {
+        config: TransactionalConfig,
+        writer: Option<TransactionalWriter>,
+    },
 }
 
 impl std::fmt::Debug for KafkaSink {
@@ -293,18 +319,25 @@ impl std::fmt::Debug for KafkaSink {
 
 impl KafkaSink {
     /// A sink for a query with output `schema`, from Spark-style options (`kafka.bootstrap.servers`,
-    /// `topic`, `kafka.*`).
+    /// `topic`, `kafka.*`; `exactlyOnce`, `transactionalIdPrefix`, `transactionMarkerTopic`).
     pub fn new(schema: &SchemaRef, options: &Options) -> Result<Self> {
         let topic = options.get("topic").map(str::to_string);
         let layout = SinkLayout::new(schema, topic.clone())?;
-        let producer = Arc::new(create_producer(options)?);
+        let delivery = match TransactionalConfig::from_options(options)? {
+            Some(config) => Delivery::ExactlyOnce {
+                config,
+                writer: None,
+            },
+            None => Delivery::AtLeastOnce(Arc::new(create_producer(options)?)),
+        };
         Ok(Self {
-            producer,
+            options: options.clone(),
             layout,
             description: format!(
                 "KafkaSink[{}]",
                 topic.unwrap_or_else(|| "topic column".into())
             ),
+            delivery,
         })
     }
 }
@@ -319,16 +352,49 @@ impl StreamSink for KafkaSink {
         SinkLayout::new(schema, self.layout.topic_option.clone()).map(|_| ())
     }
 
+    async fn open(&mut self, context: &SinkContext) -> Result<()> {
+        if let Delivery::ExactlyOnce { config, writer } = &mut self.delivery {
+            let options = self.options.clone();
+            let config = config.clone();
+            let context = context.clone();
+            *writer = Some(
+                blocking(move || TransactionalWriter::open(&options, config, &context)).await?,
+            );
+        }
+        Ok(())
+    }
+
     async fn add_batch(
         &mut self,
-        _batch_id: u64,
+        batch_id: u64,
         _schema: &SchemaRef,
         batches: Vec<RecordBatch>,
         _mode: OutputMode,
     ) -> Result<()> {
-        let producer = Arc::clone(&self.producer);
         let layout = self.layout.clone();
-        blocking(move || produce(&producer, &layout, &batches)).await?;
+        match &mut self.delivery {
+            Delivery::AtLeastOnce(producer) => {
+                let producer = Arc::clone(producer);
+                blocking(move || produce(&producer, &layout, &batches)).await?;
+            }
+            Delivery::ExactlyOnce { writer, .. } => {
+                let writer = writer.as_mut().ok_or_else(|| {
+                    FlumenError::IllegalState(
+                        "the exactly-once Kafka sink got a batch before the query opened it; \
+                         this is a bug in Flumen"
+                            .into(),
+                    )
+                })?;
+                if writer.already_written(batch_id) {
+                    tracing::info!(
+                        batch = batch_id,
+                        "batch already committed to Kafka by an earlier run; not writing it again"
+                    );
+                } else {
+                    writer.write(batch_id, layout, batches).await?;
+                }
+            }
+        }
         Ok(())
     }
 }

@@ -107,14 +107,58 @@ impl KafkaReader {
     }
 }
 
+/// A partition and a time (ms since the epoch) to look its offset up at.
+pub(crate) type PartitionTimestamp = ((String, i32), i64);
+
+/// The timestamp to look up for each of `partitions`: one for all (`startingTimestamp`,
+/// `endingTimestamp`), or one each from `*OffsetsByTimestamp`, which must name every partition.
+pub(crate) fn timestamps_per_partition(
+    all: Option<i64>,
+    each: Option<&PartitionOffsets>,
+    partitions: &[(String, i32)],
+    option: &str,
+) -> Result<Option<Vec<PartitionTimestamp>>> {
+    if let Some(ts) = all {
+        return Ok(Some(partitions.iter().map(|tp| (tp.clone(), ts)).collect()));
+    }
+    let Some(each) = each else {
+        return Ok(None);
+    };
+    let missing: Vec<String> = partitions
+        .iter()
+        .filter(|(t, p)| each.get(t).and_then(|ps| ps.get(p)).is_none())
+        .map(|(t, p)| format!("{t}-{p}"))
+        .collect();
+    if !missing.is_empty() {
+        return Err(FlumenError::invalid_option(
+            option,
+            format!(
+                "If {option} contains specific timestamps, you must specify all TopicPartitions. Missing: {}",
+                missing.join(", ")
+            ),
+        ));
+    }
+    Ok(Some(
+        partitions
+            .iter()
+            .map(|(t, p)| ((t.clone(), *p), each[t][p]))
+            .collect(),
+    ))
+}
+
 /// Resolves where a new query starts, per Spark's rules (timestamp > specific > earliest/latest).
 pub(crate) fn resolve_start(
     fetcher: &KafkaFetcher,
     config: &SourceConfig,
     partitions: &[(String, i32)],
 ) -> Result<PartitionOffsets> {
-    if let Some(ts) = config.starting_timestamp {
-        return fetcher.list_offsets(partitions, OffsetSpec::Timestamp(ts));
+    if let Some(timestamps) = timestamps_per_partition(
+        config.starting_timestamp,
+        config.starting_by_timestamp.as_ref(),
+        partitions,
+        "startingOffsetsByTimestamp",
+    )? {
+        return fetcher.offsets_at_timestamps(&timestamps, config.starting_no_match);
     }
     match &config.starting {
         StartingOffsets::Earliest => fetcher.list_offsets(partitions, OffsetSpec::Earliest),

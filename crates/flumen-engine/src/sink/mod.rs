@@ -21,6 +21,33 @@ pub use memory::{MemorySink, MemoryTable};
 use crate::error::Result;
 use crate::modes::OutputMode;
 
+/// What a sink learns about its query when the query starts (or restarts on its checkpoint).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SinkContext {
+    /// The query's id: kept in the checkpoint, so the same across restarts.
+    pub query_id: String,
+    /// This run's id: new on every start.
+    pub run_id: String,
+    /// The last batch whose `commits/N` is written, if any: batches after it may be re-run.
+    pub last_committed_batch: Option<u64>,
+}
+
+impl SinkContext {
+    /// A context for a query `query_id` in run `run_id`.
+    pub fn new(
+        query_id: impl Into<String>,
+        run_id: impl Into<String>,
+        last_committed_batch: Option<u64>,
+    ) -> Self {
+        Self {
+            query_id: query_id.into(),
+            run_id: run_id.into(),
+            last_committed_batch,
+        }
+    }
+}
+
 /// Where a streaming query's results go.
 #[async_trait]
 pub trait StreamSink: Debug + Send + Sync {
@@ -36,6 +63,13 @@ pub trait StreamSink: Debug + Send + Sync {
     /// Whether the sink can run without a checkpoint location (Spark: console and memory only).
     fn allows_temporary_checkpoint(&self) -> bool {
         false
+    }
+
+    /// Called once when the query's run starts, before any batch (including the re-run of an
+    /// uncommitted one): a transactional sink sets up and recovers here.
+    async fn open(&mut self, context: &SinkContext) -> Result<()> {
+        let _ = context;
+        Ok(())
     }
 
     /// Writes batch `batch_id`. Called once per batch, in order, possibly again for the last
