@@ -145,8 +145,10 @@ impl TransactionalWriter {
         })?;
         let last_written = read_marker(&consumer, &config, &transactional_id)?;
         let committed = context.last_committed_batch;
+        // The marker may be one batch ahead of the commit log (a crash between the
+        // transaction's commit and commits/N, batch 0 included), never more.
         if let Some(written) = last_written
-            && committed.is_none_or(|c| written > c + 1)
+            && written > committed.map_or(0, |c| c + 1)
         {
             return Err(FlumenError::Sink {
                 sink: SINK.into(),
@@ -274,8 +276,9 @@ fn fenced_error(transactional_id: &str, reason: &str) -> FlumenError {
         sink: SINK.into(),
         message: format!(
             "this query was fenced: another process started it on the same checkpoint \
-             (transactional.id {transactional_id}) and only the newest one may write. This run \
-             stops; stop the other one first if this one should continue ({reason})"
+             (transactional.id {transactional_id}) and only the newest one may write, or a batch \
+             took longer than kafka.transaction.timeout.ms and the broker aborted it. This run \
+             stops; stop the other process first, or raise the timeout ({reason})"
         ),
     }
 }
@@ -283,15 +286,13 @@ fn fenced_error(transactional_id: &str, reason: &str) -> FlumenError {
 /// A consumer in the marker's group, only to read and commit the marker.
 fn marker_consumer(options: &Options, group_id: &str) -> Result<BaseConsumer> {
     let mut config = ClientConfig::new();
-    config
-        .set("bootstrap.servers", bootstrap_servers(options)?)
-        .set("group.id", group_id)
-        .set("enable.auto.commit", "false")
-        .set("isolation.level", "read_committed");
-    // Connection and security settings apply to this client too; producer-only ones do not.
+    config.set("bootstrap.servers", bootstrap_servers(options)?);
+    // Connection and security settings apply to this client too; producer-only ones do not,
+    // and the group and isolation settings below are the protocol's, not the user's.
     for (key, value) in client_properties(options, false)? {
-        let producer_only = key.starts_with("transaction")
+        let not_for_this_client = key.starts_with("transaction")
             || key.starts_with("message.")
+            || key.starts_with("delivery.")
             || key.starts_with("linger")
             || key.starts_with("batch.")
             || key.starts_with("queue.buffering")
@@ -300,16 +301,28 @@ fn marker_consumer(options: &Options, group_id: &str) -> Result<BaseConsumer> {
                 "bootstrap.servers"
                     | "acks"
                     | "request.required.acks"
+                    | "request.timeout.ms"
+                    | "partitioner"
                     | "enable.idempotence"
                     | "compression.type"
                     | "compression.codec"
                     | "retries"
                     | "max.in.flight.requests.per.connection"
+                    | "group.id"
+                    | "group.instance.id"
+                    | "isolation.level"
+                    | "enable.auto.commit"
             );
-        if !producer_only {
+        if !not_for_this_client {
             config.set(key, value);
         }
     }
+    // read_committed makes librdkafka ask for stable offsets (KIP-447): a marker still in a
+    // transaction being settled is waited for, not read as missing.
+    config
+        .set("group.id", group_id)
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed");
     config.create().map_err(|e| FlumenError::Sink {
         sink: SINK.into(),
         message: format!("cannot create the consumer that reads the batch marker: {e}"),
@@ -327,9 +340,16 @@ fn read_marker(
     let committed = consumer
         .committed_offsets(partition, config.timeout)
         .map_err(|e| transaction_error(transactional_id, "read the batch marker", &e))?;
-    let offset = committed
-        .find_partition(&config.marker_topic, 0)
-        .map(|element| element.offset());
+    let element = committed.find_partition(&config.marker_topic, 0);
+    if let Some(Err(error)) = element.as_ref().map(|e| e.error()) {
+        // Unreadable is not "nothing written": guessing would write a batch twice.
+        return Err(transaction_error(
+            transactional_id,
+            &format!("read the batch marker of {}-0", config.marker_topic),
+            &error,
+        ));
+    }
+    let offset = element.map(|element| element.offset());
     Ok(match offset {
         Some(Offset::Offset(n)) if n > 0 => Some(n as u64 - 1),
         _ => None,
