@@ -269,7 +269,7 @@ impl StreamSession {
     }
 
     /// Starts a static read with options (Spark's `spark.read`), e.g.
-    /// `session.read().option("header", true).csv(path)`; see [`DataFrameReader`].
+    /// `session.read().option("header", true).csv(path)`; see [`DataFrameReader`](crate::DataFrameReader).
     pub fn read(&self) -> crate::DataFrameReader {
         crate::DataFrameReader::new(self.clone())
     }
