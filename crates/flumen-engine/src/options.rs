@@ -12,9 +12,50 @@ use crate::error::{FlumenError, Result};
 ///
 /// Keys keep the spelling they were given for error messages and for `kafka.*` pass-through,
 /// where librdkafka property names are case-sensitive.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+///
+/// Its `Debug` output shows secret values (see [`is_secret`]) as [`REDACTED`].
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct Options {
     entries: BTreeMap<String, (String, String)>,
+}
+
+/// What a secret option's value is shown as.
+pub const REDACTED: &str = "*********(redacted)";
+
+/// Whether the option `key` holds a secret whose value must never be shown: Kafka's
+/// `sasl.jaas.config`, `sasl.password`, `ssl.key.password` (with or without `kafka.`), and any
+/// key containing `password` or `secret` (case-insensitive).
+pub fn is_secret(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    key.contains("password") || key.contains("secret") || key.ends_with("sasl.jaas.config")
+}
+
+/// `value`, or [`REDACTED`] when `key` is a secret.
+pub fn redact<'a>(key: &str, value: &'a str) -> &'a str {
+    if is_secret(key) { REDACTED } else { value }
+}
+
+/// `text` with the value of every secret among `options` replaced by [`REDACTED`]: for
+/// messages from libraries (librdkafka's configuration errors quote the offending value).
+pub fn scrub_secrets<'a>(
+    text: &str,
+    options: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> String {
+    let mut scrubbed = text.to_string();
+    for (key, value) in options {
+        if is_secret(key) && !value.is_empty() {
+            scrubbed = scrubbed.replace(value, REDACTED);
+        }
+    }
+    scrubbed
+}
+
+impl std::fmt::Debug for Options {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map()
+            .entries(self.iter().map(|(k, v)| (k, redact(k, v))))
+            .finish()
+    }
 }
 
 impl Options {
@@ -176,6 +217,30 @@ pub fn parse_interval(text: &str) -> Result<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secret_values_are_redacted_in_debug_output() {
+        let mut o = Options::new();
+        o.set("kafka.sasl.password", "hunter2");
+        o.set(
+            "kafka.SASL.JAAS.CONFIG",
+            "org.apache.kafka... password=\"hunter3\";",
+        );
+        o.set("kafka.ssl.key.password", "hunter4");
+        o.set("myApiSecret", "hunter5");
+        o.set("subscribe", "events");
+        let shown = format!("{o:?}");
+        for secret in ["hunter2", "hunter3", "hunter4", "hunter5"] {
+            assert!(!shown.contains(secret), "{shown}");
+        }
+        assert!(shown.contains("\"subscribe\": \"events\""), "{shown}");
+        assert_eq!(shown.matches(REDACTED).count(), 4);
+        assert_eq!(
+            o.get("kafka.sasl.password"),
+            Some("hunter2"),
+            "values stay usable"
+        );
+    }
 
     #[test]
     fn keys_are_case_insensitive_and_keep_spelling() {

@@ -43,6 +43,19 @@ pub(crate) async fn blocking<T: Send + 'static>(
         .map_err(|e| FlumenError::IllegalState(format!("Kafka worker thread failed: {e}")))?
 }
 
+/// A client-creation error as text, with secret property values redacted (librdkafka quotes
+/// the value of a property it rejects).
+pub(crate) fn client_error(error: &KafkaError, config: &ClientConfig) -> String {
+    // config_map() shows rdkafka's own placeholder for the keys it knows as sensitive; the
+    // values to look for come from get().
+    let keys = config.config_map();
+    flumen_engine::options::scrub_secrets(
+        &error.to_string(),
+        keys.keys()
+            .filter_map(|key| config.get(key).map(|value| (*key, value))),
+    )
+}
+
 /// Offset lookups: earliest or latest (by timestamp: [`KafkaFetcher::offsets_at_timestamps`]).
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum OffsetSpec {
@@ -105,7 +118,8 @@ impl KafkaFetcher {
             client.create().map_err(|e| FlumenError::Source {
                 source_name: description.clone(),
                 message: format!(
-                    "cannot create the Kafka consumer: {e}; check the kafka.* options"
+                    "cannot create the Kafka consumer: {}; check the kafka.* options",
+                    client_error(&e, client)
                 ),
             })
         };

@@ -95,8 +95,8 @@ pub enum TimestampNoMatch {
     Latest,
 }
 
-/// Source options after validation.
-#[derive(Debug, Clone)]
+/// Source options after validation. Its `Debug` output redacts secret client properties.
+#[derive(Clone)]
 pub struct SourceConfig {
     /// `kafka.bootstrap.servers`.
     pub bootstrap_servers: String,
@@ -193,6 +193,33 @@ pub fn bootstrap_servers(options: &Options) -> Result<String> {
                 "Option 'kafka.bootstrap.servers' must be specified for configuring Kafka consumer/producer (e.g. .bootstrap_servers(\"localhost:9092\"))",
             )
         })
+}
+
+impl std::fmt::Debug for SourceConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let client: BTreeMap<&str, &str> = self
+            .client
+            .iter()
+            .map(|(k, v)| (k.as_str(), flumen_engine::options::redact(k, v)))
+            .collect();
+        f.debug_struct("SourceConfig")
+            .field("bootstrap_servers", &self.bootstrap_servers)
+            .field("subscription", &self.subscription)
+            .field("starting", &self.starting)
+            .field("starting_timestamp", &self.starting_timestamp)
+            .field("starting_by_timestamp", &self.starting_by_timestamp)
+            .field("starting_no_match", &self.starting_no_match)
+            .field("ending_timestamp", &self.ending_timestamp)
+            .field("ending_by_timestamp", &self.ending_by_timestamp)
+            .field("ending", &self.ending)
+            .field("max_offsets_per_trigger", &self.max_offsets_per_trigger)
+            .field("fail_on_data_loss", &self.fail_on_data_loss)
+            .field("include_headers", &self.include_headers)
+            .field("poll_timeout", &self.poll_timeout)
+            .field("group_id", &self.group_id)
+            .field("client", &client)
+            .finish_non_exhaustive()
+    }
 }
 
 impl SourceConfig {

@@ -167,7 +167,10 @@ pub(crate) fn create_producer_with(
         .create_with_context(DeliveryTracker::default())
         .map_err(|e| FlumenError::Sink {
             sink: "KafkaSink".into(),
-            message: format!("cannot create the Kafka producer: {e}; check the kafka.* options"),
+            message: format!(
+                "cannot create the Kafka producer: {}; check the kafka.* options",
+                crate::consumer::client_error(&e, &config)
+            ),
         })
 }
 

@@ -325,7 +325,10 @@ fn marker_consumer(options: &Options, group_id: &str) -> Result<BaseConsumer> {
         .set("isolation.level", "read_committed");
     config.create().map_err(|e| FlumenError::Sink {
         sink: SINK.into(),
-        message: format!("cannot create the consumer that reads the batch marker: {e}"),
+        message: format!(
+            "cannot create the consumer that reads the batch marker: {}",
+            crate::consumer::client_error(&e, &config)
+        ),
     })
 }
 
