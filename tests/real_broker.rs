@@ -817,3 +817,59 @@ async fn a_deleted_topic_fails_the_query_unless_fail_on_data_loss_is_off() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn min_offsets_per_trigger_waits_for_records_until_max_trigger_delay() {
+    let Some(servers) = broker() else { return };
+    let topic = unique("min-offsets");
+    let broker = flumen_examples::Broker::connect(Some(servers.clone())).unwrap();
+    broker.ensure_topics(&[(topic.as_str(), 1)]).await.unwrap();
+    produce_values(&servers, &topic, &["0", "1", "2"]);
+    let session = StreamSession::new();
+    let query = earliest_reader(&session, &servers, &topic)
+        .min_offsets_per_trigger(5)
+        .max_trigger_delay(Duration::from_secs(4))
+        .load()
+        .unwrap()
+        .select_expr(["CAST(value AS STRING) AS v"])
+        .unwrap()
+        .write_stream()
+        .memory()
+        .query_name("min_offsets")
+        .start()
+        .await
+        .unwrap();
+    let batches = |query: &StreamingQuery| -> Vec<u64> {
+        query
+            .recent_progress()
+            .iter()
+            .filter(|p| p.num_input_rows > 0)
+            .map(|p| p.num_input_rows)
+            .collect()
+    };
+    let wait_for = |query: &StreamingQuery, wanted: usize| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while batches(query).len() < wanted {
+            assert!(std::time::Instant::now() < deadline, "{:?}", batches(query));
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    // The run's first batch does not wait.
+    wait_for(&query, 1);
+    let first_done = std::time::Instant::now();
+    // 2 < 5 new records: held back until 4 s after the first batch.
+    produce_values(&servers, &topic, &["3", "4"]);
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(batches(&query), vec![3], "2 records must wait for more");
+    wait_for(&query, 2);
+    assert!(
+        first_done.elapsed() >= Duration::from_secs(3),
+        "the delayed batch ran after {:?}",
+        first_done.elapsed()
+    );
+    // 5 new records are enough at once.
+    produce_values(&servers, &topic, &["5", "6", "7", "8", "9"]);
+    wait_for(&query, 3);
+    assert_eq!(batches(&query), vec![3, 2, 5]);
+    query.stop().await.unwrap();
+}

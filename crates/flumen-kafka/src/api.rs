@@ -453,6 +453,19 @@ impl KafkaStreamReader {
         self.option("maxOffsetsPerTrigger", records.to_string())
     }
 
+    /// `minOffsetsPerTrigger`: a trigger with fewer new records than this runs no batch and
+    /// waits for more, until [`max_trigger_delay`](Self::max_trigger_delay) has passed since
+    /// the last batch. Ignored by available-now runs.
+    pub fn min_offsets_per_trigger(self, records: u64) -> Self {
+        self.option("minOffsetsPerTrigger", records.to_string())
+    }
+
+    /// `maxTriggerDelay`: the longest `minOffsetsPerTrigger` may hold back a batch (default
+    /// 15 minutes).
+    pub fn max_trigger_delay(self, delay: std::time::Duration) -> Self {
+        self.option("maxTriggerDelay", format!("{} ms", delay.as_millis()))
+    }
+
     /// Validates the options and returns the stream (no connection is made yet).
     pub fn load(self) -> Result<StreamFrame> {
         let config = SourceConfig::from_options(self.reader.get_options(), true)?;

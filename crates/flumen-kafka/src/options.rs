@@ -83,6 +83,9 @@ impl From<StartingOffsets> for String {
 /// latest).
 pub type EndingOffsets = StartingOffsets;
 
+/// Spark's default `maxTriggerDelay`.
+pub const DEFAULT_MAX_TRIGGER_DELAY: Duration = Duration::from_secs(15 * 60);
+
 /// What a timestamp lookup does for a partition with no record at or after the timestamp
 /// (Spark's `startingOffsetsByTimestampStrategy`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -120,6 +123,10 @@ pub struct SourceConfig {
     pub ending: EndingOffsets,
     /// `maxOffsetsPerTrigger`.
     pub max_offsets_per_trigger: Option<u64>,
+    /// `minOffsetsPerTrigger`: a trigger with fewer new records waits (up to `maxTriggerDelay`).
+    pub min_offsets_per_trigger: Option<u64>,
+    /// `maxTriggerDelay` (default 15 minutes): how long `minOffsetsPerTrigger` may hold a batch.
+    pub max_trigger_delay: Duration,
     /// `failOnDataLoss` (default true).
     pub fail_on_data_loss: bool,
     /// `includeHeaders` (default false).
@@ -213,6 +220,8 @@ impl std::fmt::Debug for SourceConfig {
             .field("ending_by_timestamp", &self.ending_by_timestamp)
             .field("ending", &self.ending)
             .field("max_offsets_per_trigger", &self.max_offsets_per_trigger)
+            .field("min_offsets_per_trigger", &self.min_offsets_per_trigger)
+            .field("max_trigger_delay", &self.max_trigger_delay)
             .field("fail_on_data_loss", &self.fail_on_data_loss)
             .field("include_headers", &self.include_headers)
             .field("poll_timeout", &self.poll_timeout)
@@ -372,6 +381,29 @@ impl SourceConfig {
             }
         }
         let max_offsets_per_trigger = options.get_positive("maxOffsetsPerTrigger")?;
+        let min_offsets_per_trigger = options.get_positive("minOffsetsPerTrigger")?;
+        if let (Some(min), Some(max)) = (min_offsets_per_trigger, max_offsets_per_trigger)
+            && min > max
+        {
+            return Err(FlumenError::invalid_option(
+                "minOffsetsPerTrigger",
+                format!(
+                    "minOffsetsPerTrigger ({min}) must not be greater than maxOffsetsPerTrigger ({max})"
+                ),
+            ));
+        }
+        let max_trigger_delay = match options.get("maxTriggerDelay") {
+            None => DEFAULT_MAX_TRIGGER_DELAY,
+            Some(text) => flumen_engine::options::parse_interval(text).map_err(|_| {
+                FlumenError::invalid_option(
+                    "maxTriggerDelay",
+                    format!("'{text}' is not a duration; write e.g. '15m' or '30 seconds'"),
+                )
+            })?,
+        };
+        if !streaming && min_offsets_per_trigger.is_some() {
+            tracing::warn!("minOffsetsPerTrigger is ignored by batch reads");
+        }
         if !streaming && max_offsets_per_trigger.is_some() {
             tracing::warn!("maxOffsetsPerTrigger is ignored by batch reads");
         }
@@ -389,6 +421,8 @@ impl SourceConfig {
             ending_by_timestamp,
             ending,
             max_offsets_per_trigger,
+            min_offsets_per_trigger,
+            max_trigger_delay,
             fail_on_data_loss: options.get_bool("failOnDataLoss", true)?,
             include_headers: options.get_bool("includeHeaders", false)?,
             poll_timeout: options

@@ -69,12 +69,15 @@ impl StreamSource for KafkaSource {
             description: self.description(),
             fetcher: Some(fetcher),
             latest: PartitionOffsets::new(),
+            last_batch_at: None,
         }))
     }
 }
 
 /// One query run's Kafka reader.
 pub(crate) struct KafkaReader {
+    /// When this run last planned a batch with new records (`maxTriggerDelay` counts from it).
+    last_batch_at: Option<std::time::Instant>,
     config: SourceConfig,
     description: String,
     /// Taken while a blocking operation runs.
@@ -244,6 +247,22 @@ pub(crate) fn rate_limit(
     out
 }
 
+impl KafkaReader {
+    /// Spark's `minOffsetsPerTrigger`: fewer new records than that wait for more, until
+    /// `maxTriggerDelay` has passed since the last batch (the run's first batch never waits;
+    /// available-now reads ignore the minimum).
+    fn delays_batch(&self, new_records: i64, available_now: bool) -> bool {
+        let Some(min) = self.config.min_offsets_per_trigger else {
+            return false;
+        };
+        !available_now
+            && (new_records.max(0) as u64) < min
+            && self
+                .last_batch_at
+                .is_some_and(|at| at.elapsed() < self.config.max_trigger_delay)
+    }
+}
+
 #[async_trait]
 impl SourceReader for KafkaReader {
     async fn initial_offset(&mut self) -> Result<SourceOffset> {
@@ -263,6 +282,7 @@ impl SourceReader for KafkaReader {
         limit: ReadLimit,
         cap: Option<&SourceOffset>,
     ) -> Result<SourceOffset> {
+        let requested_start = start.clone();
         let mut start = self.parse(start)?;
         let cap = cap.map(|c| self.parse(c)).transpose()?;
         let subscription = self.config.subscription.clone();
@@ -361,6 +381,17 @@ impl SourceReader for KafkaReader {
             for (p, s) in ps {
                 end.entry(t.clone()).or_default().entry(*p).or_insert(*s);
             }
+        }
+        let new_records: i64 = end
+            .iter()
+            .flat_map(|(t, ps)| ps.iter().map(move |(p, e)| (t, *p, *e)))
+            .map(|(t, p, e)| (e - offset_of(&start, t, p).unwrap_or(e)).max(0))
+            .sum();
+        if self.delays_batch(new_records, cap.is_some()) {
+            return Ok(requested_start);
+        }
+        if new_records > 0 {
+            self.last_batch_at = Some(std::time::Instant::now());
         }
         Ok(offsets::to_json(&end))
     }
