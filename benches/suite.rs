@@ -7,7 +7,7 @@
 //! cargo bench --bench suite -- --only a,c     # some sections
 //! ```
 //!
-//! Sections: (a) JSON decode, (b) Kafka end to end, (c) windowed count, (d) tiny batches and
+//! Sections: (a) JSON decode, (b) Kafka end to end, (i) exactly-once vs at-least-once Kafka sink, (c) windowed count, (d) tiny batches and
 //! Kafka round trip, (e) checkpoint cost, (f) state bytes per key, (g) the Titanic enrichment
 //! against Spark (`pyspark`, installed by `benches/setup.sh`; skipped with a line saying so when
 //! it cannot be imported), (h) the same enrichment on one core and on two (`taskset`), with its
@@ -184,6 +184,13 @@ fn main() {
         report(
             "b",
             runtime.block_on(e2e::run(plan.e2e_rows, plan.reps.min(3))),
+        );
+    }
+    if wanted("i") {
+        eprintln!("(i) exactly-once vs at-least-once, {} rows", plan.e2e_rows);
+        report(
+            "i",
+            runtime.block_on(e2e::exactly_once(plan.e2e_rows, plan.reps.min(3))),
         );
     }
     if wanted("c") {
