@@ -97,15 +97,8 @@ async fn main() -> anyhow::Result<()> {
         )?
         .join(static_df, JoinType::Left, &["Pclass"])?;
 
-    let pretty_df = enriched_df.select_columns(&[
-        "PassengerId",
-        "Name",
-        "Age",
-        "Pclass",
-        "ClassName",
-        "is_adult",
-        "Survived",
-    ])?;
+    // PassengerId, Name, Age, Pclass, ClassName, is_adult, Survived
+    let pretty_df = enriched_df.select_columns(&titanic::PRETTY_COLUMNS)?;
 
     let every_column = struct_(enriched_df.columns().iter().map(|c| col(c.as_str())));
     let df_to_kafka = enriched_df

@@ -135,6 +135,24 @@ fn numbers(n: usize) -> Vec<String> {
     (0..n).map(|i| i.to_string()).collect()
 }
 
+/// Creates a fresh input topic holding `n` numbered values and a fresh empty output topic
+/// (one partition each), named after `prefix`; returns (input, output).
+async fn numbered_input_and_output(servers: &str, prefix: &str, n: usize) -> (String, String) {
+    let (input, output) = (
+        unique(&format!("{prefix}-in")),
+        unique(&format!("{prefix}-out")),
+    );
+    let broker = flumen_examples::Broker::connect(Some(servers.to_string())).unwrap();
+    broker
+        .ensure_topics(&[(input.as_str(), 1), (output.as_str(), 1)])
+        .await
+        .unwrap();
+    let values = numbers(n);
+    let refs: Vec<&str> = values.iter().map(String::as_str).collect();
+    produce_values(servers, &input, &refs);
+    (input, output)
+}
+
 /// Starts `input → "[processed] value" → output` on `checkpoint` (the kafka_to_kafka pipeline),
 /// 10 records per batch, available-now, and waits for it to finish.
 async fn copy_available_now(
@@ -203,15 +221,7 @@ fn sorted(mut values: Vec<String>) -> Vec<String> {
 async fn exactly_once_sink_does_not_rewrite_a_batch_whose_transaction_committed() {
     let Some(servers) = broker() else { return };
     for exactly_once in [true, false] {
-        let (input, output) = (unique("eos-in"), unique("eos-out"));
-        let broker = flumen_examples::Broker::connect(Some(servers.clone())).unwrap();
-        broker
-            .ensure_topics(&[(input.as_str(), 1), (output.as_str(), 1)])
-            .await
-            .unwrap();
-        let values = numbers(30);
-        let refs: Vec<&str> = values.iter().map(String::as_str).collect();
-        produce_values(&servers, &input, &refs);
+        let (input, output) = numbered_input_and_output(&servers, "eos", 30).await;
         let checkpoint = temp_dir();
         let first =
             copy_available_now(&servers, &input, &output, checkpoint.path(), exactly_once).await;
@@ -243,15 +253,7 @@ async fn exactly_once_sink_does_not_rewrite_a_batch_whose_transaction_committed(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exactly_once_sink_aborts_the_open_transaction_of_a_dead_run_and_fences_it() {
     let Some(servers) = broker() else { return };
-    let (input, output) = (unique("eos-zombie-in"), unique("eos-zombie-out"));
-    let broker = flumen_examples::Broker::connect(Some(servers.clone())).unwrap();
-    broker
-        .ensure_topics(&[(input.as_str(), 1), (output.as_str(), 1)])
-        .await
-        .unwrap();
-    let values = numbers(20);
-    let refs: Vec<&str> = values.iter().map(String::as_str).collect();
-    produce_values(&servers, &input, &refs);
+    let (input, output) = numbered_input_and_output(&servers, "eos-zombie", 20).await;
     let checkpoint = temp_dir();
     copy_available_now(&servers, &input, &output, checkpoint.path(), true).await;
 
@@ -309,13 +311,7 @@ async fn exactly_once_sink_aborts_the_open_transaction_of_a_dead_run_and_fences_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_run_on_the_same_checkpoint_fences_the_first() {
     let Some(servers) = broker() else { return };
-    let (input, output) = (unique("eos-fence-in"), unique("eos-fence-out"));
-    let broker = flumen_examples::Broker::connect(Some(servers.clone())).unwrap();
-    broker
-        .ensure_topics(&[(input.as_str(), 1), (output.as_str(), 1)])
-        .await
-        .unwrap();
-    produce_values(&servers, &input, &["0", "1"]);
+    let (input, output) = numbered_input_and_output(&servers, "eos-fence", 2).await;
     let checkpoint = temp_dir();
     let start = |session: StreamSession| {
         let (servers, input, output) = (servers.clone(), input.clone(), output.clone());
@@ -420,15 +416,7 @@ async fn failpoints_in_a_real_process_lose_nothing_and_duplicate_only_without_ex
     ];
     for (failpoint, fires_without_transactions, duplicated_from) in cases {
         for exactly_once in [true, false] {
-            let (input, output) = (unique("fail-in"), unique("fail-out"));
-            let broker = flumen_examples::Broker::connect(Some(servers.clone())).unwrap();
-            broker
-                .ensure_topics(&[(input.as_str(), 1), (output.as_str(), 1)])
-                .await
-                .unwrap();
-            let values = numbers(30);
-            let refs: Vec<&str> = values.iter().map(String::as_str).collect();
-            produce_values(&servers, &input, &refs);
+            let (input, output) = numbered_input_and_output(&servers, "fail", 30).await;
             let checkpoint = temp_dir();
             let path = checkpoint.path().join("cp");
             let aborted = run_example(
@@ -805,8 +793,8 @@ async fn a_deleted_topic_fails_the_query_unless_fail_on_data_loss_is_off() {
             );
         } else {
             assert!(
-                !ended.unwrap(),
-                "with failOnDataLoss=false the query keeps running"
+                matches!(ended, Ok(false)),
+                "with failOnDataLoss=false the query keeps running; it ended with {ended:?}"
             );
             assert!(query.exception().is_none());
             query.stop().await.unwrap();

@@ -515,12 +515,9 @@ async fn secret_option_values_never_appear_in_what_flumen_shows_or_stores() {
     let server = MonitorServer::builder().port(0).start(&session).unwrap();
     let checkpoint = temp_dir();
 
-    let mut reader = earliest_reader(&session, servers, "secrets-in");
-    for (key, value) in SECRETS {
-        reader = reader.option(key, value);
-    }
+    let reader = earliest_reader(&session, servers, "secrets-in").options(SECRETS);
     let mut shown = vec![format!("{reader:?}")];
-    let mut writer = reader
+    let writer = reader
         .load()
         .unwrap()
         .select_expr(["CAST(value AS STRING) AS value"])
@@ -530,10 +527,8 @@ async fn secret_option_values_never_appear_in_what_flumen_shows_or_stores() {
         .bootstrap_servers(servers)
         .topic("secrets-out")
         .query_name("with_secrets")
-        .checkpoint_location(checkpoint.path());
-    for (key, value) in SECRETS {
-        writer = writer.option(key, value);
-    }
+        .checkpoint_location(checkpoint.path())
+        .options(SECRETS);
     shown.push(format!("{writer:?}"));
     let query = writer.start().await.unwrap();
     query.process_all_available().await.unwrap();
@@ -558,13 +553,11 @@ async fn secret_option_values_never_appear_in_what_flumen_shows_or_stores() {
     shown.push(files_text(checkpoint.path()));
 
     // Errors raised with the secrets set: a bad option at load() and a failure at start().
-    let mut bad =
-        earliest_reader(&session, servers, "secrets-in").option("startingOffsets", "soon");
-    for (key, value) in SECRETS {
-        bad = bad.option(key, value);
-    }
+    let bad = earliest_reader(&session, servers, "secrets-in")
+        .option("startingOffsets", "soon")
+        .options(SECRETS);
     shown.push(bad.load().unwrap_err().to_string());
-    let mut no_topic = earliest_reader(&session, servers, "secrets-in")
+    let no_topic = earliest_reader(&session, servers, "secrets-in")
         .load()
         .unwrap()
         .select_expr(["CAST(value AS STRING) AS value"])
@@ -572,10 +565,8 @@ async fn secret_option_values_never_appear_in_what_flumen_shows_or_stores() {
         .write_stream()
         .kafka()
         .bootstrap_servers(servers)
-        .checkpoint_location(temp_dir().path());
-    for (key, value) in SECRETS {
-        no_topic = no_topic.option(key, value);
-    }
+        .checkpoint_location(temp_dir().path())
+        .options(SECRETS);
     shown.push(no_topic.start().await.unwrap_err().to_string());
     // librdkafka quotes the value of a property it rejects (this build has no OpenSSL).
     let rejected = earliest_reader(&session, servers, "secrets-in")
