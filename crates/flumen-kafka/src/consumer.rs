@@ -260,8 +260,30 @@ impl KafkaFetcher {
             .map_err(|e| self.unreachable("read partition offsets", &e))?;
         for elem in result.elements() {
             if let Err(e) = elem.error() {
+                // A partition deleted since the metadata was read: data loss, judged as the
+                // other vanished partitions are (the caller sees it missing from the result).
+                let deleted = matches!(
+                    e.rdkafka_error_code(),
+                    Some(
+                        RDKafkaErrorCode::UnknownTopicOrPartition
+                            | RDKafkaErrorCode::UnknownPartition
+                    )
+                );
+                if deleted && !self.fail_on_data_loss {
+                    tracing::warn!(
+                        topic = elem.topic(),
+                        partition = elem.partition(),
+                        "partition disappeared (failOnDataLoss=false)"
+                    );
+                    continue;
+                }
+                let hint = if deleted {
+                    ": the topic may have been deleted. If you don't want your streaming query to fail on such cases, set the source option \"failOnDataLoss\" to \"false\"."
+                } else {
+                    ""
+                };
                 return Err(self.error(format!(
-                    "cannot read the offsets of {}-{}: {e}",
+                    "cannot read the offsets of {}-{}: {e}{hint}",
                     elem.topic(),
                     elem.partition()
                 )));
