@@ -861,3 +861,98 @@ async fn min_offsets_per_trigger_waits_for_records_until_max_trigger_delay() {
     assert_eq!(batches(&query), vec![3, 2, 5]);
     query.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn processed_offsets_committed_to_a_group_give_monitoring_tools_the_lag() {
+    let Some(servers) = broker() else { return };
+    let (topic, group) = (unique("lag"), unique("flumen-lag-group"));
+    let broker = flumen_examples::Broker::connect(Some(servers.clone())).unwrap();
+    broker.ensure_topics(&[(topic.as_str(), 3)]).await.unwrap();
+    let produce_numbers = |partition: i32, from: usize, to: usize| {
+        let values: Vec<String> = (from..to).map(|i| i.to_string()).collect();
+        let records: Vec<KeyValue<'_>> =
+            values.iter().map(|v| (None, Some(v.as_bytes()))).collect();
+        produce_to(&servers, &topic, Some(partition), &records, &[]);
+    };
+    for partition in 0..3 {
+        produce_numbers(partition, 0, 10);
+    }
+    let checkpoint = temp_dir();
+    let run = || async {
+        let session = StreamSession::new();
+        let query = earliest_reader(&session, &servers, &topic)
+            .option("kafka.group.id", &group)
+            .max_offsets_per_trigger(7)
+            .load()
+            .unwrap()
+            .select_expr(["CAST(value AS STRING) AS v"])
+            .unwrap()
+            .write_stream()
+            .memory()
+            .query_name("lag")
+            .checkpoint_location(checkpoint.path())
+            .trigger(Trigger::AvailableNow)
+            .start()
+            .await
+            .unwrap();
+        query.await_termination(None).await.unwrap();
+        query
+    };
+    let query = run().await;
+    assert_eq!(
+        query
+            .recent_progress()
+            .iter()
+            .map(|p| p.num_input_rows)
+            .sum::<u64>(),
+        30
+    );
+    let (s, t, g) = (servers.clone(), topic.clone(), group.clone());
+    let committed = tokio::task::spawn_blocking(move || {
+        committed_offsets(&s, &g, &t, &[Some(10), Some(10), Some(10)])
+    })
+    .await
+    .unwrap();
+    assert_eq!(committed, [Some(10), Some(10), Some(10)]);
+
+    // Records arrive while the query is down: a lag tool (log end - committed) sees them.
+    produce_numbers(1, 10, 15);
+    let (s, t, g) = (servers.clone(), topic.clone(), group.clone());
+    let lag = tokio::task::spawn_blocking(move || {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        let committed = committed_offsets(&s, &g, &t, &[Some(10), Some(10), Some(10)]);
+        let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &s)
+            .create()
+            .unwrap();
+        (0..3)
+            .map(|p| {
+                let (_, end) = consumer
+                    .fetch_watermarks(&t, p, Duration::from_secs(10))
+                    .unwrap();
+                end - committed[p as usize].unwrap()
+            })
+            .collect::<Vec<i64>>()
+    })
+    .await
+    .unwrap();
+    assert_eq!(lag, [0, 5, 0]);
+
+    // The restarted query catches up and commits the new end.
+    let query = run().await;
+    assert_eq!(
+        query
+            .recent_progress()
+            .iter()
+            .map(|p| p.num_input_rows)
+            .sum::<u64>(),
+        5
+    );
+    let (s, t, g) = (servers.clone(), topic.clone(), group.clone());
+    let committed = tokio::task::spawn_blocking(move || {
+        committed_offsets(&s, &g, &t, &[Some(10), Some(15), Some(10)])
+    })
+    .await
+    .unwrap();
+    assert_eq!(committed, [Some(10), Some(15), Some(10)]);
+}

@@ -508,6 +508,7 @@ async fn secret_option_values_never_appear_in_what_flumen_shows_or_stores() {
         ("tokenSecret", "pw-7g8h9i"),
         ("clientPassword", "pw-0j1k2l"),
     ];
+    let logs = captured_logs();
     let kafka = EmbeddedKafka::with_topics(&[("secrets-in", 1), ("secrets-out", 1)]).unwrap();
     let servers = kafka.bootstrap_servers();
     produce_values(servers, "secrets-in", &["a", "b"]);
@@ -515,7 +516,10 @@ async fn secret_option_values_never_appear_in_what_flumen_shows_or_stores() {
     let server = MonitorServer::builder().port(0).start(&session).unwrap();
     let checkpoint = temp_dir();
 
-    let reader = earliest_reader(&session, servers, "secrets-in").options(SECRETS);
+    // kafka.debug=conf: librdkafka logs every client's configuration.
+    let reader = earliest_reader(&session, servers, "secrets-in")
+        .options(SECRETS)
+        .option("kafka.debug", "conf");
     let mut shown = vec![format!("{reader:?}")];
     let writer = reader
         .load()
@@ -528,7 +532,8 @@ async fn secret_option_values_never_appear_in_what_flumen_shows_or_stores() {
         .topic("secrets-out")
         .query_name("with_secrets")
         .checkpoint_location(checkpoint.path())
-        .options(SECRETS);
+        .options(SECRETS)
+        .option("kafka.debug", "conf");
     shown.push(format!("{writer:?}"));
     let query = writer.start().await.unwrap();
     query.process_all_available().await.unwrap();
@@ -586,6 +591,17 @@ async fn secret_option_values_never_appear_in_what_flumen_shows_or_stores() {
         rejected.contains("ssl.key.password") && !rejected.contains("pw-4d5e6f"),
         "{rejected}"
     );
+    // Everything logged meanwhile, librdkafka's configuration dump (kafka.debug=conf) included.
+    let logged = logs.text();
+    assert!(
+        logged.contains("librdkafka") && logged.contains("sasl.password"),
+        "the capture saw librdkafka's configuration dump: {logged}"
+    );
+    assert!(
+        !logged.contains("pw-4d5e6f"),
+        "ssl.key.password's value was logged: {logged}"
+    );
+    shown.push(logged);
 
     for text in &shown {
         for (key, value) in SECRETS {

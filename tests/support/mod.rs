@@ -1,6 +1,10 @@
 //! Helpers shared by Flumen's integration tests: an independent Kafka client (plain rdkafka, not
 //! Flumen's source or sink) to write inputs and read outputs, the Titanic CSV, and captures.
 
+mod log_capture;
+
+pub use log_capture::{CapturedLogs, captured_logs};
+
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -328,4 +332,42 @@ pub fn example_binary(name: &str) -> PathBuf {
         path.display()
     );
     path
+}
+
+/// The offsets consumer group `group` has committed for `topic`'s partitions `0..partitions`, as
+/// an independent client (a monitoring tool computing lag) sees them through the group
+/// coordinator; `None` where nothing is committed. Polls until they equal `expected` or 20 s
+/// pass, and returns the last answer.
+pub fn committed_offsets(
+    servers: &str,
+    group: &str,
+    topic: &str,
+    expected: &[Option<i64>],
+) -> Vec<Option<i64>> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", servers)
+        .set("group.id", group)
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    for partition in 0..expected.len() {
+        tpl.add_partition(topic, partition as i32);
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let committed: Vec<Option<i64>> = consumer
+            .committed_offsets(tpl.clone(), Duration::from_secs(10))
+            .expect("committed offsets")
+            .elements()
+            .iter()
+            .map(|e| match e.offset() {
+                Offset::Offset(n) => Some(n),
+                _ => None,
+            })
+            .collect();
+        if committed == expected || std::time::Instant::now() > deadline {
+            return committed;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
