@@ -2,6 +2,10 @@
 //! (delivery-acked), against a hand-written consume → produce passthrough of the same bytes
 //! with the same client settings. A producer runs alongside, kept at most `AHEAD` records
 //! ahead of the pipeline, because the mock broker keeps only ~5 MiB per partition.
+//!
+//! (i) Exactly-once vs at-least-once: the same enrichment into Kafka with either sink, on
+//! Apache Kafka when `FLUMEN_BENCH_KAFKA` (or `FLUMEN_E2E_BOOTSTRAP`) names one, since only a
+//! real broker keeps transactions (the mock's are cheaper); else on the embedded broker.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -20,8 +24,6 @@ use rdkafka::{Offset, TopicPartitionList};
 use crate::data::titanic_messages;
 use crate::measure::{Figure, Sample, median, time_async};
 
-const RAW: &str = "e2e-raw";
-const OUT: &str = "e2e-out";
 const PARTITIONS: i32 = 2;
 /// How far the input producer may run ahead of the pipeline's output.
 const AHEAD: u64 = 20_000;
@@ -35,10 +37,62 @@ fn client(servers: &str) -> ClientConfig {
     c
 }
 
+/// The Kafka a run uses: a fresh embedded broker, or fresh topics on an external one.
+struct Topics {
+    _embedded: Option<EmbeddedKafka>,
+    servers: String,
+    raw: String,
+    out: String,
+}
+
+impl Topics {
+    /// An input and an output topic of `PARTITIONS` partitions each, new for this run.
+    async fn new(external: Option<&str>) -> Topics {
+        static RUN: AtomicU64 = AtomicU64::new(0);
+        let run = RUN.fetch_add(1, Ordering::Relaxed);
+        match external {
+            None => {
+                let (raw, out) = ("e2e-raw".to_string(), "e2e-out".to_string());
+                let kafka = EmbeddedKafka::with_topics(&[(&raw, PARTITIONS), (&out, PARTITIONS)])
+                    .expect("broker");
+                Topics {
+                    servers: kafka.bootstrap_servers().to_string(),
+                    _embedded: Some(kafka),
+                    raw,
+                    out,
+                }
+            }
+            Some(servers) => {
+                let id = format!("{}-{run}", std::process::id());
+                let (raw, out) = (format!("bench-raw-{id}"), format!("bench-out-{id}"));
+                flumen_examples::Broker::connect(Some(servers.to_string()))
+                    .expect("broker")
+                    .ensure_topics(&[(&raw, PARTITIONS), (&out, PARTITIONS)])
+                    .await
+                    .expect("create the benchmark's topics");
+                Topics {
+                    _embedded: None,
+                    servers: servers.to_string(),
+                    raw,
+                    out,
+                }
+            }
+        }
+    }
+}
+
+/// The external Kafka for (i), if one is named.
+fn external_kafka() -> Option<String> {
+    ["FLUMEN_BENCH_KAFKA", "FLUMEN_E2E_BOOTSTRAP"]
+        .iter()
+        .find_map(|name| std::env::var(name).ok().filter(|v| !v.is_empty()))
+}
+
 /// Produces the messages round-robin over the partitions, never more than `AHEAD` records
 /// ahead of `done`.
 fn feed(
     servers: String,
+    topic: String,
     messages: Arc<Vec<Vec<u8>>>,
     done: Arc<AtomicU64>,
 ) -> std::thread::JoinHandle<()> {
@@ -48,7 +102,7 @@ fn feed(
             while i as u64 > done.load(Ordering::Relaxed) + AHEAD {
                 producer.poll(Duration::from_millis(1));
             }
-            let mut record = BaseRecord::<[u8], [u8]>::to(RAW)
+            let mut record = BaseRecord::<[u8], [u8]>::to(&topic)
                 .payload(m)
                 .partition(i as i32 % PARTITIONS);
             loop {
@@ -79,13 +133,12 @@ impl StreamingQueryListener for SinkRows {
     }
 }
 
-/// The engine: the Titanic enrichment from the examples, into `OUT`, at-least-once or
-/// exactly-once. Returns the rows written and the number of batches that wrote them.
-async fn engine(messages: Arc<Vec<Vec<u8>>>, exactly_once: bool) -> (u64, u64) {
+/// The engine: the Titanic enrichment from the examples, from the input topic into the output
+/// topic, at-least-once or exactly-once. Returns the rows written and the number of batches that
+/// wrote them.
+async fn engine(messages: Arc<Vec<Vec<u8>>>, exactly_once: bool, topics: Topics) -> (u64, u64) {
     let rows = messages.len() as u64;
-    let kafka =
-        EmbeddedKafka::with_topics(&[(RAW, PARTITIONS), (OUT, PARTITIONS)]).expect("broker");
-    let servers = kafka.bootstrap_servers().to_string();
+    let servers = topics.servers.clone();
     let session = StreamSession::new();
     let written = Arc::new(AtomicU64::new(0));
     let batches = Arc::new(AtomicU64::new(0));
@@ -94,21 +147,22 @@ async fn engine(messages: Arc<Vec<Vec<u8>>>, exactly_once: bool) -> (u64, u64) {
         Arc::clone(&batches),
     )));
     let options = vec![("kafka.fetch.wait.max.ms".to_string(), "10".to_string())];
-    let enriched = titanic::enriched_stream(&session, &servers, RAW, &options, titanic::schema())
-        .expect("stream");
+    let enriched =
+        titanic::enriched_stream(&session, &servers, &topics.raw, &options, titanic::schema())
+            .expect("stream");
     let query = titanic::to_kafka_records(&enriched)
         .expect("records")
         .write_stream()
         .kafka()
         .bootstrap_servers(&servers)
         .option("kafka.linger.ms", "5")
-        .topic(OUT)
+        .topic(&topics.out)
         .exactly_once(exactly_once)
         .checkpoint_location(tempfile::tempdir().expect("tmp").keep())
         .start()
         .await
         .expect("start");
-    let producer = feed(servers, messages, Arc::clone(&written));
+    let producer = feed(servers, topics.raw.clone(), messages, Arc::clone(&written));
     while written.load(Ordering::Relaxed) < rows {
         if let Some(e) = query.exception() {
             panic!("the query failed: {e}");
@@ -124,13 +178,12 @@ async fn engine(messages: Arc<Vec<Vec<u8>>>, exactly_once: bool) -> (u64, u64) {
 }
 
 /// The passthrough: consume both partitions, produce each value unchanged, count acks.
-async fn passthrough(messages: Arc<Vec<Vec<u8>>>) -> u64 {
+async fn passthrough(messages: Arc<Vec<Vec<u8>>>, topics: Topics) -> u64 {
     let rows = messages.len() as u64;
-    let kafka =
-        EmbeddedKafka::with_topics(&[(RAW, PARTITIONS), (OUT, PARTITIONS)]).expect("broker");
-    let servers = kafka.bootstrap_servers().to_string();
+    let servers = topics.servers.clone();
+    let (raw, out) = (topics.raw.clone(), topics.out.clone());
     let done = Arc::new(AtomicU64::new(0));
-    let producer_thread = feed(servers.clone(), messages, Arc::clone(&done));
+    let producer_thread = feed(servers.clone(), raw.clone(), messages, Arc::clone(&done));
     let finished = Arc::new(AtomicBool::new(false));
     let worker = {
         let done = Arc::clone(&done);
@@ -143,7 +196,7 @@ async fn passthrough(messages: Arc<Vec<Vec<u8>>>) -> u64 {
                 .expect("consumer");
             let mut tpl = TopicPartitionList::new();
             for p in 0..PARTITIONS {
-                tpl.add_partition_offset(RAW, p, Offset::Beginning)
+                tpl.add_partition_offset(&raw, p, Offset::Beginning)
                     .expect("assign");
             }
             consumer.assign(&tpl).expect("assign");
@@ -152,7 +205,7 @@ async fn passthrough(messages: Arc<Vec<Vec<u8>>>) -> u64 {
             while sent < rows {
                 if let Some(Ok(m)) = consumer.poll(Duration::from_millis(10)) {
                     let mut record =
-                        BaseRecord::<[u8], [u8]>::to(OUT).payload(m.payload().unwrap_or_default());
+                        BaseRecord::<[u8], [u8]>::to(&out).payload(m.payload().unwrap_or_default());
                     if let Some(k) = m.key() {
                         record = record.key(k);
                     }
@@ -192,10 +245,12 @@ pub async fn run(rows: usize, reps: usize) -> Vec<Figure> {
     let messages = Arc::new(titanic_messages(rows));
     let mut samples: [Vec<Sample>; 2] = Default::default();
     for _ in 0..reps {
-        let ((n, _), s) = time_async(engine(Arc::clone(&messages), false)).await;
+        let topics = Topics::new(None).await;
+        let ((n, _), s) = time_async(engine(Arc::clone(&messages), false, topics)).await;
         assert_eq!(n, rows as u64);
         samples[0].push(s);
-        let (n, s) = time_async(passthrough(Arc::clone(&messages))).await;
+        let topics = Topics::new(None).await;
+        let (n, s) = time_async(passthrough(Arc::clone(&messages), topics)).await;
         assert_eq!(n, rows as u64);
         samples[1].push(s);
     }
@@ -232,14 +287,17 @@ pub async fn run(rows: usize, reps: usize) -> Vec<Figure> {
 }
 
 /// (i) The same enrichment into Kafka with the exactly-once sink (one transaction per
-/// micro-batch) against the at-least-once sink, interleaved, on the embedded broker.
+/// micro-batch) against the at-least-once sink, interleaved, on Apache Kafka when one is named
+/// (see the module docs), else on the embedded broker.
 pub async fn exactly_once(rows: usize, reps: usize) -> Vec<Figure> {
     let messages = Arc::new(titanic_messages(rows));
+    let external = external_kafka();
     let mut samples: [Vec<Sample>; 2] = Default::default();
     let mut batches = [0u64; 2];
     for _ in 0..reps {
         for (i, exactly_once) in [true, false].into_iter().enumerate() {
-            let ((n, b), s) = time_async(engine(Arc::clone(&messages), exactly_once)).await;
+            let topics = Topics::new(external.as_deref()).await;
+            let ((n, b), s) = time_async(engine(Arc::clone(&messages), exactly_once, topics)).await;
             assert_eq!(n, rows as u64);
             samples[i].push(s);
             batches[i] += b;
@@ -258,10 +316,14 @@ pub async fn exactly_once(rows: usize, reps: usize) -> Vec<Figure> {
     .at_least(0.8);
     figure.notes = format!(
         "{}; mean batch {} rows exactly-once, {} at-least-once (batches as the input producer \
-         keeps up, at most {AHEAD} records ahead); embedded mock broker",
+         keeps up, at most {AHEAD} records ahead); {}",
         figure.notes,
         per_batch(batches[0]),
-        per_batch(batches[1])
+        per_batch(batches[1]),
+        match &external {
+            Some(servers) => format!("Apache Kafka at {servers}"),
+            None => "embedded mock broker (set FLUMEN_BENCH_KAFKA for Apache Kafka)".into(),
+        }
     );
     vec![figure]
 }
