@@ -14,6 +14,18 @@
 #   scripts/kafka.sh stop          stop it (TERM, then KILL after a timeout) and
 #                                  remove the run dir. Idempotent.
 #   scripts/kafka.sh status        print whether it runs; exit 0 if it does, 1 if not.
+#   scripts/kafka.sh kill          crash it: SIGKILL, no controlled shutdown; the run
+#                                  dir (config, data, logs) is kept for `restart`.
+#                                  If it does not run, says so and exits 0.
+#   scripts/kafka.sh restart       start it again from the kept run dir: same
+#                                  server.properties (same ports), same data (no
+#                                  re-format; Kafka recovers its logs after a crash,
+#                                  within FLUMEN_KAFKA_START_TIMEOUT), wait until it
+#                                  answers and print its bootstrap address on stdout,
+#                                  as `start`. A broker still running is killed
+#                                  (SIGKILL) first. Fails if the run dir has no config.
+#                                  (`start` always begins afresh: it removes a
+#                                  leftover run dir, data included.)
 #
 # Needs only Java 17+ and Maven (Maven Central); no Kafka download, no Python.
 # The broker's jars are org.apache.kafka:kafka_2.13 with all its runtime
@@ -32,7 +44,7 @@
 #   MVN                         maven binary (default: mvn); MAVEN_OPTS is honoured,
 #                               e.g. MAVEN_OPTS=-Dmaven.repo.local=DIR
 #
-# One broker per run dir: `stop` and `status` read the pid file there.
+# One broker per run dir: `stop`, `status`, `kill` and `restart` read the pid file there.
 set -euo pipefail
 
 KAFKA_VERSION="${FLUMEN_KAFKA_VERSION:-4.4.0}"
@@ -57,7 +69,7 @@ log() { echo "kafka.sh: $*" >&2; }
 die() { log "$*"; exit 1; }
 
 usage() {
-    echo "usage: $0 start [PORT] | stop | status" >&2
+    echo "usage: $0 start [PORT] | stop | status | kill | restart" >&2
     exit 2
 }
 
@@ -294,6 +306,77 @@ logger.raftserver.level = INFO
 EOF
 }
 
+# Start the broker JVM on the run dir's server.properties (formatted data dir),
+# wait until it answers a Metadata request on 127.0.0.1:$2, then print its
+# address on stdout. Shared by `start` and `restart`.
+#   $1 java binary, $2 broker port, $3 controller port (for the log line),
+#   $4 words for the log line after "ready" ("" or " again (kept data)"),
+#   $5 $SECONDS when the work began (default: now).
+launch_broker() {
+    local java="$1" port="$2" cport="$3" what="$4" start="${5:-$SECONDS}"
+    local addr="127.0.0.1:$port" pid
+    # - stdin from /dev/null and output to a file: the JVM must not hold our stdout,
+    #   or `BOOT=$(scripts/kafka.sh start)` would never return.
+    # - nohup: survive the hangup when a CI step's shell exits.
+    # - append: after a crash, `restart` keeps what the killed broker printed.
+    # shellcheck disable=SC2086  # HEAP_OPTS is a list of JVM flags
+    nohup "$java" $HEAP_OPTS -XX:+ExitOnOutOfMemoryError -Djava.awt.headless=true \
+        -Dlog4j2.configurationFile="$RUN_DIR/log4j2.properties" \
+        -cp "$LIB_DIR/*" kafka.Kafka "$RUN_DIR/server.properties" \
+        </dev/null >>"$OUT_FILE" 2>&1 &
+    pid=$!
+    echo "$pid" >"$PID_FILE"
+    echo "$addr" >"$ADDR_FILE"
+
+    # START_TIMEOUT also bounds a restart after SIGKILL, when Kafka first recovers
+    # the logs that were not closed cleanly.
+    local deadline=$((SECONDS + START_TIMEOUT))
+    until metadata_ok "$port"; do
+        if ! kill -0 "$pid" 2>/dev/null; then
+            log "the broker exited during startup (run dir $RUN_DIR):"
+            show_logs
+            rm -f "$PID_FILE"
+            exit 1
+        fi
+        if ((SECONDS >= deadline)); then
+            log "not ready on $addr after ${START_TIMEOUT}s (run dir $RUN_DIR):"
+            show_logs
+            kill_pid "$pid"
+            rm -f "$PID_FILE"
+            exit 1
+        fi
+        sleep 0.3
+    done
+    log "Kafka $KAFKA_VERSION ready$what on $addr after $((SECONDS - start))s (pid $pid, controller 127.0.0.1:$cport, logs $RUN_DIR/logs)"
+    echo "$addr"
+}
+
+# True once pid $1 has exited: gone, or a zombie with no thread left running. (A
+# JVM's main thread can be a zombie while its other threads still exit and hold
+# its files and ports; those close before the last thread is released.)
+exited() {
+    local status
+    status="$(cat "/proc/$1/status" 2>/dev/null)" || return 0
+    [[ -n "$status" ]] || return 0
+    grep -Eq '^State:[[:space:]]*[ZX]' <<<"$status" && grep -Eq '^Threads:[[:space:]]*1$' <<<"$status"
+}
+
+# SIGKILL pid $1 (a crash: no controlled shutdown, no flush) and wait until it is gone.
+crash_pid() {
+    local pid="$1" i
+    kill -KILL "$pid" 2>/dev/null || return 0
+    for ((i = 0; i < 100; i++)); do
+        exited "$pid" && return 0
+        sleep 0.1
+    done
+    die "pid $pid is still alive 10s after SIGKILL"
+}
+
+# The port of listener $1 (PLAINTEXT or CONTROLLER) in the run dir's server.properties.
+config_port() {
+    sed -E -n "s#^listeners=.*$1://[^,]*:([0-9]+).*#\1#p" "$RUN_DIR/server.properties"
+}
+
 cmd_start() {
     local want_port="${1:-}"
     if [[ -n "$want_port" ]]; then
@@ -333,16 +416,15 @@ cmd_start() {
         port="$(free_port "$DEFAULT_PORT")"
     fi
     cport="$(free_port $((port + 1)) "$port")"
-    addr="127.0.0.1:$port"
 
     mkdir -p "$RUN_DIR/data" "$RUN_DIR/logs"
     : >"$MARKER"
     write_config "$port" "$cport"
 
-    local cp="$LIB_DIR/*" id start=$SECONDS
+    local id start=$SECONDS
     id="$(cluster_id)"
     # shellcheck disable=SC2086  # HEAP_OPTS is a list of JVM flags
-    if ! "$java" $HEAP_OPTS -Dlog4j2.configurationFile="$RUN_DIR/log4j2.properties" -cp "$cp" \
+    if ! "$java" $HEAP_OPTS -Dlog4j2.configurationFile="$RUN_DIR/log4j2.properties" -cp "$LIB_DIR/*" \
         kafka.tools.StorageTool format --standalone -t "$id" -c "$RUN_DIR/server.properties" \
         >"$RUN_DIR/logs/format.log" 2>&1; then
         log "formatting $RUN_DIR/data failed:"
@@ -350,37 +432,7 @@ cmd_start() {
         exit 1
     fi
 
-    # - stdin from /dev/null and output to a file: the JVM must not hold our stdout,
-    #   or `BOOT=$(scripts/kafka.sh start)` would never return.
-    # - nohup: survive the hangup when a CI step's shell exits.
-    # shellcheck disable=SC2086  # HEAP_OPTS is a list of JVM flags
-    nohup "$java" $HEAP_OPTS -XX:+ExitOnOutOfMemoryError -Djava.awt.headless=true \
-        -Dlog4j2.configurationFile="$RUN_DIR/log4j2.properties" \
-        -cp "$cp" kafka.Kafka "$RUN_DIR/server.properties" \
-        </dev/null >"$OUT_FILE" 2>&1 &
-    pid=$!
-    echo "$pid" >"$PID_FILE"
-    echo "$addr" >"$ADDR_FILE"
-
-    local deadline=$((SECONDS + START_TIMEOUT))
-    until metadata_ok "$port"; do
-        if ! kill -0 "$pid" 2>/dev/null; then
-            log "the broker exited during startup (run dir $RUN_DIR):"
-            show_logs
-            rm -f "$PID_FILE"
-            exit 1
-        fi
-        if ((SECONDS >= deadline)); then
-            log "not ready on $addr after ${START_TIMEOUT}s (run dir $RUN_DIR):"
-            show_logs
-            kill_pid "$pid"
-            rm -f "$PID_FILE"
-            exit 1
-        fi
-        sleep 0.3
-    done
-    log "Kafka $KAFKA_VERSION ready on $addr after $((SECONDS - start))s (pid $pid, controller 127.0.0.1:$cport, logs $RUN_DIR/logs)"
-    echo "$addr"
+    launch_broker "$java" "$port" "$cport" "" "$start"
 }
 
 cmd_stop() {
@@ -410,9 +462,55 @@ cmd_status() {
     return 1
 }
 
+cmd_kill() {
+    local pid
+    if pid="$(running_pid)"; then
+        crash_pid "$pid"
+        rm -f "$PID_FILE"
+        log "killed pid $pid with SIGKILL; run dir $RUN_DIR kept ('$0 restart' starts it again on the same data)"
+    else
+        log "not running"
+    fi
+}
+
+cmd_restart() {
+    local config="$RUN_DIR/server.properties"
+    [[ -f "$config" && -f "$MARKER" ]] \
+        || die "no broker config in $RUN_DIR (no server.properties made by kafka.sh); use '$0 start'"
+    [[ -f "$RUN_DIR/data/meta.properties" ]] \
+        || die "$RUN_DIR/data is not a formatted KRaft log dir; use '$0 start'"
+    local port cport pid
+    port="$(config_port PLAINTEXT)"
+    cport="$(config_port CONTROLLER)"
+    [[ "$port" =~ ^[0-9]+$ && "$cport" =~ ^[0-9]+$ ]] || die "cannot read the listener ports from $config"
+
+    if pid="$(running_pid)"; then
+        log "pid $pid still runs; killing it (SIGKILL) first"
+        crash_pid "$pid"
+    fi
+    rm -f "$PID_FILE"
+    # The same ports as before: something else there would answer the readiness
+    # probe, or make the broker fail to bind.
+    local p i
+    for p in "$port" "$cport"; do
+        for ((i = 0; i < 20; i++)); do
+            port_open "$p" || continue 2
+            sleep 0.25
+        done
+        die "127.0.0.1:$p (from $config) is in use by another process"
+    done
+    local java
+    java="$(java_bin)"
+    check_java "$java"
+    fetch_kafka
+    launch_broker "$java" "$port" "$cport" " again (kept data)"
+}
+
 case "${1:-}" in
     start)  [[ $# -le 2 ]] || usage; cmd_start "${2:-}" ;;
     stop)   [[ $# -eq 1 ]] || usage; cmd_stop ;;
     status) [[ $# -eq 1 ]] || usage; cmd_status ;;
+    kill)   [[ $# -eq 1 ]] || usage; cmd_kill ;;
+    restart) [[ $# -eq 1 ]] || usage; cmd_restart ;;
     *)      usage ;;
 esac
