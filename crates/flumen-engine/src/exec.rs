@@ -56,6 +56,15 @@ pub(crate) struct Execution {
     /// Whether a batch without new data should run next (the watermark moved and a stateful
     /// operator has state to evict or emit).
     pub run_no_data_batch: bool,
+    /// Where rows the stateful operators drop as late go, if anywhere.
+    pub late_rows: Option<LateRowsOutput>,
+}
+
+/// The side output of late rows: a sink and the rows' schema
+/// ([`crate::stateful::late::late_rows_schema`]).
+pub(crate) struct LateRowsOutput {
+    pub sink: Box<dyn StreamSink>,
+    pub schema: datafusion::arrow::datatypes::SchemaRef,
 }
 
 /// Timings of one trigger, by Spark's phase names.
@@ -130,13 +139,15 @@ impl Execution {
         let source = Arc::clone(&self.plan.source);
         let mut reader = source.open().await?;
         let last_committed_batch = self.checkpoint.latest_commit()?.map(|(n, _)| n);
-        self.sink
-            .open(&SinkContext::new(
-                self.shared.id.to_string(),
-                self.shared.run_id.to_string(),
-                last_committed_batch,
-            ))
-            .await?;
+        let context = SinkContext::new(
+            self.shared.id.to_string(),
+            self.shared.run_id.to_string(),
+            last_committed_batch,
+        );
+        self.sink.open(&context).await?;
+        if let Some(late) = &mut self.late_rows {
+            late.sink.open(&context).await?;
+        }
 
         // Recover: where does the next batch start, and is there an uncommitted batch to re-run?
         let mut start: SourceOffset;
@@ -449,6 +460,22 @@ impl Execution {
                 )?;
             }
             failpoint::check("after-state-commit", batch_id);
+            // Late rows first: a crash before `commits/N` re-runs the batch, which drops the
+            // same rows again, so the side output gets them with the same batch id.
+            if let Some(late) = &mut self.late_rows {
+                let mut rows = Vec::new();
+                for operator in &self.plan.operators {
+                    let name = operator.progress().operator_name;
+                    rows.extend(
+                        operator
+                            .late_rows()
+                            .take(&late.schema, &name, watermark_ms)?,
+                    );
+                }
+                late.sink
+                    .add_batch(batch_id, &late.schema, rows, OutputMode::Append)
+                    .await?;
+            }
             self.sink
                 .add_batch(batch_id, &self.plan.output_schema, output, self.mode)
                 .await?;

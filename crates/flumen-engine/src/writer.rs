@@ -11,7 +11,7 @@ use datafusion::dataframe::DataFrame;
 
 use crate::checkpoint::{Checkpoint, STATE_PARTITIONS_CONF, StateLayout};
 use crate::error::{FlumenError, Result};
-use crate::exec::Execution;
+use crate::exec::{Execution, LateRowsOutput};
 use crate::frame::StreamFrame;
 use crate::modes::{OutputMode, Trigger};
 use crate::options::Options;
@@ -20,9 +20,16 @@ use crate::query::StreamingQuery;
 use crate::query_shared::QueryShared;
 use crate::sink::console::SharedWriter;
 use crate::sink::{ConsoleOptions, ConsoleSink, ForeachBatchSink, MemorySink, StreamSink};
+use crate::stateful::late::late_rows_schema;
 
 type SinkFactory =
     Box<dyn FnOnce(&StreamFrame, &SchemaRef, &Options) -> Result<Box<dyn StreamSink>> + Send>;
+
+/// Where late rows go (see [`DataStreamWriter::late_rows_to_memory`]).
+enum LateRowsChoice {
+    Memory(String),
+    Factory(SinkFactory),
+}
 
 enum SinkChoice {
     None,
@@ -98,6 +105,7 @@ pub struct DataStreamWriter {
     trigger: Trigger,
     query_name: Option<String>,
     sink: SinkChoice,
+    late_rows: Option<LateRowsChoice>,
     error: Option<FlumenError>,
 }
 
@@ -121,6 +129,7 @@ impl DataStreamWriter {
             trigger: Trigger::default(),
             query_name: None,
             sink: SinkChoice::None,
+            late_rows: None,
             error: None,
         }
     }
@@ -365,6 +374,89 @@ impl DataStreamWriter {
         self
     }
 
+    /// Keeps the rows the query's stateful operator drops as late (behind the watermark) in the
+    /// memory table `table` instead of losing them: each holds the operator's input columns
+    /// (the columns the aggregation or deduplication reads), `late_operator` (the operator's
+    /// name in progress reports: `stateStoreSave`, `dedupe`, `dedupeWithinWatermark`) and
+    /// `late_watermark` (the watermark the row missed). A re-run batch adds its late rows once.
+    /// Spark has no such output: late rows are only counted (`numRowsDroppedByWatermark`).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+    /// # async fn main() -> flumen_engine::Result<()> {
+    /// use std::sync::Arc;
+    /// use flumen_engine::datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray, TimestampMillisecondArray};
+    /// use flumen_engine::prelude::*;
+    ///
+    /// let session = StreamSession::new();
+    /// let events = |words: Vec<&str>, seconds: Vec<i64>| {
+    ///     let times: Vec<i64> = seconds.iter().map(|s| s * 1000).collect();
+    ///     RecordBatch::try_from_iter([
+    ///         ("word", Arc::new(StringArray::from(words)) as ArrayRef),
+    ///         ("time", Arc::new(TimestampMillisecondArray::from(times)) as ArrayRef),
+    ///     ])
+    /// };
+    /// let input = Arc::new(MemoryStream::new("events", events(vec![], vec![])?.schema()));
+    /// let query = session
+    ///     .stream(input.clone())?
+    ///     .with_watermark("time", "10 seconds")?
+    ///     .group_by([window(col("time"), "10 seconds"), col("word")])
+    ///     .count()?
+    ///     .write_stream()
+    ///     .output_mode(OutputMode::Update)
+    ///     .memory()
+    ///     .query_name("counts")
+    ///     .late_rows_to_memory("late_words")
+    ///     .start()
+    ///     .await?;
+    /// input.add_batch(events(vec!["owl"], vec![100])?)?; // the watermark moves to 90 s
+    /// query.process_all_available().await?;
+    /// input.add_batch(events(vec!["dog"], vec![5])?)?; // its window ended long before 90 s
+    /// query.process_all_available().await?;
+    /// let late = session.sql("SELECT word, late_operator, CAST(late_watermark AS STRING) AS missed FROM late_words").await?.collect().await?;
+    /// let text = flumen_engine::datafusion::arrow::util::pretty::pretty_format_batches(&late)?.to_string();
+    /// assert!(text.contains("| dog  | stateStoreSave | 1970-01-01T00:01:30Z |"), "{text}");
+    /// query.stop().await?;
+    /// # Ok(()) }
+    /// ```
+    #[must_use]
+    pub fn late_rows_to_memory(mut self, table: impl Into<String>) -> Self {
+        self.late_rows = Some(LateRowsChoice::Memory(table.into()));
+        self
+    }
+
+    /// Hands the rows the stateful operator drops as late (see [`Self::late_rows_to_memory`]
+    /// for their columns) to `f` with the batch's id, as a DataFrame, once per batch (also
+    /// when there are none). A re-run batch calls it again with the same id.
+    #[must_use]
+    pub fn late_rows_foreach_batch<F, Fut>(mut self, f: F) -> Self
+    where
+        F: FnMut(DataFrame, u64) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<()>> + Send + 'static,
+    {
+        self.late_rows = Some(LateRowsChoice::Factory(Box::new(move |frame, _, _| {
+            Ok(Box::new(ForeachBatchSink::new(
+                frame.session().context().clone(),
+                f,
+            )))
+        })));
+        self
+    }
+
+    /// Sends the rows the stateful operator drops as late to a sink built at `start()` from
+    /// the frame, the late rows' schema and the query's options (how connectors offer a late
+    /// rows output, e.g. a Kafka topic).
+    #[must_use]
+    pub fn late_rows_sink_factory(
+        mut self,
+        factory: impl FnOnce(&StreamFrame, &SchemaRef, &Options) -> Result<Box<dyn StreamSink>>
+        + Send
+        + 'static,
+    ) -> Self {
+        self.late_rows = Some(LateRowsChoice::Factory(Box::new(factory)));
+        self
+    }
+
     /// Starts the query: checks and plans it, opens the checkpoint, and runs micro-batches in a
     /// background task. Errors in the query's shape, options or checkpoint are reported here.
     ///
@@ -446,6 +538,35 @@ impl DataStreamWriter {
             SinkChoice::Factory(factory) => factory(&self.frame, &schema, &self.options)?,
         };
         sink.validate(&schema, mode)?;
+        let late_rows = match self.late_rows {
+            None => None,
+            Some(choice) => {
+                let Some(operator) = plan.operators.first() else {
+                    return Err(FlumenError::invalid_option(
+                        "lateRows",
+                        "a late rows output needs a stateful operator (an aggregation or dropDuplicates) with a watermark; this query has none",
+                    ));
+                };
+                let late_schema = late_rows_schema(&operator.input_schema())?;
+                let late_sink: Box<dyn StreamSink> = match choice {
+                    LateRowsChoice::Memory(table) => Box::new(
+                        MemorySink::register(session.context(), &table, Arc::clone(&late_schema))
+                            .await?,
+                    ),
+                    LateRowsChoice::Factory(factory) => {
+                        factory(&self.frame, &late_schema, &self.options)?
+                    }
+                };
+                late_sink.validate(&late_schema, OutputMode::Append)?;
+                for operator in &plan.operators {
+                    operator.late_rows().set_capturing(true);
+                }
+                Some(LateRowsOutput {
+                    sink: late_sink,
+                    schema: late_schema,
+                })
+            }
+        };
 
         let checkpoint = match self.options.get("checkpointLocation") {
             Some(path) => Checkpoint::open(path)?,
@@ -502,6 +623,7 @@ impl DataStreamWriter {
             watermark_idle_timeout,
             tracker: None,
             run_no_data_batch: false,
+            late_rows,
         };
         let query = StreamingQuery {
             shared: Arc::clone(&shared),

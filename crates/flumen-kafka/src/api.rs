@@ -599,6 +599,21 @@ impl KafkaStreamWriter {
         self
     }
 
+    /// Writes the rows the query's stateful operator drops as late (behind the watermark) to
+    /// `topic`, each as one JSON object in a record's value: the operator's input columns,
+    /// `late_operator` and `late_watermark` (see
+    /// [`DataStreamWriter::late_rows_to_memory`]). Same brokers and `kafka.*` options as the
+    /// query's output; exactly-once when the output is.
+    pub fn late_rows_to_kafka(mut self, topic: impl Into<String>) -> Self {
+        let topic = topic.into();
+        self.writer = self.writer.late_rows_sink_factory(move |_, _, options| {
+            Ok(Box::new(crate::late::LateRowsToKafka::new(
+                &topic, options,
+            )?))
+        });
+        self
+    }
+
     /// See [`DataStreamWriter::trigger`].
     pub fn trigger(mut self, trigger: Trigger) -> Self {
         self.writer = self.writer.trigger(trigger);

@@ -36,6 +36,7 @@ mod api;
 mod batch;
 mod broker;
 mod consumer;
+mod late;
 pub mod offsets;
 pub mod options;
 pub mod schema;
@@ -48,6 +49,7 @@ pub use api::{
     KafkaStreamReader, KafkaStreamWriter, KafkaWriteStreamExt,
 };
 pub use broker::EmbeddedKafka;
+pub use late::LateRowsToKafka;
 pub use options::{EndingOffsets, SourceConfig, StartingOffsets, Subscription};
 pub use schema::kafka_schema;
 pub use sink::KafkaSink;

@@ -30,6 +30,7 @@ use datafusion::physical_plan::{
     SendableRecordBatchStream,
 };
 
+use super::late::LateRows;
 use super::partitions::{self, for_each_partition};
 use super::store::StateStore;
 use super::windows::event_time_micros;
@@ -112,6 +113,8 @@ struct Core {
     value_schema: SchemaRef,
     /// One state per key partition.
     state: Mutex<Vec<OperatorState>>,
+    /// Input rows dropped as late, kept for a side output.
+    late: LateRows,
 }
 
 /// The physical operator.
@@ -188,6 +191,7 @@ impl DedupExec {
             key_schema,
             value_schema,
             state: Mutex::new(Vec::new()),
+            late: LateRows::default(),
         };
         core.set_partitions(1)?;
         Ok(Self {
@@ -270,12 +274,14 @@ impl Core {
         let count = states.len();
         let mut routed = vec![Vec::new(); count];
         let mut dropped = 0u64;
+        let mut late = vec![false; batch.num_rows()];
         for i in 0..batch.num_rows() {
             if let Some(times) = &times
                 && times.is_valid(i)
                 && times.value(i) <= watermark_us
             {
                 dropped += 1;
+                late[i] = true;
                 continue;
             }
             routed[partitions::partition_of(rows.row(i).data(), count)].push(i as u32);
@@ -287,6 +293,9 @@ impl Core {
         let kept = for_each_partition(&mut states, routed, batch.num_rows() + stored, work)?;
         if let Some(first) = states.first_mut() {
             first.metrics.num_rows_dropped_by_watermark = dropped;
+        }
+        if dropped > 0 {
+            self.late.record(&batch, &BooleanArray::from(late))?;
         }
         account_partitions(states.iter_mut(), ctx, "deduplication")?;
         let mut keep = vec![false; batch.num_rows()];
@@ -377,6 +386,7 @@ impl StatefulOperator for DedupHandle {
     }
 
     fn begin_batch(&self, watermark_ms: i64) {
+        self.0.late.clear();
         if let Ok(mut states) = self.0.state.lock() {
             for state in states.iter_mut() {
                 state.begin_batch(watermark_ms);
@@ -400,6 +410,14 @@ impl StatefulOperator for DedupHandle {
 
     fn wants_batch_for_watermark(&self, current_ms: i64, next_ms: i64) -> bool {
         self.0.event.is_some() && next_ms > current_ms
+    }
+
+    fn input_schema(&self) -> SchemaRef {
+        Arc::clone(&self.0.input_schema)
+    }
+
+    fn late_rows(&self) -> &LateRows {
+        &self.0.late
     }
 }
 

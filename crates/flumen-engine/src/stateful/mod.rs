@@ -9,6 +9,7 @@
 pub(crate) mod aggregate;
 mod concat;
 pub(crate) mod dedup;
+pub mod late;
 mod partitions;
 pub(crate) mod planner;
 pub(crate) mod store;
@@ -141,6 +142,10 @@ pub(crate) trait StatefulOperator: Send + Sync {
     /// Whether a batch without new data should run because the watermark moved from
     /// `current` to `next` (Spark's `shouldRunAnotherBatch`).
     fn wants_batch_for_watermark(&self, current_ms: i64, next_ms: i64) -> bool;
+    /// The schema of the rows the operator reads: what a late row holds.
+    fn input_schema(&self) -> SchemaRef;
+    /// The late rows the operator records (see [`late`]).
+    fn late_rows(&self) -> &late::LateRows;
 }
 
 /// What every stateful operator keeps between batches besides its own extras: its store, the

@@ -49,6 +49,7 @@ use datafusion::physical_plan::{
     SendableRecordBatchStream,
 };
 
+use super::late::{LateRows, rows_with_every_entry_dropped};
 use super::partitions::{self, for_each_partition};
 use super::store::{Loc, StateStore};
 use super::windows::{WindowExpr, WindowKind, as_window_expr, event_time_micros, window_structs};
@@ -129,6 +130,10 @@ struct Core {
     mode: OutputMode,
     /// One state per key partition.
     state: Mutex<Vec<AggregateState>>,
+    /// The rows the operator reads.
+    input_schema: SchemaRef,
+    /// Input rows dropped as late, kept for a side output.
+    late: LateRows,
 }
 
 /// The evaluated input rows of one key partition.
@@ -284,6 +289,8 @@ impl StatefulAggregateExec {
             event,
             mode,
             state: Mutex::new(Vec::new()),
+            input_schema: input.schema(),
+            late: LateRows::default(),
         };
         core.set_partitions(1)?;
         Ok(Arc::new(Self {
@@ -409,6 +416,8 @@ impl Core {
             .map(|f| f.as_ref().map(|f| evaluate(f, batch)).transpose())
             .collect::<DFResult<_>>()?;
 
+        // The input row of each evaluated row, when windows made them differ.
+        let mut entry_rows: Option<Vec<u32>> = None;
         if let Some((wi, w)) = &self.window {
             // Windows: one output row per (row, window); rows without event time have none.
             let times = event_time_micros(&keys[*wi])?;
@@ -434,6 +443,9 @@ impl Core {
             let identity =
                 indices.len() == rows && indices.iter().enumerate().all(|(i, &r)| r as usize == i);
             if !identity {
+                if self.late.capturing() {
+                    entry_rows = Some(indices.clone());
+                }
                 let indices = UInt32Array::from(indices);
                 let pick = |a: &ArrayRef| -> Result<ArrayRef> { Ok(take(a, &indices, None)?) };
                 for (i, key) in keys.iter_mut().enumerate() {
@@ -471,6 +483,13 @@ impl Core {
                 .collect();
             dropped = keep.false_count() as u64;
             if dropped > 0 {
+                if self.late.capturing() {
+                    let late = match &entry_rows {
+                        Some(entry_rows) => rows_with_every_entry_dropped(rows, entry_rows, &keep),
+                        None => datafusion::arrow::compute::not(&keep)?,
+                    };
+                    self.late.record(batch, &late)?;
+                }
                 let pick = |a: &ArrayRef| -> Result<ArrayRef> { Ok(filter(a, &keep)?) };
                 for key in keys.iter_mut() {
                     *key = pick(key)?;
@@ -778,6 +797,7 @@ impl StatefulOperator for AggregateHandle {
     }
 
     fn begin_batch(&self, watermark_ms: i64) {
+        self.0.late.clear();
         if let Ok(mut states) = self.0.state.lock() {
             for state in states.iter_mut() {
                 state.op.begin_batch(watermark_ms);
@@ -801,6 +821,14 @@ impl StatefulOperator for AggregateHandle {
 
     fn wants_batch_for_watermark(&self, current_ms: i64, next_ms: i64) -> bool {
         self.0.event.is_some() && self.0.mode != OutputMode::Complete && next_ms > current_ms
+    }
+
+    fn input_schema(&self) -> SchemaRef {
+        Arc::clone(&self.0.input_schema)
+    }
+
+    fn late_rows(&self) -> &LateRows {
+        &self.0.late
     }
 }
 
