@@ -274,14 +274,17 @@ impl Core {
         let count = states.len();
         let mut routed = vec![Vec::new(); count];
         let mut dropped = 0u64;
-        let mut late = vec![false; batch.num_rows()];
+        let capturing = self.late.capturing();
+        let mut late = vec![false; if capturing { batch.num_rows() } else { 0 }];
         for i in 0..batch.num_rows() {
             if let Some(times) = &times
                 && times.is_valid(i)
                 && times.value(i) <= watermark_us
             {
                 dropped += 1;
-                late[i] = true;
+                if capturing {
+                    late[i] = true;
+                }
                 continue;
             }
             routed[partitions::partition_of(rows.row(i).data(), count)].push(i as u32);
@@ -294,7 +297,7 @@ impl Core {
         if let Some(first) = states.first_mut() {
             first.metrics.num_rows_dropped_by_watermark = dropped;
         }
-        if dropped > 0 {
+        if capturing && dropped > 0 {
             self.late.record(&batch, &BooleanArray::from(late))?;
         }
         account_partitions(states.iter_mut(), ctx, "deduplication")?;
