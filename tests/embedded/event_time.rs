@@ -833,10 +833,20 @@ async fn unsupported_combinations_fail_at_start_with_sparks_messages() {
         .group_by([col("word")])
         .count()
         .unwrap();
+    assert!(message(twice, OutputMode::Update).await.contains(
+        "Multiple stateful operators in one query are supported only in Append output mode"
+    ));
+    let counts_of_counts = stream()
+        .group_by([col("word")])
+        .count()
+        .unwrap()
+        .group_by([col("count")])
+        .agg([count(lit(1)).alias("words")])
+        .unwrap();
     assert!(
-        message(twice, OutputMode::Update)
+        message(counts_of_counts, OutputMode::Append)
             .await
-            .contains("one stateful operator per query")
+            .contains("only as a deduplication feeding an aggregation, and this query has 2 (Aggregate, Aggregate")
     );
     let err = stream()
         .with_watermark("word", "1 minute")
@@ -848,4 +858,109 @@ async fn unsupported_combinations_fail_at_start_with_sparks_messages() {
         ),
         "{err}"
     );
+}
+
+/// [`GUIDE`] with events sent twice (an at-least-once producer's retries): `dog` 12:07 again
+/// in the second batch, `owl` 12:21 again in the fourth.
+const GUIDE_WITH_DUPLICATES: &[&[(&str, i64)]] = &[
+    &[("dog", 7), ("owl", 8)],
+    &[("dog", 14), ("cat", 9), ("dog", 7)],
+    &[("owl", 21)],
+    &[("donkey", 5), ("cat", 16), ("owl", 21)],
+    &[("fox", 35)],
+];
+
+/// Deduplicates events (same word, same time), then counts per window and word.
+fn deduplicated_counts(frame: StreamFrame) -> flumen::Result<StreamFrame> {
+    frame
+        .with_watermark("ts", "10 minutes")?
+        .drop_duplicates(&["word", "ts"])?
+        .group_by([window(col("ts"), "10 minutes"), col("word")])
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deduplication_feeding_a_windowed_count_counts_each_event_once() {
+    let run = run(
+        deduplicated_counts,
+        OutputMode::Append,
+        GUIDE_WITH_DUPLICATES,
+        None,
+        fresh(),
+    )
+    .await
+    .unwrap();
+    // The same windows and counts as the guide without its duplicates.
+    assert_eq!(
+        run.non_empty(),
+        vec![
+            vec![
+                "12:00-12:10 cat 1",
+                "12:00-12:10 dog 1",
+                "12:00-12:10 owl 1"
+            ],
+            vec!["12:10-12:20 cat 1", "12:10-12:20 dog 1"],
+        ]
+    );
+    let last = run.progress.last().unwrap();
+    let names: Vec<&str> = last
+        .state_operators
+        .iter()
+        .map(|s| s.operator_name.as_str())
+        .collect();
+    assert_eq!(names, ["stateStoreSave", "dedupe"]);
+    // donkey is dropped by the deduplication, the first operator to see it.
+    let dropped: Vec<u64> = (0..2)
+        .map(|i| {
+            run.progress
+                .iter()
+                .map(|p| p.state_operators[i].num_rows_dropped_by_watermark)
+                .sum()
+        })
+        .collect();
+    assert_eq!(dropped, [0, 1]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chained_query_restarted_anywhere_equals_an_uninterrupted_run() {
+    let straight = run(
+        deduplicated_counts,
+        OutputMode::Append,
+        GUIDE_WITH_DUPLICATES,
+        None,
+        fresh(),
+    )
+    .await
+    .unwrap();
+    for cut in 1..GUIDE_WITH_DUPLICATES.len() {
+        let checkpoint = temp_dir();
+        let outputs = fresh();
+        run(
+            deduplicated_counts,
+            OutputMode::Append,
+            &GUIDE_WITH_DUPLICATES[..cut],
+            Some(checkpoint.path()),
+            Arc::clone(&outputs),
+        )
+        .await
+        .unwrap();
+        // Both operators keep their state: state/0 the count, state/1 the seen events.
+        for operator in ["0", "1"] {
+            assert!(checkpoint.path().join("state").join(operator).is_dir());
+        }
+        let resumed = run_from(
+            deduplicated_counts,
+            OutputMode::Append,
+            GUIDE_WITH_DUPLICATES,
+            cut,
+            Some(checkpoint.path()),
+            outputs,
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            resumed.outputs, straight.outputs,
+            "restarted after {cut} batches"
+        );
+    }
 }

@@ -324,3 +324,30 @@ async fn a_late_rows_output_needs_a_stateful_operator() {
         "{error}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_chain_the_operator_nearest_the_source_reports_its_late_rows() {
+    let session = StreamSession::new();
+    let chain = |frame: StreamFrame| {
+        frame
+            .with_watermark("ts", "10 minutes")?
+            .drop_duplicates(&["word", "ts"])?
+            .group_by([window(col("ts"), "10 minutes"), col("word")])
+            .count()
+    };
+    feed(&session, GUIDE, chain, |w| {
+        w.output_mode(OutputMode::Append)
+            .memory()
+            .query_name("counts")
+            .late_rows_to_memory("late_events")
+    })
+    .await;
+    assert_eq!(
+        sql_table(&session, LATE_SQL).await,
+        "+--------+---------------------+---------------+----------------------+\n\
+         | word   | ts                  | late_operator | missed               |\n\
+         +--------+---------------------+---------------+----------------------+\n\
+         | donkey | 2026-11-24T12:05:00 | dedupe        | 2026-11-24T12:11:00Z |\n\
+         +--------+---------------------+---------------+----------------------+"
+    );
+}

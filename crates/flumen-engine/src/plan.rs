@@ -315,13 +315,7 @@ pub(crate) fn check_supported(plan: &LogicalPlan, mode: OutputMode) -> Result<()
         );
     }
     let stateful = stateful_nodes(plan);
-    if stateful.len() > 1 {
-        unsupported!(
-            "Flumen runs one stateful operator per query, and this query has {} ({}); split it into queries connected by a Kafka topic",
-            stateful.len(),
-            stateful.join(", ")
-        );
-    }
+    check_chained_stateful_operators(&stateful, mode)?;
     let aggregated = stateful.iter().any(|s| s == "Aggregate");
     if mode == OutputMode::Complete && !aggregated {
         unsupported!(
@@ -449,6 +443,39 @@ fn check_join(left: bool, right: bool, join_type: JoinType) -> Option<String> {
 }
 
 /// Names of the stateful operations over a stream in `plan`.
+/// Which stateful operators may follow each other in one query (`stateful` from the output
+/// towards the source). Spark (3.4+) runs chains of stateful operators in append mode only;
+/// Flumen runs the chain whose watermark semantics need no per-operator watermarks: a
+/// deduplication feeding an aggregation (the rows a deduplication passes keep their event
+/// time, so the query's watermark applies unchanged to the aggregation).
+fn check_chained_stateful_operators(stateful: &[String], mode: OutputMode) -> Result<()> {
+    if stateful.len() <= 1 {
+        return Ok(());
+    }
+    let is_dedup = |name: &str| {
+        matches!(
+            name,
+            "Deduplicate" | "DeduplicateWithinWatermark" | "Distinct"
+        )
+    };
+    let supported_chain =
+        stateful.len() == 2 && stateful[0] == "Aggregate" && is_dedup(&stateful[1]);
+    if !supported_chain {
+        unsupported!(
+            "Flumen runs several stateful operators in one query only as a deduplication feeding an aggregation, and this query has {} ({}, from the output to the source); split it into queries connected by a Kafka topic",
+            stateful.len(),
+            stateful.join(", ")
+        );
+    }
+    if mode != OutputMode::Append {
+        unsupported!(
+            "Multiple stateful operators in one query are supported only in Append output mode (this query has {} in {mode:?} mode); use append, or split it into queries connected by a Kafka topic",
+            stateful.join(", ")
+        );
+    }
+    Ok(())
+}
+
 fn stateful_nodes(plan: &LogicalPlan) -> Vec<String> {
     let mut found = Vec::new();
     let _ = plan.apply_with_subqueries(|node| {
@@ -657,9 +684,9 @@ pub(crate) async fn plan_query(
     let projection = find_input(&physical).and_then(|i| i.projection().map(<[usize]>::to_vec));
     let output_schema = physical.schema();
     let (operators, stats) = stateful_parts(&physical);
-    if operators.len() > 1 {
+    if operators.len() > 2 {
         unsupported!(
-            "Flumen runs one stateful operator per query, and this query has {}; split it into queries connected by a Kafka topic",
+            "Flumen runs at most two stateful operators per query (a deduplication feeding an aggregation), and this query has {}; split it into queries connected by a Kafka topic",
             operators.len()
         );
     }
@@ -727,7 +754,8 @@ fn make_stateful(
             return Ok(Transformed::no(node));
         };
         match replaced {
-            Ok(new) => Ok(Transformed::new(new, true, TreeNodeRecursion::Jump)),
+            // Continue below: a deduplication may feed the aggregation just replaced.
+            Ok(new) => Ok(Transformed::new(new, true, TreeNodeRecursion::Continue)),
             Err(e) => {
                 error = Some(e);
                 Ok(Transformed::new(node, false, TreeNodeRecursion::Stop))

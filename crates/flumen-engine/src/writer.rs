@@ -541,7 +541,8 @@ impl DataStreamWriter {
         let late_rows = match self.late_rows {
             None => None,
             Some(choice) => {
-                let Some(operator) = plan.operators.first() else {
+                // The operator nearest the source (the last found from the output down).
+                let Some(operator) = plan.operators.last() else {
                     return Err(FlumenError::invalid_option(
                         "lateRows",
                         "a late rows output needs a stateful operator (an aggregation or dropDuplicates) with a watermark; this query has none",

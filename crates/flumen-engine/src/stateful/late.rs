@@ -12,7 +12,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use datafusion::arrow::array::TimestampMillisecondArray;
-use datafusion::arrow::array::{ArrayRef, BooleanArray, RecordBatch, StringArray};
+use datafusion::arrow::array::{ArrayRef, BooleanArray, RecordBatch, StringArray, new_null_array};
 use datafusion::arrow::compute::filter_record_batch;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 
@@ -25,7 +25,8 @@ pub const LATE_OPERATOR_COLUMN: &str = "late_operator";
 /// The column of a late row that holds the watermark it missed (a UTC timestamp, ms).
 pub const LATE_WATERMARK_COLUMN: &str = "late_watermark";
 
-/// The schema of the late rows of an operator that reads `input`: its columns, then
+/// The schema of the late rows of an operator that reads `input` (in a chain, the operator
+/// nearest the source, which sees every column): its columns, then
 /// [`LATE_OPERATOR_COLUMN`] and [`LATE_WATERMARK_COLUMN`].
 pub fn late_rows_schema(input: &Schema) -> Result<SchemaRef> {
     for name in [LATE_OPERATOR_COLUMN, LATE_WATERMARK_COLUMN] {
@@ -38,7 +39,11 @@ pub fn late_rows_schema(input: &Schema) -> Result<SchemaRef> {
             ));
         }
     }
-    let mut fields: Vec<Field> = input.fields().iter().map(|f| f.as_ref().clone()).collect();
+    let mut fields: Vec<Field> = input
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone().with_nullable(true))
+        .collect();
     fields.push(Field::new(LATE_OPERATOR_COLUMN, DataType::Utf8, false));
     fields.push(Field::new(
         LATE_WATERMARK_COLUMN,
@@ -92,11 +97,22 @@ impl LateRows {
         watermark_ms: i64,
     ) -> Result<Vec<RecordBatch>> {
         let taken = std::mem::take(&mut *self.lock()?);
+        let input_fields = schema.fields().len().saturating_sub(2);
         taken
             .into_iter()
             .map(|batch| {
                 let n = batch.num_rows();
-                let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
+                // By name: an operator further down a chain may read other columns than the
+                // one the schema was made from; what it lacks is null.
+                let mut columns: Vec<ArrayRef> = schema.fields()[..input_fields]
+                    .iter()
+                    .map(|field| match batch.column_by_name(field.name()) {
+                        Some(column) if column.data_type() == field.data_type() => {
+                            Arc::clone(column)
+                        }
+                        _ => new_null_array(field.data_type(), n),
+                    })
+                    .collect();
                 columns.push(Arc::new(StringArray::from(vec![operator; n])));
                 columns.push(Arc::new(
                     TimestampMillisecondArray::from(vec![watermark_ms; n]).with_timezone("UTC"),

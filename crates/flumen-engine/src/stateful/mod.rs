@@ -25,6 +25,7 @@ use datafusion::error::{DataFusionError, Result as DFResult};
 use datafusion::execution::TaskContext;
 use datafusion::physical_expr::expressions::{CastExpr, Column, TryCastExpr};
 use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
+use datafusion::physical_plan::repartition::RepartitionExec;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     ExecutionPlan, ExecutionPlanProperties, Partitioning, PhysicalExpr, PlanProperties,
@@ -92,13 +93,25 @@ pub(crate) use unary_plan_methods_with_core;
 
 /// A stateful operator keeps one state, so it reads its input as one partition: the plan
 /// below it (decode, projections, filters, joins) still runs on every core, and its
-/// partitions are gathered in order (a coalesce the optimizer put there is replaced: it would
-/// interleave them by timing).
+/// partitions are gathered in order (a coalesce or repartition the optimizer put there is
+/// removed: the one would interleave them by timing, the other can run only once).
 pub(crate) fn single_partition_input(input: Arc<dyn ExecutionPlan>) -> Arc<dyn ExecutionPlan> {
-    let input = match input.as_ref().downcast_ref::<CoalescePartitionsExec>() {
-        Some(coalesce) if coalesce.fetch().is_none() => Arc::clone(coalesce.input()),
-        _ => input,
-    };
+    let mut input = input;
+    loop {
+        input = if let Some(coalesce) = input.as_ref().downcast_ref::<CoalescePartitionsExec>()
+            && coalesce.fetch().is_none()
+        {
+            Arc::clone(coalesce.input())
+        } else if let Some(repartition) = input.as_ref().downcast_ref::<RepartitionExec>() {
+            // Spreading rows over partitions only for this operator to gather them again is
+            // wasted work, and a RepartitionExec runs once per instance while this plan runs
+            // every micro-batch (a stateful operator feeding this one has one partition, which
+            // the optimizer spreads round-robin).
+            Arc::clone(repartition.input())
+        } else {
+            break;
+        };
+    }
     if input.output_partitioning().partition_count() > 1 {
         Arc::new(ConcatPartitionsExec::new(input))
     } else {
