@@ -907,12 +907,12 @@ async fn processed_offsets_committed_to_a_group_give_monitoring_tools_the_lag() 
             .sum::<u64>(),
         30
     );
-    let (s, t, g) = (servers.clone(), topic.clone(), group.clone());
-    let committed = tokio::task::spawn_blocking(move || {
-        committed_offsets(&s, &g, &t, &[Some(10), Some(10), Some(10)])
-    })
-    .await
-    .unwrap();
+    // What the group has committed, as a monitoring tool reads it (polled until `expected`).
+    let committed_now = |expected: [Option<i64>; 3]| {
+        let (s, t, g) = (servers.clone(), topic.clone(), group.clone());
+        tokio::task::spawn_blocking(move || committed_offsets(&s, &g, &t, &expected))
+    };
+    let committed = committed_now([Some(10), Some(10), Some(10)]).await.unwrap();
     assert_eq!(committed, [Some(10), Some(10), Some(10)]);
 
     // Records arrive while the query is down: a lag tool (log end - committed) sees them.
@@ -948,11 +948,6 @@ async fn processed_offsets_committed_to_a_group_give_monitoring_tools_the_lag() 
             .sum::<u64>(),
         5
     );
-    let (s, t, g) = (servers.clone(), topic.clone(), group.clone());
-    let committed = tokio::task::spawn_blocking(move || {
-        committed_offsets(&s, &g, &t, &[Some(10), Some(15), Some(10)])
-    })
-    .await
-    .unwrap();
+    let committed = committed_now([Some(10), Some(15), Some(10)]).await.unwrap();
     assert_eq!(committed, [Some(10), Some(15), Some(10)]);
 }
