@@ -4,7 +4,7 @@
 //!
 //! Partitions are `assign`ed (no consumer-group protocol): the checkpoint owns the offsets.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use flumen_engine::datafusion::arrow::array::RecordBatch;
@@ -32,6 +32,14 @@ use crate::schema::{KafkaRowsBuilder, RecordView};
 
 fn is_timeout(e: &KafkaError) -> bool {
     e.rdkafka_error_code() == Some(RDKafkaErrorCode::OperationTimedOut)
+}
+
+/// A request refused because one of its topics does not exist (any more).
+fn is_unknown_topic(e: &KafkaError) -> bool {
+    matches!(
+        e.rdkafka_error_code(),
+        Some(RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownPartition)
+    )
 }
 
 /// Runs blocking Kafka work on tokio's blocking pool.
@@ -179,6 +187,99 @@ impl KafkaFetcher {
         ))
     }
 
+    /// Runs one ListOffsets request for `request` (by time, or earliest/latest).
+    ///
+    /// librdkafka fails the whole request when one of its topics is unknown, which is what a
+    /// topic deleted since the metadata was read looks like. The partitions that no longer exist
+    /// are then data loss: an error with `failOnDataLoss` (the default), otherwise a warning and
+    /// the request again without them (the caller finds them missing from the answer). Stale
+    /// metadata that still lists a deleted topic is asked again until the timeout.
+    fn lookup_offsets(
+        &self,
+        mut request: TopicPartitionList,
+        what: &str,
+    ) -> Result<TopicPartitionList> {
+        let deadline = Instant::now() + self.timeout;
+        loop {
+            let error = match self.retrying(|| {
+                self.lookups
+                    .offsets_for_times(request.clone(), self.timeout)
+            }) {
+                Ok(answer) => return Ok(answer),
+                Err(e) if is_unknown_topic(&e) => e,
+                Err(e) => return Err(self.unreachable(what, &e)),
+            };
+            let gone = self.missing_partitions(&request)?;
+            if gone.is_empty() {
+                if Instant::now() >= deadline {
+                    return Err(self.unreachable(what, &error));
+                }
+                std::thread::sleep(self.retry_interval.max(Duration::from_millis(100)));
+                continue;
+            }
+            let names: Vec<String> = gone.iter().map(|(t, p)| format!("{t}-{p}")).collect();
+            if self.fail_on_data_loss {
+                return Err(self.error(format!(
+                    "cannot {what}: partitions {} no longer exist, the topic may have been deleted. \
+                     If you don't want your streaming query to fail on such cases, set the source option \"failOnDataLoss\" to \"false\".",
+                    names.join(", ")
+                )));
+            }
+            tracing::warn!(partitions = ?names, "partitions disappeared (failOnDataLoss=false)");
+            let mut remaining = TopicPartitionList::new();
+            for elem in request.elements() {
+                if !gone.contains(&(elem.topic().to_string(), elem.partition())) {
+                    remaining
+                        .add_partition_offset(elem.topic(), elem.partition(), elem.offset())
+                        .map_err(|e| {
+                            self.error(format!(
+                                "bad partition {}-{}: {e}",
+                                elem.topic(),
+                                elem.partition()
+                            ))
+                        })?;
+                }
+            }
+            if remaining.count() == 0 {
+                return Ok(remaining);
+            }
+            request = remaining;
+        }
+    }
+
+    /// The partitions of `request` that the cluster's metadata no longer has.
+    fn missing_partitions(&self, request: &TopicPartitionList) -> Result<Vec<TopicPartition>> {
+        let wanted: Vec<TopicPartition> = request
+            .elements()
+            .iter()
+            .map(|e| (e.topic().to_string(), e.partition()))
+            .collect();
+        let mut topics: Vec<&str> = wanted.iter().map(|(t, _)| t.as_str()).collect();
+        topics.dedup();
+        let single = if topics.len() == 1 {
+            Some(topics[0])
+        } else {
+            None
+        };
+        let metadata = self
+            .retrying(|| self.lookups.fetch_metadata(single, self.timeout))
+            .map_err(|e| self.unreachable("read topic metadata", &e))?;
+        let existing: BTreeSet<TopicPartition> = metadata
+            .topics()
+            .iter()
+            .filter(|t| t.error().is_none())
+            .flat_map(|t| {
+                t.partitions()
+                    .iter()
+                    .map(|p| (t.name().to_string(), p.id()))
+            })
+            .collect();
+        Ok(wanted
+            .into_iter()
+            .filter(|tp| !existing.contains(tp))
+            .collect())
+    }
+
     /// The partitions `subscription` covers now. Topics that do not exist yet have none
     /// (subscribe and pattern wait for them); assigned partitions must exist.
     pub fn partitions(&self, subscription: &Subscription) -> Result<Vec<TopicPartition>> {
@@ -255,9 +356,7 @@ impl KafkaFetcher {
             tpl.add_partition_offset(t, *p, raw)
                 .map_err(|e| self.error(format!("bad partition {t}-{p}: {e}")))?;
         }
-        let result = self
-            .retrying(|| self.lookups.offsets_for_times(tpl.clone(), self.timeout))
-            .map_err(|e| self.unreachable("read partition offsets", &e))?;
+        let result = self.lookup_offsets(tpl, "read partition offsets")?;
         for elem in result.elements() {
             if let Err(e) = elem.error() {
                 // A partition deleted since the metadata was read: data loss, judged as the
@@ -322,9 +421,7 @@ impl KafkaFetcher {
             tpl.add_partition_offset(t, *p, Offset::Offset(*ts))
                 .map_err(|e| self.error(format!("bad partition {t}-{p}: {e}")))?;
         }
-        let result = self
-            .retrying(|| self.lookups.offsets_for_times(tpl.clone(), self.timeout))
-            .map_err(|e| self.unreachable("look up offsets by timestamp", &e))?;
+        let result = self.lookup_offsets(tpl, "look up offsets by timestamp")?;
         let mut unmatched = Vec::new();
         for elem in result.elements() {
             let tp = (elem.topic().to_string(), elem.partition());
