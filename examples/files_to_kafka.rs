@@ -75,7 +75,7 @@ fn seed_samples(dir: &Path) -> anyhow::Result<()> {
         std::fs::rename(&hidden, dir.join(name))?;
     }
     eprintln!(
-        "{} was empty: wrote {} sample files of passengers to it",
+        "{} was missing or empty: wrote {} sample files of passengers to it",
         dir.display(),
         SAMPLES.len()
     );
