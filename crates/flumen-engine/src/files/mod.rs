@@ -16,8 +16,8 @@
 //!
 //! The pieces: [`listing`] (which files a directory holds, hidden and in-progress files left
 //! out, `_spark_metadata` honoured, `key=value` partition directories), [`log`] (the two
-//! metadata logs), [`read`] and [`write`] (one file in and out, per format), [`batch`] (static
-//! reads), [`source`] and [`sink`].
+//! metadata logs), [`read`] and [`write`](mod@write) (one file in and out, per format),
+//! [`batch`] (static reads), [`source`] and [`sink`].
 
 pub mod batch;
 pub mod listing;
