@@ -5,6 +5,7 @@ mod api;
 mod decode_once;
 mod event_time;
 mod faults;
+mod files;
 mod late_rows;
 mod listener;
 mod monitor;

@@ -4,6 +4,7 @@
 //! <checkpoint>/
 //!   metadata          {"id":"<query id>"}                      stable across restarts
 //!   sources/<i>/0     v1 + the source's initial offsets         where batch 0 starts
+//!   sources/<i>/files/<n>  v1 + one line per file               a file source's batch n
 //!   offsets/<N>       v1                                        write-ahead: written before
 //!                     {"batchWatermarkMs":0,"batchTimestampMs":…,"conf":{…}}   batch N runs
 //!                     {"demo-topic":{"0":5}}                    one line per source (end, exclusive)
@@ -135,6 +136,12 @@ impl Checkpoint {
     /// `offsets/<batch_id>`: the write-ahead log entry of a batch.
     pub fn offsets_path(&self, batch_id: u64) -> PathBuf {
         self.root.join("offsets").join(batch_id.to_string())
+    }
+
+    /// `sources/<index>`: the directory of source `index`'s own metadata (its initial offsets
+    /// in `0`, and whatever the source keeps there, such as the file source's file log).
+    pub fn source_metadata_path(&self, index: usize) -> PathBuf {
+        self.root.join("sources").join(index.to_string())
     }
 
     /// `sources/<index>/0`: where source `index` started.
@@ -378,7 +385,7 @@ fn parse_json<T: serde::de::DeserializeOwned>(path: &Path, line: &str) -> Result
 }
 
 /// Reads a log file and checks its version line; returns the remaining lines.
-fn read_log(path: &Path) -> Result<Vec<String>> {
+pub(crate) fn read_log(path: &Path) -> Result<Vec<String>> {
     let text = fs::read_to_string(path).map_err(|e| match e.kind() {
         std::io::ErrorKind::InvalidData => FlumenError::checkpoint(
             path,

@@ -67,6 +67,16 @@ pub enum FlumenError {
         reason: String,
     },
 
+    /// A data file (of a file source, sink or static read) that cannot be read or written:
+    /// not the format it should be, a column that does not convert, a bad metadata log.
+    #[error("cannot use data file {}: {reason}", path.display())]
+    DataFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong and what to do.
+        reason: String,
+    },
+
     /// A failure inside a source (Kafka metadata, fetch, data loss).
     #[error("source {source_name}: {message}")]
     Source {

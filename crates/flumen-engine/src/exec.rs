@@ -26,7 +26,7 @@ use crate::plan::QueryPlan;
 use crate::progress::{SinkProgress, SourceProgress, StreamingQueryProgress, rate};
 use crate::query_shared::QueryShared;
 use crate::sink::{SinkContext, StreamSink};
-use crate::source::{ReadLimit, SourceOffset, SourceReader};
+use crate::source::{ReadLimit, SourceContext, SourceOffset, SourceReader};
 use crate::stateful::iso_millis;
 use crate::stateful::store::StateStore;
 use crate::stateful::watermark::{EventTimeStats, WatermarkTracker};
@@ -137,7 +137,9 @@ impl Execution {
 
     async fn run_loop(&mut self) -> Result<()> {
         let source = Arc::clone(&self.plan.source);
-        let mut reader = source.open().await?;
+        let mut reader = source
+            .open_in(&SourceContext::new(self.checkpoint.source_metadata_path(0)))
+            .await?;
         let last_committed_batch = self.checkpoint.latest_commit()?.map(|(n, _)| n);
         let context = SinkContext::new(
             self.shared.id.to_string(),
@@ -214,7 +216,7 @@ impl Execution {
 
         // For available-now / once: the offsets available at start are the target.
         let target = if self.trigger.stops_when_caught_up() {
-            Some(reader.latest_offset(&start, ReadLimit::All, None).await?)
+            Some(reader.prepare_for_trigger_available_now(&start).await?)
         } else {
             None
         };

@@ -7,6 +7,7 @@
 //! the end offset exclusive.
 
 use std::fmt::Debug;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -26,6 +27,28 @@ pub enum ReadLimit {
     All,
     /// At most this many records, summed over partitions.
     MaxRows(u64),
+    /// At most this many files (Spark's `maxFilesPerTrigger`); sources without files read
+    /// everything.
+    MaxFiles(u64),
+}
+
+/// What a source learns about the query it is opened for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SourceContext {
+    /// A directory of the checkpoint reserved for this source's own metadata (Spark's
+    /// `<checkpoint>/sources/<i>`), e.g. the file source's log of the files each batch takes.
+    /// The engine keeps the source's initial offset in its file `0`.
+    pub metadata_path: PathBuf,
+}
+
+impl SourceContext {
+    /// A context whose source metadata lives in `metadata_path`.
+    pub fn new(metadata_path: impl Into<PathBuf>) -> Self {
+        Self {
+            metadata_path: metadata_path.into(),
+        }
+    }
 }
 
 /// A streaming source definition: a fixed schema, and a way to open a reader per query.
@@ -56,6 +79,13 @@ pub trait StreamSource: Debug + Send + Sync {
 
     /// Opens a reader for one query run.
     async fn open(&self) -> Result<Box<dyn SourceReader>>;
+
+    /// Opens a reader for one query run of the query described by `context`; sources that
+    /// keep metadata in the checkpoint (the file source) need it. By default [`open`](Self::open).
+    async fn open_in(&self, context: &SourceContext) -> Result<Box<dyn SourceReader>> {
+        let _ = context;
+        self.open().await
+    }
 }
 
 /// One query run's connection to a source.
@@ -82,6 +112,18 @@ pub trait SourceReader: Send + Sync {
         end: &SourceOffset,
         projection: Option<&[usize]>,
     ) -> Result<Vec<RecordBatch>>;
+
+    /// Called once when an available-now (or once) query starts, after any uncommitted batch
+    /// was re-run: fixes what "available now" means and returns the offset to stop at, which
+    /// is then passed to [`latest_offset`](Self::latest_offset) as its `cap` (Spark's
+    /// `prepareForTriggerAvailableNow`). The offset need not be one a batch ends at; it is not
+    /// logged. By default, the latest offset with no limit.
+    async fn prepare_for_trigger_available_now(
+        &mut self,
+        start: &SourceOffset,
+    ) -> Result<SourceOffset> {
+        self.latest_offset(start, ReadLimit::All, None).await
+    }
 
     /// Called after batch ending at `end` is committed; sources may release data or commit
     /// offsets for monitoring. The default does nothing.

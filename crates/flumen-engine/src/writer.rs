@@ -12,6 +12,8 @@ use datafusion::dataframe::DataFrame;
 use crate::checkpoint::{Checkpoint, STATE_PARTITIONS_CONF, StateLayout};
 use crate::error::{FlumenError, Result};
 use crate::exec::{Execution, LateRowsOutput};
+
+use crate::files::{FileFormat, FileSink};
 use crate::frame::StreamFrame;
 use crate::modes::{OutputMode, Trigger};
 use crate::options::Options;
@@ -35,6 +37,7 @@ enum SinkChoice {
     None,
     Console(Option<SharedWriter>),
     Memory,
+    File(FileFormat),
     Factory(SinkFactory),
 }
 
@@ -106,6 +109,7 @@ pub struct DataStreamWriter {
     query_name: Option<String>,
     sink: SinkChoice,
     late_rows: Option<LateRowsChoice>,
+    partition_by: Vec<String>,
     error: Option<FlumenError>,
 }
 
@@ -116,6 +120,7 @@ impl std::fmt::Debug for DataStreamWriter {
             .field("output_mode", &self.output_mode)
             .field("trigger", &self.trigger)
             .field("query_name", &self.query_name)
+            .field("partition_by", &self.partition_by)
             .finish()
     }
 }
@@ -130,6 +135,7 @@ impl DataStreamWriter {
             query_name: None,
             sink: SinkChoice::None,
             late_rows: None,
+            partition_by: Vec::new(),
             error: None,
         }
     }
@@ -263,21 +269,94 @@ impl DataStreamWriter {
         self
     }
 
-    /// Chooses a built-in sink by Spark's format name: `console` or `memory`.
+    /// Chooses a built-in sink by Spark's format name: `console`, `memory`, or a file sink:
+    /// `json`, `csv` or `parquet` (see [`FileSink`](crate::FileSink)).
+    ///
+    /// A file sink writes each micro-batch's files into the directory of the `path` option
+    /// and commits them in `<path>/_spark_metadata/<batchId>`, so readers that honour that log
+    /// (`session.read().json(path)`, a file source, Spark) see every row exactly once, even
+    /// across crashes and restarts. Append mode only; a checkpoint location is required.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+    /// # async fn main() -> flumen_engine::Result<()> {
+    /// use std::sync::Arc;
+    /// use flumen_engine::datafusion::arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray};
+    /// use flumen_engine::prelude::*;
+    ///
+    /// let session = StreamSession::new();
+    /// let batch = RecordBatch::try_from_iter([
+    ///     ("city", Arc::new(StringArray::from(vec!["Oslo", "Rome", "Oslo"])) as ArrayRef),
+    ///     ("n", Arc::new(Int64Array::from(vec![1, 2, 3])) as ArrayRef),
+    /// ])?;
+    /// let input = Arc::new(MemoryStream::new("events", batch.schema()));
+    /// input.add_batch(batch)?;
+    /// let (out, checkpoint) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    ///
+    /// let query = session
+    ///     .stream(input)?
+    ///     .write_stream()
+    ///     .format("json")
+    ///     .option("path", out.path().display())
+    ///     .partition_by(["city"])
+    ///     .checkpoint_location(checkpoint.path())
+    ///     .start()
+    ///     .await?;
+    /// query.process_all_available().await?;
+    /// query.stop().await?;
+    ///
+    /// assert!(out.path().join("_spark_metadata/0").exists());
+    /// assert!(out.path().join("city=Oslo").is_dir() && out.path().join("city=Rome").is_dir());
+    /// let read = session.frame(session.read().json(out.path()).await?);
+    /// assert_eq!(
+    ///     read.order_by([col("n")])?.show_string(20, false).await?,
+    ///     "+---+----+\n\
+    ///      |n  |city|\n\
+    ///      +---+----+\n\
+    ///      |1  |Oslo|\n\
+    ///      |2  |Rome|\n\
+    ///      |3  |Oslo|\n\
+    ///      +---+----+\n"
+    /// );
+    /// # Ok(()) }
+    /// ```
     #[must_use]
     pub fn format(mut self, format: &str) -> Self {
         match format.to_ascii_lowercase().as_str() {
             "console" => self.sink = SinkChoice::Console(None),
             "memory" => self.sink = SinkChoice::Memory,
-            other => {
-                self.error = Some(FlumenError::invalid_option(
-                    "format",
-                    format!(
-                        "unknown sink format '{other}'; use console, memory, .kafka() or .foreach_batch(...)"
-                    ),
-                ))
-            }
+            other => match other.parse::<FileFormat>() {
+                Ok(file) => self.sink = SinkChoice::File(file),
+                Err(_) => {
+                    self.error = Some(FlumenError::invalid_option(
+                        "format",
+                        format!(
+                            "unknown sink format '{other}'; use console, memory, json, csv, parquet, .kafka() or .foreach_batch(...)"
+                        ),
+                    ))
+                }
+            },
         }
+        self
+    }
+
+    /// The directory a file sink writes (the `path` option).
+    #[must_use]
+    pub fn path(self, dir: impl AsRef<std::path::Path>) -> Self {
+        let dir = dir.as_ref().to_string_lossy().to_string();
+        self.option("path", dir)
+    }
+
+    /// Partitions a file sink's output by these columns, Hive style: rows go to
+    /// `col=value/` directories (nulls and empty strings to `col=__HIVE_DEFAULT_PARTITION__`)
+    /// and the files leave the columns out; readers add them back from the directory names.
+    /// Default: no partitioning.
+    #[must_use]
+    pub fn partition_by<S: AsRef<str>>(mut self, columns: impl IntoIterator<Item = S>) -> Self {
+        self.partition_by = columns
+            .into_iter()
+            .map(|c| c.as_ref().to_string())
+            .collect();
         self
     }
 
@@ -516,7 +595,7 @@ impl DataStreamWriter {
             SinkChoice::None => {
                 return Err(FlumenError::invalid_option(
                     "format",
-                    "no sink chosen; call .console(), .memory(), .foreach_batch(...) or .kafka() before start()",
+                    "no sink chosen; call .console(), .memory(), .format(\"json\"), .foreach_batch(...) or .kafka() before start()",
                 ));
             }
             SinkChoice::Console(out) => {
@@ -535,6 +614,11 @@ impl DataStreamWriter {
                 };
                 Box::new(MemorySink::register(session.context(), name, Arc::clone(&schema)).await?)
             }
+            SinkChoice::File(format) => Box::new(FileSink::new(
+                format,
+                &self.options,
+                self.partition_by.clone(),
+            )?),
             SinkChoice::Factory(factory) => factory(&self.frame, &schema, &self.options)?,
         };
         sink.validate(&schema, mode)?;

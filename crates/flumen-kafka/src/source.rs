@@ -360,7 +360,7 @@ impl SourceReader for KafkaReader {
             None => latest,
         };
         let mut end = match limit {
-            ReadLimit::All => latest,
+            ReadLimit::All | ReadLimit::MaxFiles(_) => latest,
             ReadLimit::MaxRows(n) => rate_limit(&start, &latest, n),
         };
         // Never move backwards, never beyond the cap.
