@@ -951,3 +951,81 @@ async fn processed_offsets_committed_to_a_group_give_monitoring_tools_the_lag() 
     let committed = committed_now([Some(10), Some(15), Some(10)]).await.unwrap();
     assert_eq!(committed, [Some(10), Some(15), Some(10)]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_reach_their_topic_exactly_once_when_the_output_is_exactly_once() {
+    let Some(servers) = broker() else { return };
+    let (input, output, dlq) = (unique("dlq-in"), unique("dlq-out"), unique("dlq"));
+    let broker = flumen_examples::Broker::connect(Some(servers.clone())).unwrap();
+    broker
+        .ensure_topics(&[(input.as_str(), 1), (output.as_str(), 1), (dlq.as_str(), 1)])
+        .await
+        .unwrap();
+    // 30 records, every seventh broken: 0, 7, 14, 21, 28.
+    let values: Vec<String> = (0..30)
+        .map(|i| {
+            if i % 7 == 0 {
+                format!("{{\"n\": {i}")
+            } else {
+                format!("{{\"n\": {i}}}")
+            }
+        })
+        .collect();
+    let refs: Vec<&str> = values.iter().map(String::as_str).collect();
+    produce_values(&servers, &input, &refs);
+    let checkpoint = temp_dir();
+    let run = || async {
+        let query = earliest_reader(&StreamSession::new(), &servers, &input)
+            .max_offsets_per_trigger(10)
+            .load()
+            .unwrap()
+            .select_expr(["CAST(value AS STRING) AS json"])
+            .unwrap()
+            .select([flumen::functions::from_json(col("json"), "n INT")
+                .unwrap()
+                .alias("data")])
+            .unwrap()
+            .select_expr(["COALESCE(CAST(data.n AS STRING), 'malformed') AS value"])
+            .unwrap()
+            .write_stream()
+            .kafka()
+            .bootstrap_servers(&servers)
+            .topic(&output)
+            .exactly_once(true)
+            .dead_letters_to_kafka(&dlq)
+            .checkpoint_location(checkpoint.path())
+            .trigger(Trigger::AvailableNow)
+            .start()
+            .await
+            .unwrap();
+        query.await_termination(None).await.unwrap();
+        query
+    };
+    assert_eq!(run().await.recent_progress().len(), 3);
+    // A crash after batch 2's transactions committed but before commits/2 was written.
+    std::fs::remove_file(checkpoint.path().join("commits").join("2")).unwrap();
+    let rerun = run().await;
+    let batches: Vec<u64> = rerun.recent_progress().iter().map(|p| p.batch_id).collect();
+    assert_eq!(batches, vec![2], "batch 2 ran again");
+
+    let mut expected: Vec<String> = (0..30)
+        .map(|i| {
+            if i % 7 == 0 {
+                "malformed".to_string()
+            } else {
+                i.to_string()
+            }
+        })
+        .collect();
+    expected.sort();
+    assert_eq!(sorted(read_committed_values(&servers, &output)), expected);
+    let broken: Vec<String> = (0..30)
+        .filter(|i| i % 7 == 0)
+        .map(|i| format!("{{\"n\": {i}"))
+        .collect();
+    assert_eq!(
+        sorted(read_committed_values(&servers, &dlq)),
+        sorted(broken),
+        "each broken record once in the dead-letter topic"
+    );
+}

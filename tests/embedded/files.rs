@@ -1000,6 +1000,39 @@ async fn the_json_sink_commits_each_batch_in_spark_metadata() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_directory_holding_only_another_querys_batch_0_is_refused() {
+    let (out, checkpoint) = (temp_dir(), temp_dir());
+    let session = StreamSession::new();
+    let input = Arc::new(MemoryStream::new("events", events(&[]).schema()));
+    let query = start_file_sink(&session, &input, "json", out.path(), checkpoint.path()).await;
+    input.add_batch(events(&[(1, "Oslo")])).unwrap();
+    query.process_all_available().await.unwrap();
+    query.stop().await.unwrap();
+    // A new checkpoint never planned a batch 0: the log's batch 0 is someone else's, and this
+    // query's own batch 0 would be skipped as written.
+    let other_checkpoint = temp_dir();
+    let other = start_file_sink(
+        &session,
+        &input,
+        "json",
+        out.path(),
+        other_checkpoint.path(),
+    )
+    .await;
+    let error = other.await_termination(None).await.unwrap_err().to_string();
+    assert!(error.contains("lists batches up to 0"), "{error}");
+    // The query that wrote it restarts fine.
+    let again = start_file_sink(&session, &input, "json", out.path(), checkpoint.path()).await;
+    input.add_batch(events(&[(2, "Rome")])).unwrap();
+    again.process_all_available().await.unwrap();
+    again.stop().await.unwrap();
+    assert_eq!(
+        read_json_table(&session, out.path()).await,
+        "+------+----+\n| city | id |\n+------+----+\n| Oslo | 1  |\n| Rome | 2  |\n+------+----+"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rerun_batch_already_in_spark_metadata_is_not_written_again() {
     let (out, checkpoint) = (temp_dir(), temp_dir());
     let session = StreamSession::new();
@@ -1121,6 +1154,88 @@ async fn files_of_a_batch_that_never_committed_are_invisible_to_readers() {
         .collect();
     ids.sort();
     assert_eq!(ids, [1, 2]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_csv_read_of_a_partitioned_sink_directory_gets_the_partition_column() {
+    let (out, checkpoint) = (temp_dir(), temp_dir());
+    let session = StreamSession::new();
+    let input = Arc::new(MemoryStream::new("events", events(&[]).schema()));
+    input
+        .add_batch(events(&[(1, "Oslo"), (2, "Rome"), (3, "Oslo")]))
+        .unwrap();
+    let query = session
+        .stream(input.clone())
+        .unwrap()
+        .write_stream()
+        .format("csv")
+        .path(out.path())
+        .partition_by(["city"])
+        .checkpoint_location(checkpoint.path())
+        .start()
+        .await
+        .unwrap();
+    query.process_all_available().await.unwrap();
+    query.stop().await.unwrap();
+    // An uncommitted file in a partition directory stays invisible.
+    write_at(
+        &out.path().join("city=Oslo"),
+        "part-99999-uncommitted.c000.csv",
+        b"9\n",
+        T0,
+    );
+    for schema in [Some("id BIGINT, city STRING"), None] {
+        let mut reader = session.read();
+        if let Some(ddl) = schema {
+            reader = reader.schema_ddl(ddl).unwrap();
+        }
+        let frame = reader.csv(out.path()).await.unwrap();
+        let rows = session
+            .frame(frame)
+            .order_by([
+                col("city"),
+                col(if schema.is_some() { "id" } else { "_c0" }),
+            ])
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        let header = if schema.is_some() { "id" } else { "_c0" };
+        assert_eq!(
+            pretty_format_batches(&rows).unwrap().to_string(),
+            format!(
+                "+{dash}+------+\n| {header} | city |\n+{dash}+------+\n| 1{pad} | Oslo |\n| 3{pad} | Oslo |\n| 2{pad} | Rome |\n+{dash}+------+",
+                dash = "-".repeat(header.len() + 2),
+                pad = " ".repeat(header.len() - 1),
+            )
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parquet_value_that_does_not_fit_the_schema_is_an_error_not_a_null() {
+    let input = temp_dir();
+    let batch = RecordBatch::try_from_iter([(
+        "id",
+        Arc::new(StringArray::from(vec!["1", "abc"])) as ArrayRef,
+    )])
+    .unwrap();
+    write_at(input.path(), "a.parquet", &parquet_bytes(&batch), T0);
+    let session = StreamSession::new();
+    let error = session
+        .read()
+        .schema_ddl("id BIGINT")
+        .unwrap()
+        .parquet(input.path())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains(
+            "Parquet column cannot be converted. Column: id, Expected: Int64, Found: Utf8"
+        ),
+        "{error}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

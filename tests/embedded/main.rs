@@ -2,6 +2,7 @@
 //! independent Kafka client writing inputs and reading outputs.
 
 mod api;
+mod dead_letters;
 mod decode_once;
 mod event_time;
 mod faults;

@@ -1,12 +1,11 @@
 //! [`DataFrameReader`]: static (batch) reads with Spark's options, `session.read()`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::dataframe::DataFrame;
 
-use crate::csv::{self, CsvOptions};
 use crate::error::{FlumenError, Result};
 use crate::files::{self, FileFormat};
 use crate::options::Options;
@@ -171,81 +170,28 @@ impl DataFrameReader {
         }
     }
 
-    /// CSV with `header` and `inferSchema` defaulting as given.
+    /// CSV with `header` and `inferSchema` defaulting as given: a file, or a directory's data
+    /// files as the other formats read them (only committed files of a file sink's output, and
+    /// the columns of its `partition_by` directories).
     pub(crate) async fn load_csv(
         self,
         path: &Path,
         header: bool,
         infer_schema: bool,
     ) -> Result<DataFrame> {
-        let options = CsvOptions::from_options(&self.options, header, infer_schema)?;
-        let files = files_of(path)?;
-        let mut batches = Vec::with_capacity(files.len());
-        let mut schema = self.schema.clone();
-        for file in &files {
-            let bytes = std::fs::read(file).map_err(|e| FlumenError::io(file, e))?;
-            let text = String::from_utf8(bytes).map_err(|e| {
-                FlumenError::io(
-                    file,
-                    std::io::Error::new(
-                        std::io::ErrorKind::InvalidData,
-                        format!("not UTF-8 text ({e}); convert the file to UTF-8"),
-                    ),
-                )
-            })?;
-            let batch = csv::read(&text, &options, schema.clone(), &file.display().to_string())?;
-            // The first file's schema is every file's.
-            schema.get_or_insert_with(|| batch.schema());
-            batches.push(batch);
-        }
-        let ctx = self.session.context();
-        match schema {
-            Some(schema) if batches.is_empty() => Ok(ctx
-                .read_empty()?
-                .select(
-                    schema
-                        .fields()
-                        .iter()
-                        .map(|f| {
-                            datafusion::logical_expr::cast(
-                                datafusion::logical_expr::lit(
-                                    datafusion::common::ScalarValue::Null,
-                                ),
-                                f.data_type().clone(),
-                            )
-                            .alias(f.name())
-                        })
-                        .collect::<Vec<_>>(),
-                )?
-                .limit(0, Some(0))?),
-            _ => Ok(ctx.read_batches(batches)?),
-        }
-    }
-}
-
-/// `path` itself, or a directory's data files in name order (the committed ones, when a file
-/// sink wrote the directory).
-fn files_of(path: &Path) -> Result<Vec<PathBuf>> {
-    let metadata = std::fs::metadata(path).map_err(|e| FlumenError::io(path, e))?;
-    if !metadata.is_dir() {
-        return Ok(vec![path.to_path_buf()]);
-    }
-    if files::listing::has_sink_metadata(path) {
-        return Ok(files::listing::list_data_files(path)?
-            .into_iter()
-            .map(|f| f.path)
-            .collect());
-    }
-    let mut files: Vec<PathBuf> = std::fs::read_dir(path)
-        .map_err(|e| FlumenError::io(path, e))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.is_file()
-                && p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| !n.starts_with('.') && !n.starts_with('_'))
+        let read_options = files::read::ReadOptions::with_csv_defaults(
+            FileFormat::Csv,
+            &self.options,
+            header,
+            infer_schema,
+        )?;
+        let path = path.to_path_buf();
+        let ctx = self.session.context().clone();
+        let schema = self.schema;
+        tokio::task::spawn_blocking(move || {
+            files::batch::read_with(&ctx, &read_options, &path, schema)
         })
-        .collect();
-    files.sort();
-    Ok(files)
+        .await
+        .map_err(|e| FlumenError::IllegalState(format!("a file reader thread failed: {e}")))?
+    }
 }

@@ -364,7 +364,7 @@ impl Checkpoint {
     }
 }
 
-fn to_json<T: Serialize>(value: &T) -> Result<String> {
+pub(crate) fn to_json<T: Serialize>(value: &T) -> Result<String> {
     serde_json::to_string(value).map_err(|e| FlumenError::IllegalState(e.to_string()))
 }
 
@@ -421,11 +421,20 @@ pub(crate) fn read_log(path: &Path) -> Result<Vec<String>> {
 
 /// Writes `bytes` to `path` atomically: temporary file, fsync, rename, fsync of the directory.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_durably(path, bytes).map_err(|e| {
+        FlumenError::checkpoint(
+            path,
+            format!("cannot be written ({e}); check the checkpoint location's permissions and free space"),
+        )
+    })
+}
+
+/// Writes `bytes` to `path` atomically and durably: a hidden temporary file beside it,
+/// fsynced, renamed over `path`, and the directory fsynced. The temporary file is removed on
+/// failure.
+pub(crate) fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or("checkpoint");
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
     let tmp = dir.join(format!(".{name}.{}.tmp", uuid::Uuid::new_v4()));
     let result = (|| {
         let mut file = fs::File::create(&tmp)?;
@@ -434,13 +443,10 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         fs::rename(&tmp, path)?;
         fs::File::open(dir)?.sync_all()
     })();
-    result.map_err(|e| {
+    if result.is_err() {
         let _ = fs::remove_file(&tmp);
-        FlumenError::checkpoint(
-            path,
-            format!("cannot be written ({e}); check the checkpoint location's permissions and free space"),
-        )
-    })
+    }
+    result
 }
 
 #[cfg(test)]

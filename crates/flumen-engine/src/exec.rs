@@ -19,6 +19,7 @@ use tracing::Instrument;
 use crate::checkpoint::{
     Checkpoint, CommitEntry, MIN_BATCHES_TO_RETAIN, OffsetEntry, OffsetMetadata, StateLayout,
 };
+use crate::dead_letters::DeadLetters;
 use crate::error::{FlumenError, Result};
 use crate::failpoint;
 use crate::modes::{OutputMode, Trigger};
@@ -57,12 +58,13 @@ pub(crate) struct Execution {
     /// operator has state to evict or emit).
     pub run_no_data_batch: bool,
     /// Where rows the stateful operators drop as late go, if anywhere.
-    pub late_rows: Option<LateRowsOutput>,
+    pub late_rows: Option<SideOutput>,
+    /// Where records `from_json` cannot parse go, if anywhere.
+    pub dead_letters: Option<DeadLetters>,
 }
 
-/// The side output of late rows: a sink and the rows' schema
-/// ([`crate::stateful::late::late_rows_schema`]).
-pub(crate) struct LateRowsOutput {
+/// A side output of the query (late rows, dead letters): a sink and the rows' schema.
+pub(crate) struct SideOutput {
     pub sink: Box<dyn StreamSink>,
     pub schema: datafusion::arrow::datatypes::SchemaRef,
 }
@@ -141,14 +143,19 @@ impl Execution {
             .open_in(&SourceContext::new(self.checkpoint.source_metadata_path(0)))
             .await?;
         let last_committed_batch = self.checkpoint.latest_commit()?.map(|(n, _)| n);
+        let last_planned_batch = self.checkpoint.latest_offsets()?.map(|(n, _)| n);
         let context = SinkContext::new(
             self.shared.id.to_string(),
             self.shared.run_id.to_string(),
             last_committed_batch,
-        );
+        )
+        .with_last_planned_batch(last_planned_batch);
         self.sink.open(&context).await?;
         if let Some(late) = &mut self.late_rows {
             late.sink.open(&context).await?;
+        }
+        if let Some(dead) = &mut self.dead_letters {
+            dead.output.sink.open(&context).await?;
         }
 
         // Recover: where does the next batch start, and is there an uncommitted batch to re-run?
@@ -440,11 +447,16 @@ impl Execution {
                 operator.begin_batch(watermark_ms);
             }
             let t = Instant::now();
-            let input = if batch.start == batch.end {
+            // Dead letters carry whole source rows, so then every column is read.
+            let projection = match &self.dead_letters {
+                Some(_) => None,
+                None => self.plan.projection.as_deref(),
+            };
+            let mut input = if batch.start == batch.end {
                 Vec::new()
             } else {
                 reader
-                    .get_batch(&batch.start, &batch.end, self.plan.projection.as_deref())
+                    .get_batch(&batch.start, &batch.end, projection)
                     .await?
             };
             batch.phases.record("getBatch", t);
@@ -453,6 +465,17 @@ impl Execution {
             batch_span.record("rows", input_rows);
 
             let t = Instant::now();
+            let source_rows = match (&self.dead_letters, &self.plan.projection) {
+                (None, _) => Vec::new(),
+                (Some(_), None) => input.clone(),
+                (Some(_), Some(columns)) => {
+                    let projected = input
+                        .iter()
+                        .map(|b| b.project(columns))
+                        .collect::<std::result::Result<Vec<_>, _>>()?;
+                    std::mem::replace(&mut input, projected)
+                }
+            };
             let output = self.execute_plan(input, batch.timestamp_ms).await?;
             let output_rows: i64 = output.iter().map(|b| b.num_rows() as i64).sum();
             for (i, operator) in self.plan.operators.iter().enumerate() {
@@ -476,6 +499,15 @@ impl Execution {
                 }
                 late.sink
                     .add_batch(batch_id, &late.schema, rows, OutputMode::Append)
+                    .await?;
+            }
+            // Dead letters too: a re-run batch meets the same malformed records.
+            if let Some(dead) = &mut self.dead_letters {
+                let letters = dead.collect(&source_rows)?;
+                let schema = Arc::clone(&dead.output.schema);
+                dead.output
+                    .sink
+                    .add_batch(batch_id, &schema, letters, OutputMode::Append)
                     .await?;
             }
             self.sink

@@ -37,6 +37,7 @@
 mod batch_reader;
 pub mod checkpoint;
 mod csv;
+pub mod dead_letters;
 mod decode_once;
 mod error;
 mod exec;

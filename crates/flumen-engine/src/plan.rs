@@ -292,7 +292,8 @@ pub(crate) fn stream_sources(plan: &LogicalPlan) -> Vec<SourceRef> {
     sources
 }
 
-fn stream_table(node: &LogicalPlan) -> Option<Arc<StreamTable>> {
+/// The stream table `node` scans, if it is a scan of one.
+pub(crate) fn stream_table(node: &LogicalPlan) -> Option<Arc<StreamTable>> {
     let LogicalPlan::TableScan(scan) = node else {
         return None;
     };

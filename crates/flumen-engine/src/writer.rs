@@ -10,8 +10,9 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::dataframe::DataFrame;
 
 use crate::checkpoint::{Checkpoint, STATE_PARTITIONS_CONF, StateLayout};
+use crate::dead_letters::{DeadLetters, dead_letters_schema, report_malformed_records};
 use crate::error::{FlumenError, Result};
-use crate::exec::{Execution, LateRowsOutput};
+use crate::exec::{Execution, SideOutput};
 
 use crate::files::{FileFormat, FileSink};
 use crate::frame::StreamFrame;
@@ -27,10 +28,32 @@ use crate::stateful::late::late_rows_schema;
 type SinkFactory =
     Box<dyn FnOnce(&StreamFrame, &SchemaRef, &Options) -> Result<Box<dyn StreamSink>> + Send>;
 
-/// Where late rows go (see [`DataStreamWriter::late_rows_to_memory`]).
-enum LateRowsChoice {
+/// Where a side output (late rows, dead letters) goes.
+enum SideOutputChoice {
     Memory(String),
     Factory(SinkFactory),
+}
+
+impl SideOutputChoice {
+    /// Builds the side output's sink for rows of `schema`.
+    async fn build(
+        self,
+        frame: &StreamFrame,
+        schema: &SchemaRef,
+        options: &Options,
+    ) -> Result<SideOutput> {
+        let sink: Box<dyn StreamSink> = match self {
+            Self::Memory(table) => Box::new(
+                MemorySink::register(frame.session().context(), &table, Arc::clone(schema)).await?,
+            ),
+            Self::Factory(factory) => factory(frame, schema, options)?,
+        };
+        sink.validate(schema, OutputMode::Append)?;
+        Ok(SideOutput {
+            sink,
+            schema: Arc::clone(schema),
+        })
+    }
 }
 
 enum SinkChoice {
@@ -108,7 +131,8 @@ pub struct DataStreamWriter {
     trigger: Trigger,
     query_name: Option<String>,
     sink: SinkChoice,
-    late_rows: Option<LateRowsChoice>,
+    late_rows: Option<SideOutputChoice>,
+    dead_letters: Option<SideOutputChoice>,
     partition_by: Vec<String>,
     error: Option<FlumenError>,
 }
@@ -135,6 +159,7 @@ impl DataStreamWriter {
             query_name: None,
             sink: SinkChoice::None,
             late_rows: None,
+            dead_letters: None,
             partition_by: Vec::new(),
             error: None,
         }
@@ -500,7 +525,7 @@ impl DataStreamWriter {
     /// ```
     #[must_use]
     pub fn late_rows_to_memory(mut self, table: impl Into<String>) -> Self {
-        self.late_rows = Some(LateRowsChoice::Memory(table.into()));
+        self.late_rows = Some(SideOutputChoice::Memory(table.into()));
         self
     }
 
@@ -513,7 +538,7 @@ impl DataStreamWriter {
         F: FnMut(DataFrame, u64) -> Fut + Send + 'static,
         Fut: Future<Output = Result<()>> + Send + 'static,
     {
-        self.late_rows = Some(LateRowsChoice::Factory(Box::new(move |frame, _, _| {
+        self.late_rows = Some(SideOutputChoice::Factory(Box::new(move |frame, _, _| {
             Ok(Box::new(ForeachBatchSink::new(
                 frame.session().context().clone(),
                 f,
@@ -532,7 +557,92 @@ impl DataStreamWriter {
         + Send
         + 'static,
     ) -> Self {
-        self.late_rows = Some(LateRowsChoice::Factory(Box::new(factory)));
+        self.late_rows = Some(SideOutputChoice::Factory(Box::new(factory)));
+        self
+    }
+
+    /// Collects the records `from_json` cannot parse (malformed JSON, or values of the wrong
+    /// type) in the memory table `table`, alongside the query's own output, which still gets
+    /// the PERMISSIVE null struct or the corrupt-record column for them. Each dead letter is
+    /// the record's whole source row (for Kafka: `key`, `value`, `topic`, `partition`,
+    /// `offset`, `timestamp`, `timestampType`, and `headers` when the source includes them)
+    /// plus `parse_error`, which names the `from_json` call and says why the record failed.
+    /// Spark has no such output; see the module docs of [`crate::dead_letters`] for its cost.
+    ///
+    /// Every `from_json` call must read the stream's columns through projections and filters
+    /// only (the usual `CAST(value AS STRING)` then `from_json`), so that the source row of a
+    /// malformed record is known; other shapes are refused at `start()`. A re-run batch hands
+    /// over the same dead letters with the same batch id.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+    /// # async fn main() -> flumen_engine::Result<()> {
+    /// use std::sync::Arc;
+    /// use flumen_engine::datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray};
+    /// use flumen_engine::functions::from_json;
+    /// use flumen_engine::prelude::*;
+    ///
+    /// let session = StreamSession::new();
+    /// let lines = |texts: Vec<&str>| {
+    ///     RecordBatch::try_from_iter([("line", Arc::new(StringArray::from(texts)) as ArrayRef)])
+    /// };
+    /// let input = Arc::new(MemoryStream::new("lines", lines(vec![])?.schema()));
+    /// let query = session
+    ///     .stream(input.clone())?
+    ///     .select([from_json(col("line"), "id INT")?.alias("data")])?
+    ///     .select_expr(["data.id AS id"])?
+    ///     .write_stream()
+    ///     .memory()
+    ///     .query_name("ids")
+    ///     .dead_letters_to_memory("bad_lines")
+    ///     .start()
+    ///     .await?;
+    /// input.add_batch(lines(vec![r#"{"id": 1}"#, "{oops", r#"{"id": "two"}"#])?)?;
+    /// query.process_all_available().await?;
+    /// let ids = session.sql("SELECT count(*) AS n, count(id) AS parsed FROM ids").await?.collect().await?;
+    /// let text = flumen_engine::datafusion::arrow::util::pretty::pretty_format_batches(&ids)?.to_string();
+    /// assert!(text.contains("| 3 | 1      |"), "{text}"); // the null rows stay
+    /// let bad = session.sql("SELECT line FROM bad_lines ORDER BY line").await?.collect().await?;
+    /// let text = flumen_engine::datafusion::arrow::util::pretty::pretty_format_batches(&bad)?.to_string();
+    /// assert!(text.contains("| {oops         |") && text.contains(r#"| {"id": "two"} |"#), "{text}");
+    /// query.stop().await?;
+    /// # Ok(()) }
+    /// ```
+    #[must_use]
+    pub fn dead_letters_to_memory(mut self, table: impl Into<String>) -> Self {
+        self.dead_letters = Some(SideOutputChoice::Memory(table.into()));
+        self
+    }
+
+    /// Hands the records `from_json` cannot parse (see [`Self::dead_letters_to_memory`] for
+    /// their columns) to `f` with the batch's id, as a DataFrame, once per batch (also when
+    /// there are none). A re-run batch calls it again with the same id and rows.
+    #[must_use]
+    pub fn dead_letters_foreach_batch<F, Fut>(mut self, f: F) -> Self
+    where
+        F: FnMut(DataFrame, u64) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<()>> + Send + 'static,
+    {
+        self.dead_letters = Some(SideOutputChoice::Factory(Box::new(move |frame, _, _| {
+            Ok(Box::new(ForeachBatchSink::new(
+                frame.session().context().clone(),
+                f,
+            )))
+        })));
+        self
+    }
+
+    /// Sends the records `from_json` cannot parse to a sink built at `start()` from the frame,
+    /// the dead letters' schema and the query's options (how connectors offer a dead-letter
+    /// output, e.g. a Kafka topic).
+    #[must_use]
+    pub fn dead_letters_sink_factory(
+        mut self,
+        factory: impl FnOnce(&StreamFrame, &SchemaRef, &Options) -> Result<Box<dyn StreamSink>>
+        + Send
+        + 'static,
+    ) -> Self {
+        self.dead_letters = Some(SideOutputChoice::Factory(Box::new(factory)));
         self
     }
 
@@ -588,7 +698,15 @@ impl DataStreamWriter {
         }
 
         let state = self.frame.dataframe().clone().into_parts().0;
-        let plan = plan_query(&state, self.frame.dataframe().logical_plan(), mode).await?;
+        let written = self.frame.dataframe().logical_plan();
+        let signal = crate::functions::MalformedSignal::default();
+        let plan = match self.dead_letters {
+            Some(_) => {
+                let reporting = report_malformed_records(written.clone(), &signal)?;
+                plan_query(&state, &reporting, mode).await?
+            }
+            None => plan_query(&state, written, mode).await?,
+        };
         let schema = Arc::clone(&plan.output_schema);
 
         let sink: Box<dyn StreamSink> = match self.sink {
@@ -633,23 +751,28 @@ impl DataStreamWriter {
                     ));
                 };
                 let late_schema = late_rows_schema(&operator.input_schema())?;
-                let late_sink: Box<dyn StreamSink> = match choice {
-                    LateRowsChoice::Memory(table) => Box::new(
-                        MemorySink::register(session.context(), &table, Arc::clone(&late_schema))
-                            .await?,
-                    ),
-                    LateRowsChoice::Factory(factory) => {
-                        factory(&self.frame, &late_schema, &self.options)?
-                    }
-                };
-                late_sink.validate(&late_schema, OutputMode::Append)?;
+                let output = choice
+                    .build(&self.frame, &late_schema, &self.options)
+                    .await?;
                 for operator in &plan.operators {
                     operator.late_rows().set_capturing(true);
                 }
-                Some(LateRowsOutput {
-                    sink: late_sink,
-                    schema: late_schema,
-                })
+                Some(output)
+            }
+        };
+        let dead_letters = match self.dead_letters {
+            None => None,
+            Some(choice) => {
+                let source_schema = plan.source.schema();
+                let schema = dead_letters_schema(&source_schema)?;
+                let output = choice.build(&self.frame, &schema, &self.options).await?;
+                Some(DeadLetters::new(
+                    written,
+                    &source_schema,
+                    &state,
+                    signal,
+                    output,
+                )?)
             }
         };
 
@@ -709,6 +832,7 @@ impl DataStreamWriter {
             tracker: None,
             run_no_data_batch: false,
             late_rows,
+            dead_letters,
         };
         let query = StreamingQuery {
             shared: Arc::clone(&shared),

@@ -614,6 +614,22 @@ impl KafkaStreamWriter {
         self
     }
 
+    /// Writes the records `from_json` could not parse to `topic`, alongside the query's own
+    /// output (see [`DataStreamWriter::dead_letters_to_memory`]): the original key, value and
+    /// headers, plus the headers `flumen.source.topic`, `flumen.source.partition`,
+    /// `flumen.source.offset`, `flumen.source.timestamp`, `flumen.source.timestampType` and
+    /// `flumen.parse_error` (see [`crate::dead_letters`]). Same brokers and `kafka.*` options as
+    /// the query's output; exactly-once when the output is.
+    pub fn dead_letters_to_kafka(mut self, topic: impl Into<String>) -> Self {
+        let topic = topic.into();
+        self.writer = self.writer.dead_letters_sink_factory(move |_, _, options| {
+            Ok(Box::new(crate::dead_letters::DeadLettersToKafka::new(
+                &topic, options,
+            )?))
+        });
+        self
+    }
+
     /// See [`DataStreamWriter::trigger`].
     pub fn trigger(mut self, trigger: Trigger) -> Self {
         self.writer = self.writer.trigger(trigger);

@@ -15,7 +15,7 @@ use flumen_engine::options::Options;
 use flumen_engine::sink::{SinkContext, StreamSink};
 use flumen_engine::{OutputMode, Result};
 
-use crate::sink::KafkaSink;
+use crate::sink::{KafkaSink, side_output_sink};
 
 /// A [`StreamSink`] writing late rows as JSON values to one topic.
 pub struct LateRowsToKafka {
@@ -36,13 +36,10 @@ impl LateRowsToKafka {
     /// A sink to `topic` with the query's options (`kafka.bootstrap.servers`, `kafka.*`,
     /// `exactlyOnce`, `transactionalIdPrefix`).
     pub fn new(topic: &str, query_options: &Options) -> Result<Self> {
-        let mut options = query_options.clone();
-        options.set("topic", topic);
-        options.remove(crate::transactional::TRANSACTION_MARKER_TOPIC);
         let value_schema = Arc::new(Schema::new(vec![Field::new("value", DataType::Utf8, true)]));
         Ok(Self {
             topic: topic.to_string(),
-            inner: KafkaSink::new(&value_schema, &options)?,
+            inner: side_output_sink(topic, query_options, &value_schema)?,
             value_schema,
         })
     }

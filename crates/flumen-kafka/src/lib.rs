@@ -36,6 +36,7 @@ mod api;
 mod batch;
 mod broker;
 mod consumer;
+pub mod dead_letters;
 mod late;
 pub mod offsets;
 pub mod options;

@@ -1,10 +1,10 @@
-//! Static reads of JSON Lines and Parquet files (`session.read().json(path)`,
-//! `.parquet(path)`): a file, or a directory's data files as [`listing`](super::listing) finds
+//! Static reads of JSON Lines, CSV and Parquet files (`session.read().json(path)`,
+//! `.csv(path)`, `.parquet(path)`, `session.read_csv(path)`): a file, or a directory's data files as [`listing`](super::listing) finds
 //! them — only committed files when a file sink wrote the directory (`_spark_metadata`).
 //!
 //! Without a schema, JSON's is inferred from every record as Spark infers it (fields sorted by
 //! name; a `_corrupt_record` string column added when some line is malformed) and Parquet's is
-//! the first file's. Partition directories (`key=value`) add their columns after the data
+//! the first file's, CSV's the first file's header (typed with `inferSchema`). Partition directories (`key=value`) add their columns after the data
 //! columns, typed `Int64`, `Float64` or `Utf8` from their values, unless the schema names them.
 
 use std::collections::BTreeMap;
@@ -50,7 +50,23 @@ pub fn read(
     schema: Option<SchemaRef>,
     options: &Options,
 ) -> Result<DataFrame> {
-    let read_options = ReadOptions::from_options(format, options)?;
+    read_with(
+        ctx,
+        &ReadOptions::from_options(format, options)?,
+        path,
+        schema,
+    )
+}
+
+/// Reads `path` (a file, or a directory's data files) with `read_options`; see [`read`].
+pub fn read_with(
+    ctx: &SessionContext,
+    read_options: &ReadOptions,
+    path: &Path,
+    schema: Option<SchemaRef>,
+) -> Result<DataFrame> {
+    let read_options = read_options.clone();
+    let format = read_options.format();
     let files = data_files(path)?;
     let schema = match schema {
         Some(schema) => nullable(&schema),
@@ -58,11 +74,7 @@ pub fn read(
             let data = match format {
                 FileFormat::Json => infer_json(&files, &read_options)?,
                 FileFormat::Parquet => parquet_schema(&files)?,
-                FileFormat::Csv => {
-                    return Err(FlumenError::IllegalState(
-                        "CSV is read by the CSV reader".into(),
-                    ));
-                }
+                FileFormat::Csv => csv_schema(&files, &read_options)?,
             };
             with_partition_columns(&data, &files)
         }
@@ -119,6 +131,26 @@ fn infer_json(files: &[FileStatus], options: &ReadOptions) -> Result<Schema> {
         fields.push(Field::new(corrupt, DataType::Utf8, true));
     }
     Ok(Schema::new(fields))
+}
+
+/// The first CSV file's schema: its header's names (or `_c0`, `_c1`, ...), typed as
+/// `inferSchema` says (an empty schema when there is no file).
+fn csv_schema(files: &[FileStatus], options: &ReadOptions) -> Result<Schema> {
+    let Some(first) = files.first() else {
+        return Ok(Schema::empty());
+    };
+    let bytes = std::fs::read(&first.path).map_err(|e| FlumenError::io(&first.path, e))?;
+    let text = String::from_utf8(bytes).map_err(|e| FlumenError::DataFile {
+        path: first.path.clone(),
+        reason: format!("is not UTF-8 text ({e}); convert the file to UTF-8"),
+    })?;
+    let batch = crate::csv::read(
+        &text,
+        options.csv(),
+        None,
+        &first.path.display().to_string(),
+    )?;
+    Ok(batch.schema().as_ref().clone())
 }
 
 /// The schema of the first Parquet file (an empty schema when there is none).

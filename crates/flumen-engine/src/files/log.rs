@@ -9,17 +9,18 @@
 //!   `{"path":"file:///out/part-00000-….c000.json","size":123,"isDir":false,
 //!   "modificationTime":1700000000000,"blockReplication":1,"blockSize":33554432,"action":"add"}`.
 //!
-//! Both are written atomically (temporary file, fsync, rename, directory fsync). Flumen writes
-//! one file per batch and does not compact; it reads the sink's `<n>.compact` files Spark
-//! writes every 10 batches.
+//! Both are written atomically (temporary file, fsync, rename, directory fsync). The sink log
+//! is compacted as Spark's is: every 10th batch (ids 9, 19, ...) is written as `<n>.compact`,
+//! listing every committed file, and readers start at the newest one. (Spark also deletes the
+//! batch files a compaction covers after a delay; Flumen keeps them.) The source log, private
+//! to the checkpoint, is not compacted.
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::{FORMAT_VERSION, read_log, write_atomic};
+use crate::checkpoint::{FORMAT_VERSION, read_log, to_json, write_atomic, write_durably};
 use crate::error::{FlumenError, Result};
 
 /// One file taken by a file source's batch (Spark's `FileEntry`).
@@ -33,6 +34,9 @@ pub struct SourceFileEntry {
     /// The log entry (source batch) that took it.
     pub batch_id: i64,
 }
+
+/// How often the sink log is compacted (Spark's `spark.sql.streaming.fileSink.log.compactInterval`).
+pub const SINK_LOG_COMPACT_INTERVAL: u64 = 10;
 
 /// A file source's log of the files each of its batches takes.
 #[derive(Debug, Clone)]
@@ -88,12 +92,7 @@ impl SourceFileLog {
     /// Writes entry `n` (atomically).
     pub fn add(&self, n: i64, entries: &[SourceFileEntry]) -> Result<()> {
         fs::create_dir_all(&self.dir).map_err(|e| FlumenError::io(&self.dir, e))?;
-        let mut text = FORMAT_VERSION.to_string();
-        for entry in entries {
-            text.push('\n');
-            text.push_str(&to_json(entry)?);
-        }
-        write_atomic(&self.path(n), text.as_bytes())
+        write_atomic(&self.path(n), log_text(entries)?.as_bytes())
     }
 }
 
@@ -239,14 +238,19 @@ impl SinkLog {
             .collect()
     }
 
-    /// Commits batch `batch_id` with its files (atomically).
+    /// Commits batch `batch_id` with its files (atomically). Every
+    /// [`SINK_LOG_COMPACT_INTERVAL`]th batch is a compaction, as in Spark: `<batchId>.compact`
+    /// lists every committed file so far, so readers (Spark's among them, which expect it) need
+    /// not read the whole log.
     pub fn add(&self, batch_id: u64, entries: &[SinkFileEntry]) -> Result<()> {
-        let mut text = FORMAT_VERSION.to_string();
-        for entry in entries {
-            text.push('\n');
-            text.push_str(&to_json(entry)?);
-        }
-        write_file_atomic(&self.dir.join(batch_id.to_string()), text.as_bytes())
+        let (name, listed) = if (batch_id + 1).is_multiple_of(SINK_LOG_COMPACT_INTERVAL) {
+            let mut files = self.committed_files()?;
+            files.extend(entries.iter().cloned());
+            (format!("{batch_id}.compact"), files)
+        } else {
+            (batch_id.to_string(), entries.to_vec())
+        };
+        write_file_atomic(&self.dir.join(name), log_text(&listed)?.as_bytes())
     }
 }
 
@@ -273,27 +277,21 @@ fn batch_files(dir: &Path) -> Result<Vec<(u64, bool)>> {
     Ok(out)
 }
 
-fn to_json<T: Serialize>(value: &T) -> Result<String> {
-    serde_json::to_string(value).map_err(|e| FlumenError::IllegalState(e.to_string()))
+/// A log file's text: the version line, then one JSON object per entry.
+fn log_text<T: Serialize>(entries: &[T]) -> Result<String> {
+    let mut text = FORMAT_VERSION.to_string();
+    for entry in entries {
+        text.push('\n');
+        text.push_str(&to_json(entry)?);
+    }
+    Ok(text)
 }
 
-/// Writes `bytes` to `path` atomically: a hidden temporary file beside it, fsynced, renamed,
-/// and the directory fsynced. Errors name the path.
+/// Writes `bytes` to `path` atomically and durably: a hidden temporary file beside it, fsynced,
+/// renamed, and the directory fsynced. Errors name the
+/// path.
 pub fn write_file_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    let tmp = dir.join(format!(".{name}.{}.tmp", uuid::Uuid::new_v4()));
-    let result = (|| {
-        let mut file = fs::File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        fs::rename(&tmp, path)?;
-        fs::File::open(dir)?.sync_all()
-    })();
-    result.map_err(|e| {
-        let _ = fs::remove_file(&tmp);
-        FlumenError::io(path, e)
-    })
+    write_durably(path, bytes).map_err(|e| FlumenError::io(path, e))
 }
 
 #[cfg(test)]
@@ -347,6 +345,40 @@ mod tests {
             err.contains("/3: has an entry that is not a file status"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn every_tenth_batch_is_a_compaction_listing_every_committed_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = SinkLog::new(dir.path());
+        for batch in 0..12u64 {
+            let file = format!("/o/{batch}");
+            log.add(batch, &[SinkFileEntry::add(Path::new(&file), 1, 0)])
+                .unwrap();
+        }
+        assert!(!dir.path().join("9").exists());
+        let compact = std::fs::read_to_string(dir.path().join("9.compact")).unwrap();
+        let lines: Vec<&str> = compact.lines().collect();
+        assert_eq!(lines[0], "v1");
+        let paths: Vec<String> = lines[1..]
+            .iter()
+            .map(|l| serde_json::from_str::<SinkFileEntry>(l).unwrap().path)
+            .collect();
+        let first_ten: Vec<String> = (0..10).map(|b| format!("file:///o/{b}")).collect();
+        assert_eq!(paths, first_ten);
+        assert_eq!(log.latest_batch_id().unwrap(), Some(11));
+        // Readers start at the compaction: the batch files it covers are no longer needed.
+        for batch in 0..9 {
+            std::fs::remove_file(dir.path().join(batch.to_string())).unwrap();
+        }
+        let all: Vec<String> = log
+            .committed_files()
+            .unwrap()
+            .into_iter()
+            .map(|e| e.path)
+            .collect();
+        let twelve: Vec<String> = (0..12).map(|b| format!("file:///o/{b}")).collect();
+        assert_eq!(all, twelve);
     }
 
     #[test]

@@ -52,7 +52,18 @@ impl ReadOptions {
     /// Validates the options of `format`: Spark's CSV options, and for JSON `mode`
     /// (`PERMISSIVE`, `DROPMALFORMED`, `FAILFAST`) and `columnNameOfCorruptRecord`.
     pub fn from_options(format: FileFormat, options: &Options) -> Result<Self> {
-        let csv = CsvOptions::from_options(options, false, false)?;
+        Self::with_csv_defaults(format, options, false, false)
+    }
+
+    /// [`Self::from_options`], with CSV's `header` and `inferSchema` defaulting as given
+    /// (`session.read_csv` defaults both to true, as the notebook's `read.csv(..)` call does).
+    pub fn with_csv_defaults(
+        format: FileFormat,
+        options: &Options,
+        header: bool,
+        infer_schema: bool,
+    ) -> Result<Self> {
+        let csv = CsvOptions::from_options(options, header, infer_schema)?;
         Ok(Self {
             format,
             mode: csv.mode,
@@ -67,6 +78,11 @@ impl ReadOptions {
     /// The format.
     pub fn format(&self) -> FileFormat {
         self.format
+    }
+
+    /// The CSV options.
+    pub(crate) fn csv(&self) -> &CsvOptions {
+        &self.csv
     }
 
     /// The column that receives malformed records' text, when the schema has it.
@@ -344,7 +360,12 @@ fn conform(path: &Path, batch: &RecordBatch, schema: &SchemaRef) -> Result<Recor
             None => Ok(new_null_array(field.data_type(), rows)),
             Some(column) if column.data_type() == field.data_type() => Ok(Arc::clone(column)),
             Some(column) => {
-                cast_with_options(column, field.data_type(), &CastOptions::default()).map_err(
+                // Not a "safe" cast: a value that does not fit is an error, never a null.
+                let strict = CastOptions {
+                    safe: false,
+                    ..CastOptions::default()
+                };
+                cast_with_options(column, field.data_type(), &strict).map_err(
                     |e| FlumenError::DataFile {
                         path: path.to_path_buf(),
                         reason: format!(

@@ -106,8 +106,8 @@ impl StreamSink for FileSink {
         Ok(())
     }
 
-    /// Creates the directory and reads its metadata log. A log that goes beyond the batch the
-    /// query can re-run (its last committed batch + 1) was written by another query: its batch
+    /// Creates the directory and reads its metadata log. A log that goes beyond the batches
+    /// this query has planned (its last `offsets/N`) was written by another query: its batch
     /// ids would make this query's batches look written, so the query is refused (Spark would
     /// skip them).
     async fn open(&mut self, context: &SinkContext) -> Result<()> {
@@ -122,9 +122,10 @@ impl StreamSink for FileSink {
         });
         let log = SinkLog::new(self.target.dir.join(SINK_METADATA_DIR));
         let latest = log.latest_batch_id()?;
-        let may_rerun = context.last_committed_batch.map_or(0, |c| c + 1);
         if let Some(latest) = latest
-            && latest > may_rerun
+            && context
+                .last_planned_batch
+                .is_none_or(|planned| latest > planned)
         {
             let committed = context
                 .last_committed_batch
@@ -166,6 +167,27 @@ impl StreamSink for FileSink {
     }
 }
 
+/// Creates `dir` (a partition directory below `root`) if it is missing, and fsyncs the parent
+/// of each directory it creates: a committed log entry must never name a file whose directory
+/// a power loss could forget.
+fn create_dir_durably(root: &Path, dir: &Path) -> Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(dir).map_err(|e| FlumenError::io(dir, e))?;
+    let mut created = dir;
+    while created != root {
+        let Some(parent) = created.parent() else {
+            break;
+        };
+        std::fs::File::open(parent)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| FlumenError::io(parent, e))?;
+        created = parent;
+    }
+    Ok(())
+}
+
 /// Writes batch `batch_id`'s files, then commits them to the metadata log.
 fn write_batch(target: &Target, batch_id: u64, batches: Vec<RecordBatch>) -> Result<()> {
     let log = SinkLog::new(target.dir.join(SINK_METADATA_DIR));
@@ -174,7 +196,7 @@ fn write_batch(target: &Target, batch_id: u64, batches: Vec<RecordBatch>) -> Res
     let mut entries = Vec::with_capacity(groups.len());
     for (part, (directory, batches)) in groups.into_iter().enumerate() {
         let dir = target.dir.join(&directory);
-        std::fs::create_dir_all(&dir).map_err(|e| FlumenError::io(&dir, e))?;
+        create_dir_durably(&target.dir, &dir)?;
         let name = format!(
             "part-{part:05}-{job}.c000.{}",
             target.write.format().extension()

@@ -251,6 +251,9 @@ impl StreamSource for FileSource {
 #[derive(Debug)]
 struct SeenFiles {
     files: HashMap<String, i64>,
+    /// Files taken and since purged: not new, but not skipped for their age either (only a
+    /// file never taken gets the age warning). As large as the directory's listing at most.
+    purged: HashSet<String>,
     max_age_ms: i64,
     latest_ms: i64,
     last_purge_ms: i64,
@@ -260,6 +263,7 @@ impl SeenFiles {
     fn new(max_age_ms: i64) -> Self {
         Self {
             files: HashMap::new(),
+            purged: HashSet::new(),
             max_age_ms,
             latest_ms: 0,
             last_purge_ms: i64::MIN,
@@ -276,12 +280,26 @@ impl SeenFiles {
         modification_ms >= self.last_purge_ms && !self.files.contains_key(key)
     }
 
+    /// Never taken, but older than the age limit at the last purge.
+    fn is_too_old(&self, key: &str, modification_ms: i64) -> bool {
+        modification_ms < self.last_purge_ms
+            && !self.files.contains_key(key)
+            && !self.purged.contains(key)
+    }
+
     /// Forgets files older than the newest one minus the age limit; from now on such files
     /// are not new.
     fn purge(&mut self) {
         self.last_purge_ms = self.latest_ms.saturating_sub(self.max_age_ms);
         let threshold = self.last_purge_ms;
-        self.files.retain(|_, modified| *modified >= threshold);
+        let purged = &mut self.purged;
+        self.files.retain(|key, modified| {
+            let keep = *modified >= threshold;
+            if !keep {
+                purged.insert(key.clone());
+            }
+            keep
+        });
     }
 }
 
@@ -294,6 +312,8 @@ struct FileSourceReader {
     seen: SeenFiles,
     /// The files an available-now run may take (fixed when it starts).
     available_now: Option<HashSet<String>>,
+    /// Files left out for their age and already warned about.
+    warned_too_old: HashSet<String>,
 }
 
 impl FileSourceReader {
@@ -320,20 +340,32 @@ impl FileSourceReader {
             log,
             seen,
             available_now: None,
+            warned_too_old: HashSet::new(),
         })
     }
 
-    /// The files of the directory not taken yet.
-    async fn new_files(&self) -> Result<Vec<FileStatus>> {
+    /// The files of the directory not taken yet. A file never taken but older than the age
+    /// limit (`maxFileAge`; e.g. copied in keeping an old modification time) is left out, as
+    /// Spark leaves it out, with a warning the first time it is seen.
+    async fn new_files(&mut self) -> Result<Vec<FileStatus>> {
         let dir = self.definition.dir.clone();
         let listed = blocking(move || list_data_files(&dir)).await?;
-        Ok(listed
-            .into_iter()
-            .filter(|f| {
-                self.seen
-                    .is_new(&file_key(&self.definition, &f.path), f.modification_ms)
-            })
-            .collect())
+        let mut new = Vec::new();
+        for file in listed {
+            let key = file_key(&self.definition, &file.path);
+            if self.seen.is_new(&key, file.modification_ms) {
+                new.push(file);
+            } else if self.seen.is_too_old(&key, file.modification_ms)
+                && self.warned_too_old.insert(key)
+            {
+                tracing::warn!(
+                    file = %file.path.display(),
+                    modified_ms = file.modification_ms,
+                    "skipping a file older than maxFileAge allows (relative to the newest file seen); touch it or raise maxFileAge to read it"
+                );
+            }
+        }
+        Ok(new)
     }
 
     fn description(&self) -> String {

@@ -9,6 +9,7 @@
 //! there. A null or blank input gives a null struct.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use arrow_json::ReaderBuilder;
 use arrow_json::writer::{LineDelimited, WriterBuilder};
@@ -88,6 +89,41 @@ pub struct FromJson {
     signature: Signature,
     schema: Option<SchemaRef>,
     options: JsonOptions,
+    /// Told how many malformed records each call met (set for queries with a dead-letter
+    /// output; see `crate::dead_letters`).
+    malformed: Option<MalformedSignal>,
+}
+
+/// A counter of malformed records shared by a query's `from_json` calls and its micro-batch
+/// loop: it tells the loop that a batch has records for the dead-letter output, so batches
+/// without any pay nothing more. It takes no part in equality or hashing (it does not change
+/// what the function computes).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct MalformedSignal(Arc<AtomicU64>);
+
+impl MalformedSignal {
+    fn add(&self, n: u64) {
+        if n > 0 {
+            self.0.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    /// The count since the last call, reset to zero.
+    pub(crate) fn take(&self) -> u64 {
+        self.0.swap(0, Ordering::Relaxed)
+    }
+}
+
+impl PartialEq for MalformedSignal {
+    fn eq(&self, _other: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for MalformedSignal {}
+
+impl std::hash::Hash for MalformedSignal {
+    fn hash<H: std::hash::Hasher>(&self, _state: &mut H) {}
 }
 
 impl FromJson {
@@ -97,6 +133,7 @@ impl FromJson {
             signature: Signature::any(1, Volatility::Immutable),
             schema: Some(schema),
             options,
+            malformed: None,
         }
     }
 
@@ -106,7 +143,23 @@ impl FromJson {
             signature: Signature::any(2, Volatility::Immutable),
             schema: None,
             options: JsonOptions::default(),
+            malformed: None,
         }
+    }
+
+    /// The same function, counting the malformed records it meets in `signal`.
+    pub(crate) fn reporting_to(&self, signal: &MalformedSignal) -> Self {
+        Self {
+            signature: self.signature.clone(),
+            schema: self.schema.clone(),
+            options: self.options.clone(),
+            malformed: Some(signal.clone()),
+        }
+    }
+
+    /// Its options.
+    pub(crate) fn options(&self) -> &JsonOptions {
+        &self.options
     }
 
     fn schema_from_args(&self, scalar: Option<&ScalarValue>) -> DFResult<SchemaRef> {
@@ -162,7 +215,10 @@ impl ScalarUDFImpl for FromJson {
             .first()
             .ok_or_else(|| DataFusionError::Execution("from_json needs an argument".into()))?
             .to_array(rows)?;
-        let result = decode_json_column(&input, &fields, &self.options)?;
+        let (result, malformed) = decode_counting_malformed(&input, &fields, &self.options)?;
+        if let Some(signal) = &self.malformed {
+            signal.add(malformed as u64);
+        }
         Ok(ColumnarValue::Array(Arc::new(result)))
     }
 }
@@ -195,7 +251,15 @@ pub fn decode_json_column(
     fields: &Fields,
     options: &JsonOptions,
 ) -> DFResult<StructArray> {
-    let texts = string_values(input)?;
+    Ok(decode_counting_malformed(input, fields, options)?.0)
+}
+
+/// The position of the corrupt-record field in `fields`, if it has one, and the schema of the
+/// other fields (what the JSON text is decoded into).
+fn split_corrupt_record_field(
+    fields: &Fields,
+    options: &JsonOptions,
+) -> (Option<usize>, SchemaRef) {
     let corrupt_index = fields.iter().position(|f| {
         f.name() == &options.corrupt_record_column && f.data_type() == &DataType::Utf8
     });
@@ -205,9 +269,22 @@ pub fn decode_json_column(
         .filter(|(i, _)| Some(*i) != corrupt_index)
         .map(|(_, f)| Arc::clone(f))
         .collect();
-    let decode_schema = Arc::new(Schema::new(decode_fields));
+    (corrupt_index, Arc::new(Schema::new(decode_fields)))
+}
 
-    let present = |t: &Option<&str>| t.is_some_and(|s| !s.trim().is_empty());
+/// A null or blank text is absent (a null struct), never malformed.
+fn present(text: &Option<&str>) -> bool {
+    text.is_some_and(|s| !s.trim().is_empty())
+}
+
+/// [`decode_json_column`], also returning how many records were malformed.
+fn decode_counting_malformed(
+    input: &ArrayRef,
+    fields: &Fields,
+    options: &JsonOptions,
+) -> DFResult<(StructArray, usize)> {
+    let texts = string_values(input)?;
+    let (corrupt_index, decode_schema) = split_corrupt_record_field(fields, options);
     let decoded = match decode_all_at_once(&texts, &decode_schema, present)? {
         Some(batch) => Decoded {
             batch,
@@ -233,7 +310,55 @@ pub fn decode_json_column(
             texts[i].unwrap_or_default()
         );
     }
-    assemble(&texts, decoded, fields, corrupt_index, present)
+    let malformed = decoded.malformed.iter().filter(|m| **m).count();
+    Ok((
+        assemble(&texts, decoded, fields, corrupt_index, present)?,
+        malformed,
+    ))
+}
+
+/// The records of `input` that `from_json` with `fields` and `options` finds malformed: each
+/// row's index and why it could not be decoded (the decoder's own message). Null and blank
+/// texts are not malformed.
+pub(crate) fn malformed_records(
+    input: &ArrayRef,
+    fields: &Fields,
+    options: &JsonOptions,
+) -> DFResult<Vec<(usize, String)>> {
+    let texts = string_values(input)?;
+    let (_, decode_schema) = split_corrupt_record_field(fields, options);
+    let mut out = Vec::new();
+    for (i, text) in texts.iter().enumerate() {
+        let Some(text) = text.filter(|_| present(text)) else {
+            continue;
+        };
+        if let Err(reason) = decode_one(text, &decode_schema) {
+            out.push((i, reason));
+        }
+    }
+    Ok(out)
+}
+
+/// Decodes one record alone: its row, or why it is malformed.
+fn decode_one(text: &str, schema: &SchemaRef) -> Result<RecordBatch, String> {
+    let mut decoder = ReaderBuilder::new(Arc::clone(schema))
+        .with_batch_size(1)
+        .build_decoder()
+        .map_err(decoder_message)?;
+    feed_one(&mut decoder, text.as_bytes(), 0)?;
+    match decoder.flush() {
+        Ok(Some(batch)) if batch.num_rows() == 1 => Ok(batch),
+        Ok(_) => Err("the record holds no JSON object".to_string()),
+        Err(e) => Err(decoder_message(e)),
+    }
+}
+
+/// The JSON decoder's message, without arrow's "Json error: " prefix.
+fn decoder_message(e: datafusion::arrow::error::ArrowError) -> String {
+    match e {
+        datafusion::arrow::error::ArrowError::JsonError(message) => message,
+        other => other.to_string(),
+    }
 }
 
 struct Decoded {
@@ -258,7 +383,7 @@ fn decode_all_at_once(
     let mut expected = 0usize;
     for text in texts.iter().filter(|t| present(t)) {
         let Some(text) = text else { continue };
-        if !feed_one(&mut decoder, text.as_bytes(), expected) {
+        if feed_one(&mut decoder, text.as_bytes(), expected).is_err() {
             return Ok(None);
         }
         expected += 1;
@@ -270,19 +395,39 @@ fn decode_all_at_once(
     }
 }
 
-/// Feeds one record; true when the decoder then holds exactly `before + 1` complete rows.
-fn feed_one(decoder: &mut arrow_json::reader::Decoder, bytes: &[u8], before: usize) -> bool {
+/// Feeds one record; `Ok` when the decoder then holds exactly `before + 1` complete rows,
+/// otherwise why not.
+fn feed_one(
+    decoder: &mut arrow_json::reader::Decoder,
+    bytes: &[u8],
+    before: usize,
+) -> Result<(), String> {
     match decoder.decode(bytes) {
         Ok(n) if n == bytes.len() => {}
-        _ => return false,
+        Ok(n) => {
+            return Err(format!(
+                "the record is not one JSON value: text follows it at byte {n}"
+            ));
+        }
+        Err(e) => return Err(decoder_message(e)),
     }
     // A bare number at the end of a record is only complete once a delimiter follows.
-    if decoder.has_partial_record()
-        && (decoder.decode(b"\n").is_err() || decoder.has_partial_record())
-    {
-        return false;
+    if decoder.has_partial_record() {
+        if let Err(e) = decoder.decode(b"\n") {
+            return Err(decoder_message(e));
+        }
+        if decoder.has_partial_record() {
+            return Err("the record ends inside a JSON value".to_string());
+        }
     }
-    decoder.len() == before + 1
+    match decoder.len() {
+        n if n == before + 1 => Ok(()),
+        n if n == before => Err("the record holds no JSON object".to_string()),
+        n => Err(format!(
+            "the record holds {} JSON values, not one",
+            n - before
+        )),
+    }
 }
 
 /// The slow path: each record alone, so one bad record cannot affect the others.
@@ -300,15 +445,7 @@ fn decode_one_by_one(
             row_of_input.push(None);
             continue;
         };
-        let mut decoder = ReaderBuilder::new(Arc::clone(schema))
-            .with_batch_size(1)
-            .build_decoder()?;
-        let row = if feed_one(&mut decoder, text.as_bytes(), 0) {
-            decoder.flush().ok().flatten().filter(|b| b.num_rows() == 1)
-        } else {
-            None
-        };
-        match row {
+        match decode_one(text, schema).ok() {
             Some(batch) => {
                 row_of_input.push(Some(good.len() as u32));
                 good.push(batch);

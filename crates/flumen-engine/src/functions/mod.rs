@@ -27,6 +27,7 @@ pub use spark::{
     binary_to_string_lossy,
 };
 
+pub(crate) use json::{MalformedSignal, malformed_records};
 pub(crate) use spark::BatchClock;
 
 pub use crate::stateful::windows::{session_window, sliding_window, window, window_with_start};

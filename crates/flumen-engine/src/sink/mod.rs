@@ -31,6 +31,10 @@ pub struct SinkContext {
     pub run_id: String,
     /// The last batch whose `commits/N` is written, if any: batches after it may be re-run.
     pub last_committed_batch: Option<u64>,
+    /// The last batch whose `offsets/N` is written, if any: the only batch after
+    /// `last_committed_batch` that can be re-run (a sink's log that goes further was written
+    /// by someone else).
+    pub last_planned_batch: Option<u64>,
 }
 
 impl SinkContext {
@@ -44,7 +48,14 @@ impl SinkContext {
             query_id: query_id.into(),
             run_id: run_id.into(),
             last_committed_batch,
+            last_planned_batch: last_committed_batch,
         }
+    }
+
+    /// The same context, with the last batch whose offsets are logged.
+    pub fn with_last_planned_batch(mut self, last_planned_batch: Option<u64>) -> Self {
+        self.last_planned_batch = last_planned_batch;
+        self
     }
 }
 
