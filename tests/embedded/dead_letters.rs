@@ -36,15 +36,11 @@ fn parsed(frame: StreamFrame, schema: &str) -> flumen::Result<StreamFrame> {
         .select_expr(["k", "data.*"])
 }
 
-/// A dead-letter record as text: key, value, headers.
-type DeadLetterRecord = (String, String, Vec<(String, String)>);
-
-const BROKEN_ERROR: &str = "from_json(json): the record ends inside a JSON value";
-const WRONG_TYPE_ERROR: &str =
-    "from_json(json): whilst decoding field 'id': failed to parse \"three\" as Int32";
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn malformed_records_go_to_a_memory_table_with_their_source_row_and_the_error() {
+/// Streams the five passengers through `query` (given the Kafka frame) into the memory table
+/// `passengers`, with dead letters in `bad_passengers`; returns the session holding both.
+async fn run_to_memory(
+    query: impl FnOnce(StreamFrame) -> flumen::Result<StreamFrame>,
+) -> StreamSession {
     let kafka = EmbeddedKafka::with_topics(&[("passengers", 1)]).unwrap();
     let servers = kafka.bootstrap_servers().to_string();
     produce_passengers(&servers, "passengers", &[]);
@@ -52,7 +48,7 @@ async fn malformed_records_go_to_a_memory_table_with_their_source_row_and_the_er
     let frame = earliest_reader(&session, &servers, "passengers")
         .load()
         .unwrap();
-    let query = parsed(frame, SCHEMA)
+    let query = query(frame)
         .unwrap()
         .write_stream()
         .memory()
@@ -63,6 +59,19 @@ async fn malformed_records_go_to_a_memory_table_with_their_source_row_and_the_er
         .unwrap();
     query.process_all_available().await.unwrap();
     query.stop().await.unwrap();
+    session
+}
+
+/// A dead-letter record as text: key, value, headers.
+type DeadLetterRecord = (String, String, Vec<(String, String)>);
+
+const BROKEN_ERROR: &str = "from_json(json): the record ends inside a JSON value";
+const WRONG_TYPE_ERROR: &str =
+    "from_json(json): whilst decoding field 'id': failed to parse \"three\" as Int32";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_records_go_to_a_memory_table_with_their_source_row_and_the_error() {
+    let session = run_to_memory(|frame| parsed(frame, SCHEMA)).await;
     // The query's own rows are as without dead letters: PERMISSIVE nulls for the bad records.
     assert_eq!(
         sql_table(&session, "SELECT k, id, name FROM passengers ORDER BY k").await,
@@ -95,24 +104,7 @@ async fn malformed_records_go_to_a_memory_table_with_their_source_row_and_the_er
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_corrupt_record_column_and_the_dead_letters_both_get_the_record() {
-    let kafka = EmbeddedKafka::with_topics(&[("passengers", 1)]).unwrap();
-    let servers = kafka.bootstrap_servers().to_string();
-    produce_passengers(&servers, "passengers", &[]);
-    let session = StreamSession::new();
-    let frame = earliest_reader(&session, &servers, "passengers")
-        .load()
-        .unwrap();
-    let query = parsed(frame, "id INT, _corrupt_record STRING")
-        .unwrap()
-        .write_stream()
-        .memory()
-        .query_name("passengers")
-        .dead_letters_to_memory("bad_passengers")
-        .start()
-        .await
-        .unwrap();
-    query.process_all_available().await.unwrap();
-    query.stop().await.unwrap();
+    let session = run_to_memory(|frame| parsed(frame, "id INT, _corrupt_record STRING")).await;
     assert_eq!(
         sql_table(
             &session,
@@ -224,26 +216,9 @@ async fn dead_letters_reach_a_kafka_topic_with_the_original_record_and_where_it_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_record_filtered_out_before_from_json_is_not_a_dead_letter() {
-    let kafka = EmbeddedKafka::with_topics(&[("passengers", 1)]).unwrap();
-    let servers = kafka.bootstrap_servers().to_string();
-    produce_passengers(&servers, "passengers", &[]);
-    let session = StreamSession::new();
-    let frame = earliest_reader(&session, &servers, "passengers")
-        .load()
-        .unwrap()
-        .filter(col("key").not_eq(lit(b"2".to_vec())))
-        .unwrap();
-    let query = parsed(frame, SCHEMA)
-        .unwrap()
-        .write_stream()
-        .memory()
-        .query_name("passengers")
-        .dead_letters_to_memory("bad_passengers")
-        .start()
-        .await
-        .unwrap();
-    query.process_all_available().await.unwrap();
-    query.stop().await.unwrap();
+    let session =
+        run_to_memory(|frame| parsed(frame.filter(col("key").not_eq(lit(b"2".to_vec())))?, SCHEMA))
+            .await;
     assert_eq!(
         sql_table(
             &session,
@@ -256,30 +231,14 @@ async fn a_record_filtered_out_before_from_json_is_not_a_dead_letter() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_later_filter_on_other_columns_removes_dead_letters_and_one_on_parsed_fields_does_not() {
-    let kafka = EmbeddedKafka::with_topics(&[("passengers", 1)]).unwrap();
-    let servers = kafka.bootstrap_servers().to_string();
-    produce_passengers(&servers, "passengers", &[]);
-    let session = StreamSession::new();
-    let frame = earliest_reader(&session, &servers, "passengers")
-        .load()
-        .unwrap();
     // The optimizer may move `k <> '3'` below the parse, so record 3 is never parsed; record 2
     // is parsed, malformed, and then removed by the filter on its parsed `id`.
-    let query = parsed(frame, SCHEMA)
-        .unwrap()
-        .filter_expr("k <> '3'")
-        .unwrap()
-        .filter_expr("id IS NOT NULL")
-        .unwrap()
-        .write_stream()
-        .memory()
-        .query_name("passengers")
-        .dead_letters_to_memory("bad_passengers")
-        .start()
-        .await
-        .unwrap();
-    query.process_all_available().await.unwrap();
-    query.stop().await.unwrap();
+    let session = run_to_memory(|frame| {
+        parsed(frame, SCHEMA)?
+            .filter_expr("k <> '3'")?
+            .filter_expr("id IS NOT NULL")
+    })
+    .await;
     assert_eq!(
         sql_table(&session, "SELECT k, id FROM passengers ORDER BY k").await,
         "+---+----+\n| k | id |\n+---+----+\n| 1 | 1  |\n| 5 | 5  |\n+---+----+"

@@ -9,13 +9,11 @@
 //! column (e.g. files), the value is the source row as one JSON object and the only added
 //! header is `flumen.parse_error`.
 //!
-//! The records go through a [`KafkaSink`] with the query's `kafka.*` options: at-least-once,
-//! or exactly-once when the query's Kafka sink is (the dead-letter topic is then its own
-//! transaction marker topic, so its producer has its own transactional id).
+//! At-least-once, or exactly-once when the query's Kafka sink is (see
+//! [`side_output`](crate::side_output)).
 
 use std::sync::Arc;
 
-use async_trait::async_trait;
 use flumen_engine::datafusion::arrow::array::{
     Array, ArrayRef, AsArray, BinaryBuilder, ListBuilder, RecordBatch, StringBuilder, StructArray,
     StructBuilder, new_null_array,
@@ -25,31 +23,24 @@ use flumen_engine::datafusion::arrow::datatypes::{DataType, Field, Schema, Schem
 use flumen_engine::dead_letters::PARSE_ERROR_COLUMN;
 use flumen_engine::functions::encode_json_column;
 use flumen_engine::options::Options;
-use flumen_engine::sink::{SinkContext, StreamSink};
-use flumen_engine::{FlumenError, OutputMode, Result};
+use flumen_engine::{FlumenError, Result};
 
 use crate::schema::headers_type;
-use crate::sink::{KafkaSink, side_output_sink};
+use crate::side_output::{SideOutputToKafka, ToRecords};
 
 /// The header naming why a record is a dead letter.
 pub const PARSE_ERROR_HEADER: &str = "flumen.parse_error";
 /// The prefix of the headers carrying the source row's other columns (`flumen.source.topic`).
 pub const SOURCE_HEADER_PREFIX: &str = "flumen.source.";
 
-/// A [`StreamSink`] writing dead letters to one topic.
-pub struct DeadLettersToKafka {
-    topic: String,
+/// Dead letters as replayable records: the original key, value and headers, plus context
+/// headers.
+pub struct DeadLetterRecords {
     record_schema: SchemaRef,
-    inner: KafkaSink,
 }
 
-impl std::fmt::Debug for DeadLettersToKafka {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DeadLettersToKafka")
-            .field("topic", &self.topic)
-            .finish_non_exhaustive()
-    }
-}
+/// A [`StreamSink`](flumen_engine::sink::StreamSink) writing dead letters to one topic.
+pub type DeadLettersToKafka = SideOutputToKafka<DeadLetterRecords>;
 
 impl DeadLettersToKafka {
     /// A sink to `topic` with the query's options (`kafka.bootstrap.servers`, `kafka.*`,
@@ -60,11 +51,15 @@ impl DeadLettersToKafka {
             Field::new("value", DataType::Binary, true),
             Field::new("headers", headers_type(), true),
         ]));
-        Ok(Self {
-            topic: topic.to_string(),
-            inner: side_output_sink(topic, query_options, &record_schema)?,
-            record_schema,
-        })
+        Self::with(topic, query_options, DeadLetterRecords { record_schema })
+    }
+}
+
+impl ToRecords for DeadLetterRecords {
+    const LABEL: &'static str = "DeadLetters";
+
+    fn record_schema(&self) -> SchemaRef {
+        Arc::clone(&self.record_schema)
     }
 
     /// The Kafka records (key, value, headers) of one batch of dead letters.
@@ -187,31 +182,4 @@ fn append_header(entries: &mut StructBuilder, key: &str, value: Option<&[u8]>) {
         values.append_option(value);
     }
     entries.append(true);
-}
-
-#[async_trait]
-impl StreamSink for DeadLettersToKafka {
-    fn description(&self) -> String {
-        format!("DeadLetters[KafkaSink[{}]]", self.topic)
-    }
-
-    async fn open(&mut self, context: &SinkContext) -> Result<()> {
-        self.inner.open(context).await
-    }
-
-    async fn add_batch(
-        &mut self,
-        batch_id: u64,
-        _schema: &SchemaRef,
-        batches: Vec<RecordBatch>,
-        _mode: OutputMode,
-    ) -> Result<()> {
-        let records = batches
-            .iter()
-            .map(|letters| self.records(letters))
-            .collect::<Result<Vec<_>>>()?;
-        self.inner
-            .add_batch(batch_id, &self.record_schema, records, OutputMode::Append)
-            .await
-    }
 }

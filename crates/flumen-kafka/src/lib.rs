@@ -41,6 +41,7 @@ mod late;
 pub mod offsets;
 pub mod options;
 pub mod schema;
+pub mod side_output;
 mod sink;
 mod source;
 pub mod transactional;
@@ -50,7 +51,7 @@ pub use api::{
     KafkaStreamReader, KafkaStreamWriter, KafkaWriteStreamExt,
 };
 pub use broker::EmbeddedKafka;
-pub use late::LateRowsToKafka;
+pub use late::{LateRowsAsJson, LateRowsToKafka};
 pub use options::{EndingOffsets, SourceConfig, StartingOffsets, Subscription};
 pub use schema::kafka_schema;
 pub use sink::KafkaSink;

@@ -140,21 +140,6 @@ impl SinkLayout {
     }
 }
 
-/// A Kafka sink for one of a query's side outputs (late rows, dead letters) writing rows of
-/// `schema` to `topic`, with the query's brokers and `kafka.*` options: exactly-once when the
-/// query's output is, the topic then being its own transaction marker topic (so its producer
-/// has a transactional id of its own).
-pub(crate) fn side_output_sink(
-    topic: &str,
-    query_options: &Options,
-    schema: &SchemaRef,
-) -> Result<KafkaSink> {
-    let mut options = query_options.clone();
-    options.set("topic", topic);
-    options.remove(crate::transactional::TRANSACTION_MARKER_TOPIC);
-    KafkaSink::new(schema, &options)
-}
-
 /// Creates a producer from `kafka.*` options with Flumen's defaults.
 pub(crate) fn create_producer(options: &Options) -> Result<BaseProducer<DeliveryTracker>> {
     create_producer_with(options, &[])
