@@ -17,7 +17,7 @@ use serde::Deserialize;
 
 use crate::data::{titanic_messages, value_batches};
 use crate::measure::{Figure, Sample, median, time, time_async};
-use crate::pipeline::{parsed_values, run_to_noop_sink};
+use crate::pipeline::{parsed_values, run_to_noop_sink, run_to_noop_sink_with_dead_letters};
 
 /// Rows per record batch the source hands the plan.
 const CHUNK: usize = 65_536;
@@ -30,6 +30,69 @@ async fn query(batches: &[RecordBatch], schema: &SchemaRef) -> usize {
     let session = StreamSession::new();
     let parsed = parsed_values(&session, batches, None, Arc::clone(schema));
     run_to_noop_sink(parsed).await as usize
+}
+
+/// [`query`] with a dead-letter output; returns (rows, dead letters).
+async fn query_with_dead_letters(batches: &[RecordBatch], schema: &SchemaRef) -> (usize, u64) {
+    let session = StreamSession::new();
+    let parsed = parsed_values(&session, batches, None, Arc::clone(schema));
+    let (rows, letters) = run_to_noop_sink_with_dead_letters(parsed).await;
+    (rows as usize, letters)
+}
+
+/// The cost of a dead-letter output: the same query with and without one, on records that all
+/// parse and on records of which one in a hundred is cut short.
+fn dead_letters(
+    rows: usize,
+    reps: usize,
+    runtime: &tokio::runtime::Runtime,
+    messages: &[Vec<u8>],
+    schema: &SchemaRef,
+) -> Vec<Figure> {
+    let mut broken: Vec<Vec<u8>> = messages.to_vec();
+    for m in broken.iter_mut().step_by(100) {
+        m.truncate(m.len() / 2);
+    }
+    let expected_letters = broken.len().div_ceil(100) as u64;
+    let (good, bad) = (
+        value_batches(messages, CHUNK),
+        value_batches(&broken, CHUNK),
+    );
+    let mut samples: [Vec<Sample>; 4] = Default::default();
+    for _ in 0..reps {
+        for (i, batches) in [&good, &bad].into_iter().enumerate() {
+            let (n, s) = runtime.block_on(time_async(query(batches, schema)));
+            assert_eq!(n, rows);
+            samples[2 * i].push(s);
+            let ((n, letters), s) =
+                runtime.block_on(time_async(query_with_dead_letters(batches, schema)));
+            assert_eq!(n, rows);
+            assert_eq!(letters, if i == 0 { 0 } else { expected_letters });
+            samples[2 * i + 1].push(s);
+        }
+    }
+    let [plain, lettered, plain_bad, lettered_bad] = samples.map(|s| median(&s));
+    let rows = rows as u64;
+    vec![
+        Figure::rate(
+            "a: dead letters on, none malformed",
+            "query with dead_letters_foreach_batch",
+            "the same query without",
+            rows,
+            lettered,
+            plain,
+        )
+        .at_least(0.95),
+        Figure::rate(
+            "a: dead letters on, 1% malformed",
+            "query with dead_letters_foreach_batch",
+            "the same query without",
+            rows,
+            lettered_bad,
+            plain_bad,
+        )
+        .note(format!("{expected_letters} dead letters")),
+    ]
 }
 
 /// Micro-benchmark of the function `from_json` calls: the `value` column as strings, then
@@ -179,6 +242,7 @@ pub fn run(rows: usize, reps: usize, runtime: &tokio::runtime::Runtime) -> Vec<F
         samples[4].push(s);
     }
     let [e, b1, b2, l1, l0, f] = samples.map(|s| median(&s));
+    let letters = dead_letters(rows, reps, runtime, &messages, &schema);
     let rows = rows as u64;
     let mb = |s: Sample| bytes as f64 / 1e6 / s.wall.as_secs_f64();
     let engine = "query: from_json → data.*";
@@ -234,4 +298,7 @@ pub fn run(rows: usize, reps: usize, runtime: &tokio::runtime::Runtime) -> Vec<F
         )
         .at_least(0.3),
     ]
+    .into_iter()
+    .chain(letters)
+    .collect()
 }

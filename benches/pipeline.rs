@@ -73,6 +73,37 @@ pub async fn run_to_noop_sink(frame: StreamFrame) -> u64 {
         .sum()
 }
 
+/// [`run_to_noop_sink`] with a dead-letter output that counts the records `from_json` could
+/// not parse; returns (rows the sink received, dead letters).
+pub async fn run_to_noop_sink_with_dead_letters(frame: StreamFrame) -> (u64, u64) {
+    let checkpoint = tempfile::tempdir().expect("checkpoint directory");
+    let letters = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counted = Arc::clone(&letters);
+    let query = frame
+        .write_stream()
+        .trigger(Trigger::AvailableNow)
+        .checkpoint_location(checkpoint.path())
+        .foreach_batch(|_, _| async { Ok(()) })
+        .dead_letters_foreach_batch(move |df, _| {
+            let counted = Arc::clone(&counted);
+            async move {
+                let n = df.count().await?;
+                counted.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+                Ok(())
+            }
+        })
+        .start()
+        .await
+        .expect("start");
+    query.await_termination(None).await.expect("run");
+    let rows = query
+        .recent_progress()
+        .iter()
+        .map(|p| p.sink.num_output_rows.max(0) as u64)
+        .sum();
+    (rows, letters.load(std::sync::atomic::Ordering::Relaxed))
+}
+
 /// Runs the enrichment over `batches` once; returns the rows the sink received.
 pub async fn enrichment(batches: &[RecordBatch]) -> u64 {
     let session = StreamSession::new();
