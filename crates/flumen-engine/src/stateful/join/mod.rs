@@ -31,7 +31,6 @@ use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::error::Result as DFResult;
 use datafusion::execution::TaskContext;
 use datafusion::logical_expr::JoinType;
-use datafusion::physical_plan::coalesce_batches::CoalesceBatchesExec;
 use datafusion::physical_plan::execution_plan::{
     ChildrenPropertiesMode, ReplaceChildrenOptions,
 };
@@ -45,7 +44,7 @@ use datafusion::physical_plan::{
 use futures::{StreamExt, TryStreamExt};
 
 use self::condition::{EventTime, StateWatermarks, event_time_of, state_watermarks};
-use self::side::{Gathered, Keyed, SideState};
+use self::side::{Gathered, SideState};
 use super::late::LateRows;
 use super::watermark::WatermarkExec;
 use super::{
@@ -133,9 +132,11 @@ fn spark_join_name(join_type: JoinType) -> String {
 /// repartitioning DataFusion put there for its own hash join.
 fn side_input(input: &Arc<dyn ExecutionPlan>) -> Arc<dyn ExecutionPlan> {
     let mut input = Arc::clone(input);
-    #[allow(deprecated)]
-    while let Some(coalesce) = input.as_ref().downcast_ref::<CoalesceBatchesExec>() {
-        input = Arc::clone(coalesce.input());
+    while input.name() == "CoalesceBatchesExec" {
+        let Some(child) = input.children().first().map(|c| Arc::clone(c)) else {
+            break;
+        };
+        input = child;
     }
     single_partition_input(input)
 }
