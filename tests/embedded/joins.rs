@@ -13,7 +13,7 @@ use flumen::datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, T
 use flumen::datafusion::arrow::util::display::array_value_to_string;
 use flumen::datafusion::logical_expr::JoinType;
 use flumen::prelude::*;
-use flumen::{StreamingQueryProgress, datafusion};
+use flumen::StreamingQueryProgress;
 use flumen_tests::*;
 
 /// 2026-11-24T00:00:00Z: times below are `HH:MM` of that day.

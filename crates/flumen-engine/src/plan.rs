@@ -784,9 +784,14 @@ pub(crate) async fn plan_query(
     let mut watermarks = Vec::new();
     for (exec, stats) in stats {
         let source = find_input(&exec).and_then(|i| source_of(&i.slot));
-        let spec = watermark_specs
-            .iter()
-            .find(|w| w.column == exec.column() && w.delay_ms == exec.delay_ms());
+        let spec = exec
+            .as_ref()
+            .downcast_ref::<WatermarkExec>()
+            .and_then(|e| {
+                watermark_specs
+                    .iter()
+                    .find(|w| w.column == e.column() && w.delay_ms == e.delay_ms())
+            });
         if let (Some(source), Some(spec)) = (source, spec) {
             watermarks.push(PlannedWatermark {
                 spec: spec.clone(),

@@ -151,7 +151,7 @@ fn add_comparison(
     times: (&[usize], &[usize]),
     pairs: &mut Vec<((usize, usize), TimeBounds)>,
 ) {
-    let Some(binary) = expr.as_any().downcast_ref::<BinaryExpr>() else {
+    let Some(binary) = expr.as_ref().downcast_ref::<BinaryExpr>() else {
         return;
     };
     let op = *binary.op();
@@ -233,7 +233,7 @@ fn time_term(
             _ => None,
         };
     }
-    let binary = expr.as_any().downcast_ref::<BinaryExpr>()?;
+    let binary = expr.as_ref().downcast_ref::<BinaryExpr>()?;
     match binary.op() {
         Operator::Plus => {
             if let Some(us) = interval_us(binary.right()) {
@@ -256,7 +256,7 @@ fn time_term(
 
 /// The index of the column `expr` reads (through casts).
 fn column_index(expr: &Arc<dyn PhysicalExpr>) -> Option<usize> {
-    let any = expr.as_any();
+    let any = expr.as_ref();
     if let Some(c) = any.downcast_ref::<Column>() {
         return Some(c.index());
     }
@@ -271,7 +271,7 @@ fn column_index(expr: &Arc<dyn PhysicalExpr>) -> Option<usize> {
 
 /// A constant interval of fixed length, in µs (months have none).
 fn interval_us(expr: &Arc<dyn PhysicalExpr>) -> Option<i64> {
-    let literal = expr.as_any().downcast_ref::<Literal>()?;
+    let literal = expr.as_ref().downcast_ref::<Literal>()?;
     match literal.value() {
         ScalarValue::IntervalMonthDayNano(Some(v)) if v.months == 0 => {
             i64::from(v.days)

@@ -381,7 +381,12 @@ impl Core {
                 mask.data_type()
             ))
         })?;
-        Ok(Some(prep_null_mask_filter(mask)))
+        // A null condition is false (prep_null_mask_filter expects nulls).
+        Ok(Some(if mask.null_count() == 0 {
+            mask.clone()
+        } else {
+            prep_null_mask_filter(mask)
+        }))
     }
 
     /// Drops the rows of one side behind the watermark (recording them as late); returns the
