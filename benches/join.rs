@@ -24,7 +24,11 @@ const CLICK_DELAY_MS: i64 = 500;
 fn schema(id: &str, time: &str) -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new(id, DataType::Int64, false),
-        Field::new(time, DataType::Timestamp(TimeUnit::Millisecond, None), false),
+        Field::new(
+            time,
+            DataType::Timestamp(TimeUnit::Millisecond, None),
+            false,
+        ),
     ]))
 }
 
@@ -169,7 +173,10 @@ pub async fn run(rows: usize, reps: usize) -> Vec<Figure> {
         samples[0].push(s);
         let (expected, s) = time(|| hash_join(&impressions, &clicks));
         samples[1].push(s);
-        assert_eq!(pairs, expected, "the engine and the hand-written join agree");
+        assert_eq!(
+            pairs, expected,
+            "the engine and the hand-written join agree"
+        );
         (peak, buffered) = (p, b);
     }
     let [e, b] = samples.map(|s| median(&s));

@@ -140,8 +140,8 @@ async fn main() -> anyhow::Result<()> {
 
     let impressions = events(&session, &broker, &args.impressions, "impression")?
         .with_watermark("impressionTime", "2 hours")?;
-    let clicks = events(&session, &broker, &args.clicks, "click")?
-        .with_watermark("clickTime", "3 hours")?;
+    let clicks =
+        events(&session, &broker, &args.clicks, "click")?.with_watermark("clickTime", "3 hours")?;
     let joined = impressions.join_expr(
         clicks.dataframe().clone(),
         args.join_type,

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
+use flumen::StreamingQueryProgress;
 use flumen::datafusion::arrow::array::{
     Array, ArrayRef, Int64Array, RecordBatch, TimestampMillisecondArray,
 };
@@ -13,7 +14,6 @@ use flumen::datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, T
 use flumen::datafusion::arrow::util::display::array_value_to_string;
 use flumen::datafusion::logical_expr::JoinType;
 use flumen::prelude::*;
-use flumen::StreamingQueryProgress;
 use flumen_tests::*;
 
 /// 2026-11-24T00:00:00Z: times below are `HH:MM` of that day.
@@ -22,7 +22,11 @@ const DAY_MS: i64 = 1_795_478_400_000;
 fn schema(id: &str, time: &str) -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new(id, DataType::Int64, false),
-        Field::new(time, DataType::Timestamp(TimeUnit::Millisecond, None), false),
+        Field::new(
+            time,
+            DataType::Timestamp(TimeUnit::Millisecond, None),
+            false,
+        ),
     ]))
 }
 
@@ -79,7 +83,10 @@ fn render(batches: &[RecordBatch]) -> Vec<String> {
 }
 
 /// One trigger's input: new impressions and new clicks.
-type Step = (&'static [(i64, &'static str)], &'static [(i64, &'static str)]);
+type Step = (
+    &'static [(i64, &'static str)],
+    &'static [(i64, &'static str)],
+);
 
 /// Impressions and the clicks that follow them (see the module docs): ad 3's click comes
 /// after the hour, ad 6's impression and ad 1's second click arrive behind the watermark and
@@ -177,7 +184,9 @@ async fn run(
 
 async fn straight(build: &Build) -> Run {
     let checkpoint = temp_dir();
-    run(build, GUIDE, 0, checkpoint.path(), fresh()).await.unwrap()
+    run(build, GUIDE, 0, checkpoint.path(), fresh())
+        .await
+        .unwrap()
 }
 
 fn lines(rows: &[&str]) -> Vec<String> {
@@ -204,7 +213,10 @@ async fn inner_join_of_the_guide_example_matches_clicks_within_the_hour() {
         .filter_map(|p| p.event_time.get("watermark").map(String::as_str))
         .collect();
     assert_eq!(watermarks.first(), Some(&"1970-01-01T00:00:00.000Z"));
-    assert!(watermarks.contains(&"2026-11-24T09:30:00.000Z"), "{watermarks:?}");
+    assert!(
+        watermarks.contains(&"2026-11-24T09:30:00.000Z"),
+        "{watermarks:?}"
+    );
     assert_eq!(watermarks.last(), Some(&"2026-11-24T18:00:00.000Z"));
     // Every batch reports both sources.
     let last = run.progress.last().unwrap();
@@ -289,7 +301,11 @@ async fn full_outer_join_emits_unmatched_rows_of_both_sides() {
             lines(&["2 12:10 2 13:05"]),
             lines(&["5 15:00 5 15:10"]),
             lines(&["7 17:00 7 17:59"]),
-            lines(&["3 12:20 null null", "4 13:00 null null", "null null 3 13:30"]),
+            lines(&[
+                "3 12:20 null null",
+                "4 13:00 null null",
+                "null null 3 13:30"
+            ]),
             lines(&["8 20:00 8 21:00"]),
             lines(&["null null 4 15:30"]),
         ]
@@ -413,7 +429,14 @@ async fn start_error(build: Build, mode: OutputMode) -> String {
         Ok(frame) => frame,
         Err(e) => return e.to_string(),
     };
-    match frame.write_stream().output_mode(mode).memory().query_name("joined").start().await {
+    match frame
+        .write_stream()
+        .output_mode(mode)
+        .memory()
+        .query_name("joined")
+        .start()
+        .await
+    {
         Ok(query) => {
             query.stop().await.unwrap();
             "started".into()
@@ -476,15 +499,27 @@ async fn unsupported_stream_stream_joins_fail_at_start_with_sparks_messages() {
     }
     // Spark's matrix: a watermark on the nullable side alone is enough for an outer join.
     assert_eq!(
-        start_error(join_with(JoinType::Left, (false, true), CONDITION), OutputMode::Append).await,
+        start_error(
+            join_with(JoinType::Left, (false, true), CONDITION),
+            OutputMode::Append
+        )
+        .await,
         "started"
     );
     assert_eq!(
-        start_error(join_with(JoinType::Right, (true, false), CONDITION), OutputMode::Append).await,
+        start_error(
+            join_with(JoinType::Right, (true, false), CONDITION),
+            OutputMode::Append
+        )
+        .await,
         "started"
     );
     assert_eq!(
-        start_error(join_with(JoinType::Inner, (false, false), keys), OutputMode::Append).await,
+        start_error(
+            join_with(JoinType::Inner, (false, false), keys),
+            OutputMode::Append
+        )
+        .await,
         "started"
     );
 }

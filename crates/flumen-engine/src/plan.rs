@@ -588,8 +588,12 @@ fn add_partition_columns(plan: LogicalPlan) -> Result<LogicalPlan> {
                         return Ok(Transformed::no(scan));
                     };
                     added = true;
-                    let mut exprs: Vec<Expr> =
-                        scan.schema().columns().into_iter().map(Expr::Column).collect();
+                    let mut exprs: Vec<Expr> = scan
+                        .schema()
+                        .columns()
+                        .into_iter()
+                        .map(Expr::Column)
+                        .collect();
                     exprs.push(key.alias(PARTITION_COLUMN));
                     let projected =
                         datafusion::logical_expr::Projection::try_new(exprs, Arc::new(scan))?;
@@ -773,7 +777,7 @@ pub(crate) async fn plan_query(
     let physical = keep_stream_on_probe_side(physical)?;
     let physical = make_stateful(physical, operator_watermark(&watermark_specs), mode)?;
     let output_schema = physical.schema();
-    let (operators, stats) = stateful_parts(&physical);
+    let (operators, watermark_nodes) = stateful_parts(&physical);
     if operators.len() > 2 {
         unsupported!(
             "Flumen runs at most two stateful operators per query (a deduplication feeding an aggregation), and this query has {}; split it into queries connected by a Kafka topic",
@@ -782,20 +786,18 @@ pub(crate) async fn plan_query(
     }
     let source_of = |slot: &Arc<InputSlot>| sources.iter().position(|(_, s)| Arc::ptr_eq(s, slot));
     let mut watermarks = Vec::new();
-    for (exec, stats) in stats {
-        let source = find_input(&exec).and_then(|i| source_of(&i.slot));
-        let spec = exec
-            .as_ref()
-            .downcast_ref::<WatermarkExec>()
-            .and_then(|e| {
-                watermark_specs
-                    .iter()
-                    .find(|w| w.column == e.column() && w.delay_ms == e.delay_ms())
-            });
+    for node in watermark_nodes {
+        let Some(exec) = node.as_ref().downcast_ref::<WatermarkExec>() else {
+            continue;
+        };
+        let source = find_input(&node).and_then(|i| source_of(&i.slot));
+        let spec = watermark_specs
+            .iter()
+            .find(|w| w.column == exec.column() && w.delay_ms == exec.delay_ms());
         if let (Some(source), Some(spec)) = (source, spec) {
             watermarks.push(PlannedWatermark {
                 spec: spec.clone(),
-                stats,
+                stats: exec.stats(),
                 source,
             });
         }
@@ -893,11 +895,10 @@ fn make_stateful(
     Ok(result.data)
 }
 
-/// The stateful operators' handles and the watermarks' nodes (with their statistics slots)
-/// of a physical plan.
+/// The stateful operators' handles and the watermark nodes of a physical plan.
 fn stateful_parts(
     plan: &Arc<dyn ExecutionPlan>,
-) -> (Vec<OperatorHandle>, Vec<(Arc<dyn ExecutionPlan>, StatsSlot)>) {
+) -> (Vec<OperatorHandle>, Vec<Arc<dyn ExecutionPlan>>) {
     let mut operators = Vec::new();
     let mut stats = Vec::new();
     let mut stack = vec![Arc::clone(plan)];
@@ -908,8 +909,8 @@ fn stateful_parts(
             operators.push(d.handle());
         } else if let Some(j) = node.as_ref().downcast_ref::<StreamingJoinExec>() {
             operators.push(j.handle());
-        } else if let Some(w) = node.as_ref().downcast_ref::<WatermarkExec>() {
-            stats.push((Arc::clone(&node), w.stats()));
+        } else if node.as_ref().downcast_ref::<WatermarkExec>().is_some() {
+            stats.push(Arc::clone(&node));
         }
         stack.extend(node.children().into_iter().rev().map(Arc::clone));
     }

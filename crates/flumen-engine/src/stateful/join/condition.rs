@@ -18,7 +18,7 @@ use datafusion::logical_expr::Operator;
 use datafusion::physical_expr::expressions::{BinaryExpr, CastExpr, Column, Literal, TryCastExpr};
 use datafusion::physical_expr::split_conjunction;
 use datafusion::physical_plan::PhysicalExpr;
-use datafusion::physical_plan::joins::utils::JoinFilter;
+use datafusion::physical_plan::joins::utils::{JoinFilter, JoinOnRef};
 
 /// Where a side's rows carry their event time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,7 +73,7 @@ pub(crate) struct StateWatermarks {
 pub(crate) fn state_watermarks(
     left: Option<EventTime>,
     right: Option<EventTime>,
-    on: &[(Arc<dyn PhysicalExpr>, Arc<dyn PhysicalExpr>)],
+    on: JoinOnRef,
     filter: Option<&JoinFilter>,
     schemas: (&Schema, &Schema),
 ) -> StateWatermarks {
@@ -99,10 +99,7 @@ pub(crate) fn state_watermarks(
                 .collect(),
         }
     };
-    let (left_columns, right_columns) = (
-        candidates(left, schemas.0),
-        candidates(right, schemas.1),
-    );
+    let (left_columns, right_columns) = (candidates(left, schemas.0), candidates(right, schemas.1));
     // Bounds found per pair of columns compared; the first pair with bounds wins.
     let mut pairs: Vec<((usize, usize), TimeBounds)> = Vec::new();
     for (a, b) in on {
@@ -117,7 +114,12 @@ pub(crate) fn state_watermarks(
     }
     if let Some(filter) = filter {
         for conjunct in split_conjunction(filter.expression()) {
-            add_comparison(conjunct, filter, (&left_columns, &right_columns), &mut pairs);
+            add_comparison(
+                conjunct,
+                filter,
+                (&left_columns, &right_columns),
+                &mut pairs,
+            );
         }
     }
     let mut out = StateWatermarks::default();
@@ -200,10 +202,7 @@ fn mirror(op: Operator) -> Operator {
 }
 
 /// The bounds found for the pair of time columns `pair` (left, right).
-fn bound(
-    pairs: &mut Vec<((usize, usize), TimeBounds)>,
-    pair: (usize, usize),
-) -> &mut TimeBounds {
+fn bound(pairs: &mut Vec<((usize, usize), TimeBounds)>, pair: (usize, usize)) -> &mut TimeBounds {
     let at = match pairs.iter().position(|(p, _)| *p == pair) {
         Some(at) => at,
         None => {
@@ -273,11 +272,9 @@ fn column_index(expr: &Arc<dyn PhysicalExpr>) -> Option<usize> {
 fn interval_us(expr: &Arc<dyn PhysicalExpr>) -> Option<i64> {
     let literal = expr.as_ref().downcast_ref::<Literal>()?;
     match literal.value() {
-        ScalarValue::IntervalMonthDayNano(Some(v)) if v.months == 0 => {
-            i64::from(v.days)
-                .checked_mul(86_400_000_000)?
-                .checked_add(v.nanoseconds / 1000)
-        }
+        ScalarValue::IntervalMonthDayNano(Some(v)) if v.months == 0 => i64::from(v.days)
+            .checked_mul(86_400_000_000)?
+            .checked_add(v.nanoseconds / 1000),
         ScalarValue::IntervalDayTime(Some(v)) => i64::from(v.days)
             .checked_mul(86_400_000_000)?
             .checked_add(i64::from(v.milliseconds) * 1000),
@@ -300,9 +297,9 @@ pub(crate) fn event_time_of(schema: &Schema, column: &str) -> Option<EventTime> 
     let i = schema.index_of("window").ok()?;
     match schema.field(i).data_type() {
         DataType::Struct(fields)
-            if fields
-                .iter()
-                .any(|f| f.name() == "end" && matches!(f.data_type(), DataType::Timestamp(_, _))) =>
+            if fields.iter().any(|f| {
+                f.name() == "end" && matches!(f.data_type(), DataType::Timestamp(_, _))
+            }) =>
         {
             Some(EventTime::WindowEnd(i))
         }

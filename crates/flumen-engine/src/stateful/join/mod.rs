@@ -31,9 +31,7 @@ use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::error::Result as DFResult;
 use datafusion::execution::TaskContext;
 use datafusion::logical_expr::JoinType;
-use datafusion::physical_plan::execution_plan::{
-    ChildrenPropertiesMode, ReplaceChildrenOptions,
-};
+use datafusion::physical_plan::execution_plan::{ChildrenPropertiesMode, ReplaceChildrenOptions};
 use datafusion::physical_plan::joins::HashJoinExec;
 use datafusion::physical_plan::joins::utils::JoinFilter;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
@@ -162,7 +160,11 @@ impl StreamingJoinExec {
         let join_type = join.join_type;
         if !matches!(
             join_type,
-            JoinType::Inner | JoinType::Left | JoinType::Right | JoinType::Full | JoinType::LeftSemi
+            JoinType::Inner
+                | JoinType::Left
+                | JoinType::Right
+                | JoinType::Full
+                | JoinType::LeftSemi
         ) {
             return Err(FlumenError::Unsupported(format!(
                 "{} join between two streaming DataFrames/Datasets is not supported",
@@ -375,12 +377,15 @@ impl Core {
         let batch =
             RecordBatch::try_new_with_options(Arc::clone(filter.schema()), columns, &options)?;
         let mask = evaluate(filter.expression(), &batch)?;
-        let mask = mask.as_any().downcast_ref::<BooleanArray>().ok_or_else(|| {
-            FlumenError::IllegalState(format!(
-                "the join condition is of type {}, not boolean",
-                mask.data_type()
-            ))
-        })?;
+        let mask = mask
+            .as_any()
+            .downcast_ref::<BooleanArray>()
+            .ok_or_else(|| {
+                FlumenError::IllegalState(format!(
+                    "the join condition is of type {}, not boolean",
+                    mask.data_type()
+                ))
+            })?;
         // A null condition is false (prep_null_mask_filter expects nulls).
         Ok(Some(if mask.null_count() == 0 {
             mask.clone()
@@ -565,11 +570,10 @@ impl Core {
         let due = state.watermark_ms > state.evicted_at_ms || new_left_expire || new_right_expire;
         if due {
             if let Some((time, offset)) = self.state_watermarks.left {
-                let gone = state.left.evict(
-                    time,
-                    watermark_us.saturating_add(offset),
-                    &self.converter,
-                )?;
+                let gone =
+                    state
+                        .left
+                        .evict(time, watermark_us.saturating_add(offset), &self.converter)?;
                 state.left_metrics.removed = gone.matched.len() as u64;
                 if self.preserves_left() {
                     let unmatched = unmatched(&gone);
@@ -688,8 +692,7 @@ impl JoinHandle {
     fn side_dirs(dirs: &[PathBuf]) -> Result<(PathBuf, PathBuf)> {
         let dir = dirs.first().ok_or_else(|| {
             FlumenError::IllegalState(
-                "no state directory for the join; this is a bug in Flumen, please report it"
-                    .into(),
+                "no state directory for the join; this is a bug in Flumen, please report it".into(),
             )
         })?;
         Ok((dir.join("left"), dir.join("right")))
@@ -710,7 +713,9 @@ impl StatefulOperator for JoinHandle {
         let (left_dir, right_dir) = Self::side_dirs(dirs)?;
         let mut state = self.0.lock()?;
         state.left.restore(&left_dir, version, &self.0.converter)?;
-        state.right.restore(&right_dir, version, &self.0.converter)?;
+        state
+            .right
+            .restore(&right_dir, version, &self.0.converter)?;
         state.evicted_at_ms = i64::MIN;
         Ok(())
     }
@@ -726,7 +731,8 @@ impl StatefulOperator for JoinHandle {
         let (left_dir, right_dir) = Self::side_dirs(dirs)?;
         let mut state = self.0.lock()?;
         let started = Instant::now();
-        let written = state.left.commit(&left_dir, version)? + state.right.commit(&right_dir, version)?;
+        let written =
+            state.left.commit(&left_dir, version)? + state.right.commit(&right_dir, version)?;
         state.commit_ms = started.elapsed().as_millis() as u64;
         state.written_bytes = written;
         Ok(())

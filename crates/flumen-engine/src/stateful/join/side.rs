@@ -111,11 +111,9 @@ impl SideState {
             .map(|e| evaluate(e, &batch))
             .collect::<datafusion::error::Result<Vec<ArrayRef>>>()?;
         let keys = converter.convert_columns(&columns)?;
-        let null_keys = columns
-            .iter()
-            .fold(None, |acc: Option<NullBuffer>, c| {
-                NullBuffer::union(acc.as_ref(), c.logical_nulls().as_ref())
-            });
+        let null_keys = columns.iter().fold(None, |acc: Option<NullBuffer>, c| {
+            NullBuffer::union(acc.as_ref(), c.logical_nulls().as_ref())
+        });
         Ok(Keyed {
             batch,
             keys,
