@@ -523,3 +523,67 @@ async fn unsupported_stream_stream_joins_fail_at_start_with_sparks_messages() {
         "started"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn available_now_joins_what_both_streams_hold_then_emits_the_outer_rows() {
+    let session = StreamSession::new();
+    let impressions = Arc::new(MemoryStream::new("impressions", impressions_schema()));
+    let clicks = Arc::new(MemoryStream::new("clicks", clicks_schema()));
+    for (i, c) in GUIDE {
+        impressions
+            .add_batch(rows(impressions_schema(), i))
+            .unwrap();
+        clicks.add_batch(rows(clicks_schema(), c)).unwrap();
+    }
+    let outputs = fresh();
+    let sink_outputs = Arc::clone(&outputs);
+    let checkpoint = temp_dir();
+    let build = guide_join(JoinType::Left);
+    let query = build(
+        session.stream(impressions).unwrap(),
+        session.stream(clicks).unwrap(),
+    )
+    .unwrap()
+    .write_stream()
+    .foreach_batch(move |df, id| {
+        let outputs = Arc::clone(&sink_outputs);
+        async move {
+            let rows = render(&df.collect().await?);
+            outputs.lock().unwrap().insert(id, rows);
+            Ok(())
+        }
+    })
+    .checkpoint_location(checkpoint.path())
+    .trigger(Trigger::AvailableNow)
+    .start()
+    .await
+    .unwrap();
+    query.await_termination(None).await.unwrap();
+    let outputs = outputs.lock().unwrap().clone();
+    // One batch with every row (nothing is late yet: the watermark starts at 0), then a batch
+    // without data at watermark 18:00 that lets impressions before 17:00 go.
+    assert_eq!(
+        outputs.into_iter().collect::<Vec<_>>(),
+        vec![
+            (
+                0,
+                lines(&[
+                    "1 12:00 1 12:20",
+                    "1 12:00 1 12:30",
+                    "2 12:10 2 13:05",
+                    "5 15:00 5 15:10",
+                    "7 17:00 7 17:59",
+                    "8 20:00 8 21:00",
+                ])
+            ),
+            (
+                1,
+                lines(&[
+                    "3 12:20 null null",
+                    "4 13:00 null null",
+                    "6 12:00 null null"
+                ])
+            ),
+        ]
+    );
+}
