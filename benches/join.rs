@@ -117,6 +117,7 @@ async fn engine(impressions: &[RecordBatch], clicks: &[RecordBatch]) -> (u64, u6
     }
     let emitted = Arc::new(AtomicU64::new(0));
     let counter = Arc::clone(&emitted);
+    let checkpoint = tempfile::tempdir().expect("checkpoint directory");
     let impressions = session
         .stream(left)
         .expect("stream")
@@ -135,6 +136,7 @@ async fn engine(impressions: &[RecordBatch], clicks: &[RecordBatch]) -> (u64, u6
         )
         .expect("join")
         .write_stream()
+        .checkpoint_location(checkpoint.path())
         .foreach_batch(move |df, _| {
             let counter = Arc::clone(&counter);
             async move {
