@@ -587,3 +587,81 @@ async fn available_now_joins_what_both_streams_hold_then_emits_the_outer_rows() 
         ]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_union_of_two_streams_reads_each_from_its_own_offsets_across_a_restart() {
+    let checkpoint = temp_dir();
+    let a = Arc::new(MemoryStream::new("a", impressions_schema()));
+    let b = Arc::new(MemoryStream::new("b", impressions_schema()));
+    let start = |session: &StreamSession| {
+        let left = session.stream(a.clone()).unwrap();
+        let right = session.stream(b.clone()).unwrap();
+        let union = left
+            .dataframe()
+            .clone()
+            .union(right.dataframe().clone())
+            .unwrap();
+        session
+            .frame(union)
+            .filter_expr("impressionAdId > 1")
+            .unwrap()
+            .write_stream()
+            .memory()
+            .query_name("both")
+            .checkpoint_location(checkpoint.path())
+            .start()
+    };
+    let session = StreamSession::new();
+    let query = start(&session).await.unwrap();
+    a.add_batch(rows(impressions_schema(), &[(1, "12:00"), (2, "12:01")]))
+        .unwrap();
+    query.process_all_available().await.unwrap();
+    b.add_batch(rows(impressions_schema(), &[(3, "12:02")]))
+        .unwrap();
+    query.process_all_available().await.unwrap();
+    let last = query.last_progress().unwrap();
+    assert_eq!(
+        last.sources
+            .iter()
+            .map(|s| (s.start_offset.to_string(), s.end_offset.to_string()))
+            .collect::<Vec<_>>(),
+        [
+            (r#"{"rows":2}"#.to_string(), r#"{"rows":2}"#.to_string()),
+            (r#"{"rows":0}"#.to_string(), r#"{"rows":1}"#.to_string()),
+        ]
+    );
+    query.stop().await.unwrap();
+    // Restarted: each stream continues from its own offset in offsets/N.
+    let query = start(&session).await.unwrap();
+    a.add_batch(rows(impressions_schema(), &[(4, "12:03")]))
+        .unwrap();
+    b.add_batch(rows(impressions_schema(), &[(5, "12:04")]))
+        .unwrap();
+    query.process_all_available().await.unwrap();
+    query.stop().await.unwrap();
+    let table = session
+        .sql("SELECT impressionAdId FROM both ORDER BY impressionAdId")
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    let ids: Vec<i64> = table
+        .iter()
+        .flat_map(|b| {
+            b.column(0)
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .unwrap()
+                .values()
+                .to_vec()
+        })
+        .collect();
+    assert_eq!(ids, [2, 3, 4, 5]);
+    let log = std::fs::read_to_string(checkpoint.path().join("offsets").join("2")).unwrap();
+    assert!(
+        log.ends_with("{\"rows\":3}\n{\"rows\":2}")
+            || log.ends_with("{\"rows\":3}\n{\"rows\":2}\n"),
+        "{log}"
+    );
+}

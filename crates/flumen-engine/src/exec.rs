@@ -1,9 +1,11 @@
 //! The micro-batch loop: one task per query.
 //!
-//! Per trigger: ask the source for the end of the next batch; write `offsets/N` (write-ahead);
-//! fetch exactly that range; run it through the query's physical plan; hand the result to the
-//! sink with batch id N; write `commits/N`. On restart, a batch with offsets but no commit is
-//! re-run with identical offsets and batch id, so an idempotent sink sees it exactly once.
+//! Per trigger: ask each source for the end of the next batch (a batch runs when any source has
+//! new data); write `offsets/N` (write-ahead, one line per source); fetch exactly those ranges;
+//! run them through the query's physical plan; hand the result to the sink with batch id N;
+//! write `commits/N`. On restart, a batch with offsets but no commit is re-run with identical
+//! offsets and batch id, so an idempotent sink sees it exactly once. With several watermarks,
+//! the query's watermark is the minimum of theirs.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -1,11 +1,12 @@
 //! From a stream frame's logical plan to one physical plan per query.
 //!
 //! At `start()` the logical plan is checked for shapes streaming cannot run (with Spark's
-//! messages), each stream scan is replaced by an [`InputExec`] reading from a per-query slot,
-//! and the plan is optimized and planned once. Each micro-batch then puts its rows in the slot
-//! and re-executes the same physical plan: no SQL planning on the hot path. Hash joins keep the
-//! static side as the build side, which DataFusion collects once and reuses on every
-//! re-execution.
+//! messages), each stream scan is replaced by an [`InputExec`] reading from a slot of its own
+//! (one per stream the query reads), and the plan is optimized and planned once. Each
+//! micro-batch then puts each stream's rows in its slot and re-executes the same physical plan:
+//! no SQL planning on the hot path. Hash joins keep the static side as the build side, which
+//! DataFusion collects once and reuses on every re-execution; a hash join of two streams
+//! becomes Flumen's stream-stream join.
 
 use std::fmt;
 use std::sync::{Arc, Mutex};

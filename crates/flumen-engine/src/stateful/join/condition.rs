@@ -306,3 +306,137 @@ pub(crate) fn event_time_of(schema: &Schema, column: &str) -> Option<EventTime> 
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use datafusion::arrow::datatypes::{Field, IntervalMonthDayNano, TimeUnit};
+    use datafusion::physical_plan::joins::utils::ColumnIndex;
+
+    use super::*;
+
+    const HOUR_US: i64 = 3_600_000_000;
+
+    fn side(id: &str, time: &str) -> Schema {
+        Schema::new(vec![
+            Field::new(id, DataType::Int64, false),
+            Field::new(
+                time,
+                DataType::Timestamp(TimeUnit::Millisecond, None),
+                false,
+            ),
+        ])
+    }
+
+    fn col(name: &str, index: usize) -> Arc<dyn PhysicalExpr> {
+        Arc::new(Column::new(name, index))
+    }
+
+    fn hours(h: i64) -> Arc<dyn PhysicalExpr> {
+        Arc::new(Literal::new(ScalarValue::IntervalMonthDayNano(Some(
+            IntervalMonthDayNano::new(0, 0, h * HOUR_US * 1000),
+        ))))
+    }
+
+    fn op(
+        l: Arc<dyn PhysicalExpr>,
+        o: Operator,
+        r: Arc<dyn PhysicalExpr>,
+    ) -> Arc<dyn PhysicalExpr> {
+        Arc::new(BinaryExpr::new(l, o, r))
+    }
+
+    /// A filter over the left time (column 0 of the filter) and the right time (column 1).
+    fn filter(expression: Arc<dyn PhysicalExpr>) -> JoinFilter {
+        let t = DataType::Timestamp(TimeUnit::Millisecond, None);
+        JoinFilter::new(
+            expression,
+            vec![
+                ColumnIndex {
+                    index: 1,
+                    side: JoinSide::Left,
+                },
+                ColumnIndex {
+                    index: 1,
+                    side: JoinSide::Right,
+                },
+            ],
+            Arc::new(Schema::new(vec![
+                Field::new("lt", t.clone(), false),
+                Field::new("rt", t, false),
+            ])),
+        )
+    }
+
+    fn watermarks(expression: Arc<dyn PhysicalExpr>, both: bool) -> StateWatermarks {
+        let (l, r) = (side("l", "lt"), side("r", "rt"));
+        let times = if both {
+            (Some(EventTime::Column(1)), Some(EventTime::Column(1)))
+        } else {
+            (None, Some(EventTime::Column(1)))
+        };
+        state_watermarks(times.0, times.1, &[], Some(&filter(expression)), (&l, &r))
+    }
+
+    #[test]
+    fn a_range_bounds_both_sides_whichever_way_it_is_written() {
+        let (lt, rt) = (col("lt", 0), col("rt", 1));
+        // rt >= lt AND rt <= lt + 1 hour
+        let guide = op(
+            op(Arc::clone(&rt), Operator::GtEq, Arc::clone(&lt)),
+            Operator::And,
+            op(
+                Arc::clone(&rt),
+                Operator::LtEq,
+                op(Arc::clone(&lt), Operator::Plus, hours(1)),
+            ),
+        );
+        let expected = StateWatermarks {
+            left: Some((EventTime::Column(1), -HOUR_US)),
+            right: Some((EventTime::Column(1), 0)),
+        };
+        assert_eq!(watermarks(guide, true), expected);
+        // lt <= rt AND lt >= rt - 1 hour: the same range.
+        let mirrored = op(
+            op(Arc::clone(&lt), Operator::LtEq, Arc::clone(&rt)),
+            Operator::And,
+            op(
+                Arc::clone(&lt),
+                Operator::GtEq,
+                op(Arc::clone(&rt), Operator::Minus, hours(1)),
+            ),
+        );
+        assert_eq!(watermarks(mirrored, true), expected);
+        // Intervals on both sides: rt + 1 hour > lt + 3 hours, i.e. rt - lt > 2 hours.
+        let shifted = op(
+            op(Arc::clone(&rt), Operator::Plus, hours(1)),
+            Operator::Gt,
+            op(Arc::clone(&lt), Operator::Plus, hours(3)),
+        );
+        assert_eq!(
+            watermarks(shifted, true),
+            StateWatermarks {
+                left: None,
+                right: Some((EventTime::Column(1), 2 * HOUR_US)),
+            }
+        );
+    }
+
+    #[test]
+    fn a_side_without_watermark_keeps_the_other_sides_rows() {
+        let (lt, rt) = (col("lt", 0), col("rt", 1));
+        let range = op(
+            op(Arc::clone(&rt), Operator::GtEq, Arc::clone(&lt)),
+            Operator::And,
+            op(rt, Operator::LtEq, op(lt, Operator::Plus, hours(1))),
+        );
+        // Only the right side declares a watermark: left rows (found by the range's column)
+        // expire, right rows never (future left rows are not bounded).
+        assert_eq!(
+            watermarks(range, false),
+            StateWatermarks {
+                left: Some((EventTime::Column(1), -HOUR_US)),
+                right: None,
+            }
+        );
+    }
+}

@@ -43,7 +43,7 @@ impl Keyed {
     }
 }
 
-/// Rows gathered from a side's state: its columns, their `matched` flags and sequence numbers.
+/// Rows gathered from a side's state: its columns and their `matched` flags.
 pub(super) struct Gathered {
     pub columns: Vec<ArrayRef>,
     pub matched: BooleanArray,
