@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use flumen::StreamingQueryProgress;
 use flumen::datafusion::arrow::array::{
-    Array, ArrayRef, Int64Array, RecordBatch, TimestampMillisecondArray,
+    Array, ArrayRef, AsArray, Int64Array, RecordBatch, TimestampMillisecondArray,
 };
 use flumen::datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use flumen::datafusion::arrow::util::display::array_value_to_string;
@@ -67,6 +67,15 @@ fn render(batches: &[RecordBatch]) -> Vec<String> {
                 .map(|c: &ArrayRef| {
                     if c.is_null(row) {
                         return "null".to_string();
+                    }
+                    if let DataType::Struct(_) = c.data_type() {
+                        // A window: `HH:MM-HH:MM`.
+                        let s = c.as_struct();
+                        let clock = |a: &ArrayRef| {
+                            let text = array_value_to_string(a, row).unwrap();
+                            text.get(11..16).unwrap_or(&text).to_string()
+                        };
+                        return format!("{}-{}", clock(s.column(0)), clock(s.column(1)));
                     }
                     let text = array_value_to_string(c, row).unwrap();
                     match c.data_type() {
@@ -663,5 +672,45 @@ async fn a_union_of_two_streams_reads_each_from_its_own_offsets_across_a_restart
         log.ends_with("{\"rows\":3}\n{\"rows\":2}")
             || log.ends_with("{\"rows\":3}\n{\"rows\":2}\n"),
         "{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn left_outer_join_on_equal_event_time_windows_emits_unclicked_impressions_when_the_window_closes()
+ {
+    const HOURLY: &[Step] = &[
+        (&[(1, "12:10"), (2, "12:20")], &[(1, "12:50")]),
+        // Ad 2's click falls in the next hour's window: no match.
+        (&[(3, "14:05")], &[(3, "14:30"), (2, "13:10")]),
+    ];
+    let build: Build = Arc::new(|impressions, clicks| {
+        let impressions = impressions
+            .with_watermark("impressionTime", "10 minutes")?
+            .select([
+                col("impressionAdId"),
+                window(col("impressionTime"), "1 hour").alias("impressionWindow"),
+            ])?;
+        let clicks = clicks.with_watermark("clickTime", "10 minutes")?.select([
+            col("clickAdId"),
+            window(col("clickTime"), "1 hour").alias("clickWindow"),
+        ])?;
+        impressions.join_expr(
+            clicks.dataframe().clone(),
+            JoinType::Left,
+            "impressionAdId = clickAdId AND impressionWindow = clickWindow",
+        )
+    });
+    let checkpoint = temp_dir();
+    let run = run(&build, HOURLY, 0, checkpoint.path(), fresh())
+        .await
+        .unwrap();
+    assert_eq!(
+        run.non_empty(),
+        vec![
+            lines(&["1 12:00-13:00 1 12:00-13:00"]),
+            lines(&["3 14:00-15:00 3 14:00-15:00"]),
+            // Watermark 13:55: the 12:00 window has closed.
+            lines(&["2 12:00-13:00 null null"]),
+        ]
     );
 }

@@ -12,7 +12,7 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::datatypes::{DataType, Schema};
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::common::{JoinSide, ScalarValue};
 use datafusion::logical_expr::Operator;
 use datafusion::physical_expr::expressions::{BinaryExpr, CastExpr, Column, Literal, TryCastExpr};
@@ -287,29 +287,31 @@ fn interval_us(expr: &Arc<dyn PhysicalExpr>) -> Option<i64> {
 }
 
 /// Where `schema` (one side of a join) keeps the event time of the watermark on `column`:
-/// the column itself, or the end of an event-time `window` struct built from it.
+/// the column itself, or, when a projection replaced it by an event-time window (`window(..)`,
+/// under any name), the end of that window struct.
 pub(crate) fn event_time_of(schema: &Schema, column: &str) -> Option<EventTime> {
-    if let Ok(i) = schema.index_of(column)
-        && matches!(schema.field(i).data_type(), DataType::Timestamp(_, _))
-    {
-        return Some(EventTime::Column(i));
+    if let Ok(i) = schema.index_of(column) {
+        return matches!(schema.field(i).data_type(), DataType::Timestamp(_, _))
+            .then_some(EventTime::Column(i));
     }
-    let i = schema.index_of("window").ok()?;
-    match schema.field(i).data_type() {
-        DataType::Struct(fields)
-            if fields.iter().any(|f| {
-                f.name() == "end" && matches!(f.data_type(), DataType::Timestamp(_, _))
-            }) =>
-        {
-            Some(EventTime::WindowEnd(i))
-        }
-        _ => None,
-    }
+    let is_time = |f: &Field, name: &str| {
+        f.name() == name && matches!(f.data_type(), DataType::Timestamp(_, _))
+    };
+    schema
+        .fields()
+        .iter()
+        .position(|f| match f.data_type() {
+            DataType::Struct(fields) => {
+                fields.len() == 2 && is_time(&fields[0], "start") && is_time(&fields[1], "end")
+            }
+            _ => false,
+        })
+        .map(EventTime::WindowEnd)
 }
 
 #[cfg(test)]
 mod tests {
-    use datafusion::arrow::datatypes::{Field, IntervalMonthDayNano, TimeUnit};
+    use datafusion::arrow::datatypes::{IntervalMonthDayNano, TimeUnit};
     use datafusion::physical_plan::joins::utils::ColumnIndex;
 
     use super::*;
