@@ -11,8 +11,8 @@
 //! Kafka round trip, (e) checkpoint cost, (f) state bytes per key, (g) the Titanic enrichment
 //! against Spark (`pyspark`, installed by `benches/setup.sh`; skipped with a line saying so when
 //! it cannot be imported), (h) the same enrichment on one core and on two (`taskset`), with its
-//! peak memory. Every figure that speaks for the engine runs a real query through the public
-//! API; function-level micro-benchmarks say so in their name. Ratios are engine against
+//! peak memory, (j) a stream-stream join against a hand-written hash join. Every figure that
+//! speaks for the engine runs a real query through the public API; function-level micro-benchmarks say so in their name. Ratios are engine against
 //! baseline, measured side by side; targets come from `../shared/reference/benchmarks.md` and
 //! the performance issue. Timings are never asserted: a missed target is reported, not failed.
 
@@ -21,6 +21,7 @@ mod checkpoint;
 mod data;
 mod decode;
 mod e2e;
+mod join;
 mod measure;
 mod pipeline;
 mod tiny;
@@ -55,6 +56,7 @@ struct Plan {
     checkpoints: u64,
     state_keys: u64,
     pipeline_rows: usize,
+    join_rows: usize,
     reps: usize,
 }
 
@@ -72,6 +74,7 @@ impl Plan {
                 checkpoints: 20,
                 state_keys: 10_000,
                 pipeline_rows: 20_000,
+                join_rows: 20_000,
                 reps: 1,
             },
             Size::Quick => Plan {
@@ -85,6 +88,7 @@ impl Plan {
                 checkpoints: 100,
                 state_keys: 200_000,
                 pipeline_rows: 400_000,
+                join_rows: 200_000,
                 reps: 3,
             },
             Size::Full => Plan {
@@ -98,6 +102,7 @@ impl Plan {
                 checkpoints: 300,
                 state_keys: 1_000_000,
                 pipeline_rows: 1_000_000,
+                join_rows: 1_000_000,
                 reps: 5,
             },
         }
@@ -244,6 +249,10 @@ fn main() {
             "f",
             runtime.block_on(window::state_bytes(plan.state_keys, &fast)),
         );
+    }
+    if wanted("j") {
+        eprintln!("(j) stream-stream join, {} rows per side", plan.join_rows);
+        report("j", runtime.block_on(join::run(plan.join_rows, plan.reps)));
     }
     if wanted("g") {
         eprintln!(

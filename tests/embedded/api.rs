@@ -80,9 +80,13 @@ async fn unsupported_operations_fail_at_start_with_sparks_messages() {
         .join(other.into_stream_dataframe(), JoinType::Inner, &["offset"])
         .unwrap();
     assert!(
-        start_error(both.write_stream().console())
-            .await
-            .contains("Join between two streaming DataFrames/Datasets")
+        start_error(
+            both.write_stream()
+                .output_mode(OutputMode::Update)
+                .console()
+        )
+        .await
+        .contains("Join between two streaming DataFrames/Datasets")
     );
 
     let clash = s.join(

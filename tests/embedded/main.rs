@@ -7,6 +7,7 @@ mod decode_once;
 mod event_time;
 mod faults;
 mod files;
+mod joins;
 mod late_rows;
 mod listener;
 mod monitor;

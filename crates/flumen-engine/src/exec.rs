@@ -1,9 +1,11 @@
 //! The micro-batch loop: one task per query.
 //!
-//! Per trigger: ask the source for the end of the next batch; write `offsets/N` (write-ahead);
-//! fetch exactly that range; run it through the query's physical plan; hand the result to the
-//! sink with batch id N; write `commits/N`. On restart, a batch with offsets but no commit is
-//! re-run with identical offsets and batch id, so an idempotent sink sees it exactly once.
+//! Per trigger: ask each source for the end of the next batch (a batch runs when any source has
+//! new data); write `offsets/N` (write-ahead, one line per source); fetch exactly those ranges;
+//! run them through the query's physical plan; hand the result to the sink with batch id N;
+//! write `commits/N`. On restart, a batch with offsets but no commit is re-run with identical
+//! offsets and batch id, so an idempotent sink sees it exactly once. With several watermarks,
+//! the query's watermark is the minimum of theirs.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -46,14 +48,16 @@ pub(crate) struct Execution {
     pub checkpoint: Checkpoint,
     pub mode: OutputMode,
     pub trigger: Trigger,
-    pub read_limit: ReadLimit,
+    /// Per source: how much one trigger may read.
+    pub read_limits: Vec<ReadLimit>,
     pub conf: BTreeMap<String, String>,
     /// How the stateful operators' state is split into key partitions (their count is set).
     pub state_layout: StateLayout,
     /// Partitions idle this long stop holding the watermark back (`None`: never).
     pub watermark_idle_timeout: Option<Duration>,
-    /// The query's watermark, when it declares one (set up by the run loop).
-    pub tracker: Option<WatermarkTracker>,
+    /// One tracker per declared watermark (set up by the run loop); the query's watermark is
+    /// the minimum of theirs.
+    pub trackers: Vec<WatermarkTracker>,
     /// Whether a batch without new data should run next (the watermark moved and a stateful
     /// operator has state to evict or emit).
     pub run_no_data_batch: bool,
@@ -83,10 +87,14 @@ impl Phases {
 /// watermark, and where its time went.
 struct BatchContext {
     id: u64,
-    start: SourceOffset,
-    end: SourceOffset,
-    /// The source's latest offset when the batch was planned (progress shows it, for lag).
-    latest: SourceOffset,
+    /// Per source: where the batch starts.
+    start: Vec<SourceOffset>,
+    /// Per source: where it ends (exclusive).
+    end: Vec<SourceOffset>,
+    /// Per source: its latest offset when the batch was planned (progress shows it, for lag).
+    latest: Vec<SourceOffset>,
+    /// Per source: the rows read.
+    rows: Vec<u64>,
     /// What `current_timestamp()` returns in this batch (logged in `offsets/N`).
     timestamp_ms: i64,
     /// The watermark the batch runs with (logged in `offsets/N`).
@@ -138,10 +146,11 @@ impl Execution {
     }
 
     async fn run_loop(&mut self) -> Result<()> {
-        let source = Arc::clone(&self.plan.source);
-        let mut reader = source
-            .open_in(&SourceContext::new(self.checkpoint.source_metadata_path(0)))
-            .await?;
+        let mut readers: Vec<Box<dyn SourceReader>> = Vec::with_capacity(self.plan.sources.len());
+        for (i, planned) in self.plan.sources.iter().enumerate() {
+            let context = SourceContext::new(self.checkpoint.source_metadata_path(i));
+            readers.push(planned.source.open_in(&context).await?);
+        }
         let last_committed_batch = self.checkpoint.latest_commit()?.map(|(n, _)| n);
         let last_planned_batch = self.checkpoint.latest_offsets()?.map(|(n, _)| n);
         let context = SinkContext::new(
@@ -159,29 +168,27 @@ impl Execution {
         }
 
         // Recover: where does the next batch start, and is there an uncommitted batch to re-run?
-        let mut start: SourceOffset;
+        let mut start: Vec<SourceOffset>;
         let mut next_batch: u64;
         let mut watermark_ms = 0i64;
         match self.checkpoint.latest_offsets()? {
             None => {
-                start = match self.checkpoint.source_initial_offset(0)? {
-                    Some(offset) => offset,
-                    None => {
-                        let offset = reader.initial_offset().await?;
-                        self.checkpoint.write_source_initial_offset(0, &offset)?;
-                        offset
-                    }
-                };
+                start = Vec::with_capacity(readers.len());
+                for (i, reader) in readers.iter_mut().enumerate() {
+                    start.push(match self.checkpoint.source_initial_offset(i)? {
+                        Some(offset) => offset,
+                        None => {
+                            let offset = reader.initial_offset().await?;
+                            self.checkpoint.write_source_initial_offset(i, &offset)?;
+                            offset
+                        }
+                    });
+                }
                 next_batch = 0;
                 self.restore_state(0, watermark_ms)?;
             }
             Some((n, entry)) => {
-                let end = entry.offsets.first().cloned().ok_or_else(|| {
-                    FlumenError::checkpoint(
-                        self.checkpoint.offsets_path(n),
-                        "has no source offsets; restore it or start a new checkpoint location",
-                    )
-                })?;
+                let end = self.logged_offsets(n, entry.offsets)?;
                 let committed = self.checkpoint.latest_commit()?;
                 if let Some((_, commit)) = &committed {
                     watermark_ms = commit.next_batch_watermark_ms;
@@ -204,12 +211,13 @@ impl Execution {
                         start: batch_start,
                         end: end.clone(),
                         latest: end.clone(),
+                        rows: Vec::new(),
                         timestamp_ms: entry.metadata.batch_timestamp_ms,
                         watermark_ms,
                         phases: Phases::default(),
                         trigger_start: Instant::now(),
                     };
-                    self.run_batch(&mut *reader, &mut batch).await?;
+                    self.run_batch(&mut readers, &mut batch).await?;
                     watermark_ms = self.watermark_or(watermark_ms);
                     start = end;
                     next_batch = n + 1;
@@ -221,9 +229,13 @@ impl Execution {
             }
         }
 
-        // For available-now / once: the offsets available at start are the target.
-        let target = if self.trigger.stops_when_caught_up() {
-            Some(reader.prepare_for_trigger_available_now(&start).await?)
+        // For available-now / once: the offsets available at start are the targets.
+        let targets = if self.trigger.stops_when_caught_up() {
+            let mut targets = Vec::with_capacity(readers.len());
+            for (reader, start) in readers.iter_mut().zip(&start) {
+                targets.push(reader.prepare_for_trigger_available_now(start).await?);
+            }
+            Some(targets)
         } else {
             None
         };
@@ -250,8 +262,13 @@ impl Execution {
             let mut phases = Phases::default();
 
             let t = Instant::now();
-            let limit = self.trigger.read_limit(self.read_limit);
-            let end = reader.latest_offset(&start, limit, target.as_ref()).await?;
+            let mut end = Vec::with_capacity(readers.len());
+            for (i, reader) in readers.iter_mut().enumerate() {
+                let source_limit = self.read_limits.get(i).copied().unwrap_or(ReadLimit::All);
+                let limit = self.trigger.read_limit(source_limit);
+                let target = targets.as_ref().and_then(|t| t.get(i));
+                end.push(reader.latest_offset(&start[i], limit, target).await?);
+            }
             phases.record("latestOffset", t);
 
             if end == start && self.no_data_batch_due() {
@@ -262,14 +279,14 @@ impl Execution {
                 self.shared
                     .idle_answered
                     .fetch_max(idle_ticket, Ordering::SeqCst);
-                if target.is_some() {
+                if targets.is_some() {
                     return Ok(());
                 }
                 self.shared
                     .set_status("Waiting for data to arrive", false, false);
                 if last_idle_progress.elapsed() >= IDLE_PROGRESS_INTERVAL {
                     last_idle_progress = Instant::now();
-                    self.report_idle(next_batch, &start, &end, &*reader);
+                    self.report_idle(next_batch, &start, &end, &readers);
                 }
                 if self.trigger.interval().is_none() {
                     if self.sleep_until_or_stop(Instant::now() + idle_wait).await {
@@ -291,31 +308,37 @@ impl Execution {
                         batch_timestamp_ms,
                         conf: self.conf.clone(),
                     },
-                    offsets: vec![end.clone()],
+                    offsets: end.clone(),
                 },
             )?;
             phases.record("walCommit", t);
 
-            let latest = reader.report_latest_offset().unwrap_or_else(|| end.clone());
+            let latest = readers
+                .iter()
+                .zip(&end)
+                .map(|(r, e)| r.report_latest_offset().unwrap_or_else(|| e.clone()))
+                .collect();
             let mut batch = BatchContext {
                 id: next_batch,
                 start: start.clone(),
                 end: end.clone(),
                 latest,
+                rows: Vec::new(),
                 timestamp_ms: batch_timestamp_ms,
                 watermark_ms,
                 phases,
                 trigger_start,
             };
-            self.run_batch(&mut *reader, &mut batch).await?;
+            self.run_batch(&mut readers, &mut batch).await?;
             watermark_ms = self.watermark_or(watermark_ms);
             // Old logs go every 10 batches: listing the directories each batch costs more than
             // keeping a few extra files.
             if next_batch >= MIN_BATCHES_TO_RETAIN && next_batch.is_multiple_of(10) {
                 let keep_from = next_batch + 1 - MIN_BATCHES_TO_RETAIN;
                 self.checkpoint.purge_before(keep_from)?;
-                for i in 0..self.plan.operators.len() {
-                    for dir in self.checkpoint.state_dirs(i, self.state_layout) {
+                for (i, operator) in self.plan.operators.iter().enumerate() {
+                    let dirs = self.checkpoint.state_dirs(i, self.state_layout);
+                    for dir in operator.store_dirs(&dirs) {
                         StateStore::purge(&dir, keep_from)?;
                     }
                 }
@@ -328,15 +351,34 @@ impl Execution {
         }
     }
 
-    /// Where batch `n` starts: the end of batch n-1, or the source's initial offsets.
-    fn batch_start(&self, n: u64) -> Result<SourceOffset> {
+    /// The end offsets logged for batch `n`: one per source, as many as the query reads.
+    fn logged_offsets(&self, n: u64, offsets: Vec<SourceOffset>) -> Result<Vec<SourceOffset>> {
+        if offsets.len() != self.plan.sources.len() {
+            return Err(FlumenError::checkpoint(
+                self.checkpoint.offsets_path(n),
+                format!(
+                    "has offsets for {} sources, but the query reads {}; the streams of a query cannot change for an existing checkpoint: restore the query or start a new checkpoint location",
+                    offsets.len(),
+                    self.plan.sources.len()
+                ),
+            ));
+        }
+        Ok(offsets)
+    }
+
+    /// Where batch `n` starts: the end of batch n-1, or the sources' initial offsets.
+    fn batch_start(&self, n: u64) -> Result<Vec<SourceOffset>> {
         if n == 0 {
-            return self.checkpoint.source_initial_offset(0)?.ok_or_else(|| {
-                FlumenError::checkpoint(
-                    self.checkpoint.source_initial_path(0),
-                    "is missing, so batch 0 cannot be re-run; restore it or start a new checkpoint location",
-                )
-            });
+            return (0..self.plan.sources.len())
+                .map(|i| {
+                    self.checkpoint.source_initial_offset(i)?.ok_or_else(|| {
+                        FlumenError::checkpoint(
+                            self.checkpoint.source_initial_path(i),
+                            "is missing, so batch 0 cannot be re-run; restore it or start a new checkpoint location",
+                        )
+                    })
+                })
+                .collect();
         }
         let previous = self.checkpoint.offsets(n - 1).map_err(|e| match e {
             FlumenError::Io { path, .. } => FlumenError::checkpoint(
@@ -345,12 +387,7 @@ impl Execution {
             ),
             other => other,
         })?;
-        previous.offsets.into_iter().next().ok_or_else(|| {
-            FlumenError::checkpoint(
-                self.checkpoint.offsets_path(n - 1),
-                "has no source offsets; restore it or start a new checkpoint location",
-            )
-        })
+        self.logged_offsets(n - 1, previous.offsets)
     }
 
     /// Restores the stateful operators for running batch `version` next, and the watermark.
@@ -358,21 +395,25 @@ impl Execution {
         for (i, operator) in self.plan.operators.iter().enumerate() {
             operator.restore(&self.checkpoint.state_dirs(i, self.state_layout), version)?;
         }
-        if let Some((spec, _)) = &self.plan.watermark {
-            self.tracker = Some(WatermarkTracker::new(
-                spec.delay_ms,
-                self.watermark_idle_timeout,
-                watermark_ms,
-            ));
-        }
+        self.trackers = self
+            .plan
+            .watermarks
+            .iter()
+            .map(|w| {
+                WatermarkTracker::new(w.spec.delay_ms, self.watermark_idle_timeout, watermark_ms)
+            })
+            .collect();
         Ok(())
     }
 
-    /// The watermark for the next batch (`current` when the query declares none).
+    /// The query's watermark: the minimum of its watermarks' (`current` when it declares
+    /// none).
     fn watermark_or(&self, current: i64) -> i64 {
-        self.tracker
-            .as_ref()
-            .map_or(current, WatermarkTracker::watermark_ms)
+        self.trackers
+            .iter()
+            .map(WatermarkTracker::watermark_ms)
+            .min()
+            .unwrap_or(current)
     }
 
     /// Whether the next batch should run without new data: the last batch moved the
@@ -381,14 +422,19 @@ impl Execution {
         if self.run_no_data_batch {
             return true;
         }
-        let Some(tracker) = &mut self.tracker else {
-            return false;
-        };
-        let before = tracker.watermark_ms();
-        if !tracker.advance(Instant::now()) {
+        if self.trackers.is_empty() {
             return false;
         }
-        let after = tracker.watermark_ms();
+        let before = self.watermark_or(0);
+        let now = Instant::now();
+        let mut advanced = false;
+        for tracker in &mut self.trackers {
+            advanced |= tracker.advance(now);
+        }
+        if !advanced {
+            return false;
+        }
+        let after = self.watermark_or(0);
         self.plan
             .operators
             .iter()
@@ -402,7 +448,7 @@ impl Execution {
         stats: Option<&EventTimeStats>,
     ) -> BTreeMap<String, String> {
         let mut out = BTreeMap::new();
-        if self.plan.watermark.is_none() {
+        if self.plan.watermarks.is_empty() {
             return out;
         }
         out.insert("watermark".into(), iso_millis(watermark_ms));
@@ -434,7 +480,7 @@ impl Execution {
     /// uncommitted batch after a restart both come here.
     async fn run_batch(
         &mut self,
-        reader: &mut dyn SourceReader,
+        readers: &mut [Box<dyn SourceReader>],
         batch: &mut BatchContext,
     ) -> Result<()> {
         let batch_id = batch.id;
@@ -447,36 +493,45 @@ impl Execution {
                 operator.begin_batch(watermark_ms);
             }
             let t = Instant::now();
-            // Dead letters carry whole source rows, so then every column is read.
-            let projection = match &self.dead_letters {
-                Some(_) => None,
-                None => self.plan.projection.as_deref(),
-            };
-            let mut input = if batch.start == batch.end {
-                Vec::new()
-            } else {
-                reader
-                    .get_batch(&batch.start, &batch.end, projection)
-                    .await?
-            };
+            let mut inputs = Vec::with_capacity(readers.len());
+            for (i, reader) in readers.iter_mut().enumerate() {
+                let (start, end) = (&batch.start[i], &batch.end[i]);
+                // Dead letters carry whole source rows, so then every column is read.
+                let projection = match &self.dead_letters {
+                    Some(_) => None,
+                    None => self.plan.sources[i].projection.as_deref(),
+                };
+                inputs.push(if start == end {
+                    Vec::new()
+                } else {
+                    reader.get_batch(start, end, projection).await?
+                });
+            }
             batch.phases.record("getBatch", t);
             failpoint::check("after-fetch", batch_id);
-            let input_rows: u64 = input.iter().map(|b| b.num_rows() as u64).sum();
+            batch.rows = inputs
+                .iter()
+                .map(|input| input.iter().map(|b| b.num_rows() as u64).sum())
+                .collect();
+            let input_rows: u64 = batch.rows.iter().sum();
             batch_span.record("rows", input_rows);
 
             let t = Instant::now();
-            let source_rows = match (&self.dead_letters, &self.plan.projection) {
-                (None, _) => Vec::new(),
-                (Some(_), None) => input.clone(),
-                (Some(_), Some(columns)) => {
-                    let projected = input
-                        .iter()
-                        .map(|b| b.project(columns))
-                        .collect::<std::result::Result<Vec<_>, _>>()?;
-                    std::mem::replace(&mut input, projected)
-                }
+            // A query with dead letters reads one stream (checked at start()).
+            let source_rows = match (&self.dead_letters, inputs.first_mut()) {
+                (Some(_), Some(input)) => match &self.plan.sources[0].projection {
+                    None => input.clone(),
+                    Some(columns) => {
+                        let projected = input
+                            .iter()
+                            .map(|b| b.project(columns))
+                            .collect::<std::result::Result<Vec<_>, _>>()?;
+                        std::mem::replace(input, projected)
+                    }
+                },
+                _ => Vec::new(),
             };
-            let output = self.execute_plan(input, batch.timestamp_ms).await?;
+            let output = self.execute_plan(inputs, batch.timestamp_ms).await?;
             let output_rows: i64 = output.iter().map(|b| b.num_rows() as i64).sum();
             for (i, operator) in self.plan.operators.iter().enumerate() {
                 operator.commit(
@@ -516,21 +571,30 @@ impl Execution {
             failpoint::check("after-sink-write", batch_id);
             batch.phases.record("addBatch", t);
 
-            let event_stats = self
+            let event_stats: Vec<Option<EventTimeStats>> = self
                 .plan
-                .watermark
-                .as_ref()
-                .and_then(|(_, slot)| slot.lock().ok().map(|s| s.clone()));
-            let next_watermark_ms = match (&mut self.tracker, &event_stats) {
-                (Some(tracker), Some(stats)) => {
-                    let now = Instant::now();
-                    tracker.register(reader.partition_keys(&batch.end), now);
+                .watermarks
+                .iter()
+                .map(|w| w.stats.lock().ok().map(|s| s.clone()))
+                .collect();
+            let now = Instant::now();
+            for ((tracker, planned), stats) in self
+                .trackers
+                .iter_mut()
+                .zip(&self.plan.watermarks)
+                .zip(&event_stats)
+            {
+                if let (Some(stats), Some(reader), Some(end)) = (
+                    stats,
+                    readers.get(planned.source),
+                    batch.end.get(planned.source),
+                ) {
+                    tracker.register(reader.partition_keys(end), now);
                     tracker.observe(stats, now);
                     tracker.advance(now);
-                    tracker.watermark_ms()
                 }
-                _ => watermark_ms,
-            };
+            }
+            let next_watermark_ms = self.watermark_or(watermark_ms);
             self.run_no_data_batch = self
                 .plan
                 .operators
@@ -544,12 +608,15 @@ impl Execution {
                     next_batch_watermark_ms: next_watermark_ms,
                 },
             )?;
-            reader.commit(&batch.end).await?;
+            for (reader, end) in readers.iter_mut().zip(&batch.end) {
+                reader.commit(end).await?;
+            }
             batch.phases.record("commitOffsets", t);
             batch.phases.record("triggerExecution", batch.trigger_start);
 
-            let mut progress = self.progress(batch, input_rows, output_rows, reader);
-            progress.event_time = self.event_time_progress(watermark_ms, event_stats.as_ref());
+            let mut progress = self.progress(batch, input_rows, output_rows, readers);
+            let merged = merge_stats(event_stats.iter().flatten());
+            progress.event_time = self.event_time_progress(watermark_ms, merged.as_ref());
             progress.state_operators = self.plan.operators.iter().map(|op| op.progress()).collect();
             self.shared.push_progress(progress);
             self.shared
@@ -562,14 +629,16 @@ impl Execution {
 
     async fn execute_plan(
         &self,
-        input: Vec<RecordBatch>,
+        inputs: Vec<Vec<RecordBatch>>,
         batch_timestamp_ms: i64,
     ) -> Result<Vec<RecordBatch>> {
-        self.plan.slot.fill(input)?;
-        if let Some((_, stats)) = &self.plan.watermark
-            && let Ok(mut stats) = stats.lock()
-        {
-            *stats = EventTimeStats::default();
+        for (planned, input) in self.plan.sources.iter().zip(inputs) {
+            planned.slot.fill(input)?;
+        }
+        for planned in &self.plan.watermarks {
+            if let Ok(mut stats) = planned.stats.lock() {
+                *stats = EventTimeStats::default();
+            }
         }
         let plan = Arc::clone(&self.plan.physical);
         let ctx = Arc::clone(&self.plan.task_ctx);
@@ -583,23 +652,24 @@ impl Execution {
     fn report_idle(
         &self,
         batch_id: u64,
-        start: &SourceOffset,
-        latest: &SourceOffset,
-        reader: &dyn SourceReader,
+        start: &[SourceOffset],
+        latest: &[SourceOffset],
+        readers: &[Box<dyn SourceReader>],
     ) {
         let mut phases = Phases::default();
         phases.0.insert("triggerExecution".into(), 0);
         let idle = BatchContext {
             id: batch_id,
-            start: start.clone(),
-            end: start.clone(),
-            latest: latest.clone(),
+            start: start.to_vec(),
+            end: start.to_vec(),
+            latest: latest.to_vec(),
+            rows: Vec::new(),
             timestamp_ms: 0,
             watermark_ms: 0,
             phases,
             trigger_start: Instant::now(),
         };
-        let progress = self.progress(&idle, 0, 0, reader);
+        let progress = self.progress(&idle, 0, 0, readers);
         self.shared.push_idle_progress(progress);
     }
 
@@ -608,15 +678,9 @@ impl Execution {
         batch: &BatchContext,
         input_rows: u64,
         output_rows: i64,
-        reader: &dyn SourceReader,
+        readers: &[Box<dyn SourceReader>],
     ) -> StreamingQueryProgress {
-        let (batch_id, phases, start, end, latest) = (
-            batch.id,
-            &batch.phases,
-            &batch.start,
-            &batch.end,
-            &batch.latest,
-        );
+        let (batch_id, phases) = (batch.id, &batch.phases);
         let trigger_ms = phases.0.get("triggerExecution").copied().unwrap_or(0);
         let since_previous_ms = self
             .shared
@@ -634,6 +698,27 @@ impl Execution {
             .to_rfc3339_opts(SecondsFormat::Millis, true);
         let input_rate = since_previous_ms.and_then(|ms| rate(input_rows, ms));
         let processed_rate = rate(input_rows, trigger_ms as f64);
+        let sources = self
+            .plan
+            .sources
+            .iter()
+            .zip(readers)
+            .enumerate()
+            .map(|(i, (planned, reader))| {
+                let rows = batch.rows.get(i).copied().unwrap_or(0);
+                let (start, end, latest) = (&batch.start[i], &batch.end[i], &batch.latest[i]);
+                SourceProgress {
+                    description: planned.source.description(),
+                    start_offset: start.clone(),
+                    end_offset: end.clone(),
+                    latest_offset: latest.clone(),
+                    num_input_rows: rows,
+                    input_rows_per_second: since_previous_ms.and_then(|ms| rate(rows, ms)),
+                    processed_rows_per_second: rate(rows, trigger_ms as f64),
+                    metrics: reader.metrics(latest, end),
+                }
+            })
+            .collect();
         StreamingQueryProgress {
             id: self.shared.id.clone(),
             run_id: self.shared.run_id.clone(),
@@ -647,22 +732,35 @@ impl Execution {
             duration_ms: phases.0.clone(),
             event_time: BTreeMap::new(),
             state_operators: Vec::new(),
-            sources: vec![SourceProgress {
-                description: self.plan.source.description(),
-                start_offset: start.clone(),
-                end_offset: end.clone(),
-                latest_offset: latest.clone(),
-                num_input_rows: input_rows,
-                input_rows_per_second: input_rate,
-                processed_rows_per_second: processed_rate,
-                metrics: reader.metrics(latest, end),
-            }],
+            sources,
             sink: SinkProgress {
                 description: self.sink.description(),
                 num_output_rows: output_rows,
             },
         }
     }
+}
+
+/// The event-time statistics of several watermarks as one (for progress).
+fn merge_stats<'a>(stats: impl Iterator<Item = &'a EventTimeStats>) -> Option<EventTimeStats> {
+    let mut merged: Option<EventTimeStats> = None;
+    for s in stats {
+        let Some(m) = &mut merged else {
+            merged = Some(s.clone());
+            continue;
+        };
+        m.min = match (m.min, s.min) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        m.max = match (m.max, s.max) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        m.sum += s.sum;
+        m.count += s.count;
+    }
+    merged
 }
 
 /// Fails when settings recorded in the checkpoint's last offset log differ from `conf`.

@@ -340,6 +340,38 @@ impl StreamFrame {
         Ok(self.with_df(self.df.clone().join_on(right, how, equalities)?))
     }
 
+    /// Joins with `right` (a static DataFrame or another stream's
+    /// [`dataframe`](Self::dataframe)) on a condition written in SQL over the columns of both
+    /// sides (Spark's `join(other, expr("..."), how)`), keeping every column of both sides
+    /// (names must then be unique across the sides).
+    ///
+    /// Between two streams (a stream-stream join, Append output mode only), the condition
+    /// should bound the event times of the two sides, so rows leave the state once no future
+    /// row can match them: `clickAdId = impressionAdId AND clickTime BETWEEN impressionTime
+    /// AND impressionTime + INTERVAL 1 HOUR`, with `with_watermark` on both sides. Outer and
+    /// semi joins need that bound (Spark's rules); an inner join without it keeps every row.
+    pub fn join_expr(&self, right: DataFrame, how: JoinType, condition: &str) -> Result<Self> {
+        let left_names = self.columns();
+        if let Some(clash) = right
+            .schema()
+            .fields()
+            .iter()
+            .find(|f| left_names.contains(f.name()))
+        {
+            return Err(FlumenError::invalid_option(
+                "join_expr",
+                format!(
+                    "column '{}' is on both sides of the join; rename it on one side first (with_column_renamed)",
+                    clash.name()
+                ),
+            ));
+        }
+        let schema = self.df.schema().join(right.schema())?;
+        let state = self.df.clone().into_parts().0;
+        let condition = state.create_logical_expr(condition, &schema)?;
+        Ok(self.with_df(self.df.clone().join_on(right, how, [condition])?))
+    }
+
     /// Declares `column` as event time, with rows up to `delay` late (`"10 minutes"`): stateful
     /// operators after this drop rows behind the watermark and evict state it has passed.
     /// See [`crate::stateful`] for how the watermark is computed.

@@ -1,11 +1,12 @@
 //! From a stream frame's logical plan to one physical plan per query.
 //!
 //! At `start()` the logical plan is checked for shapes streaming cannot run (with Spark's
-//! messages), each stream scan is replaced by an [`InputExec`] reading from a per-query slot,
-//! and the plan is optimized and planned once. Each micro-batch then puts its rows in the slot
-//! and re-executes the same physical plan: no SQL planning on the hot path. Hash joins keep the
-//! static side as the build side, which DataFusion collects once and reuses on every
-//! re-execution.
+//! messages), each stream scan is replaced by an [`InputExec`] reading from a slot of its own
+//! (one per stream the query reads), and the plan is optimized and planned once. Each
+//! micro-batch then puts each stream's rows in its slot and re-executes the same physical plan:
+//! no SQL planning on the hot path. Hash joins keep the static side as the build side, which
+//! DataFusion collects once and reuses on every re-execution; a hash join of two streams
+//! becomes Flumen's stream-stream join.
 
 use std::fmt;
 use std::sync::{Arc, Mutex};
@@ -40,6 +41,7 @@ use crate::modes::OutputMode;
 use crate::source::SourceRef;
 use crate::stateful::aggregate::StatefulAggregateExec;
 use crate::stateful::dedup::{DedupExec, Deduplicate};
+use crate::stateful::join::StreamingJoinExec;
 use crate::stateful::watermark::{EventTimeWatermark, PARTITION_COLUMN, StatsSlot, WatermarkExec};
 use crate::stateful::{OperatorHandle, WatermarkSpec};
 
@@ -370,6 +372,7 @@ pub(crate) fn check_supported(plan: &LogicalPlan, mode: OutputMode) -> Result<()
                 is_streaming(&join.left),
                 is_streaming(&join.right),
                 join.join_type,
+                mode,
             ),
             LogicalPlan::Extension(e)
                 if e.node.as_any().is::<EventTimeWatermark>()
@@ -395,26 +398,24 @@ pub(crate) fn check_supported(plan: &LogicalPlan, mode: OutputMode) -> Result<()
     if let Some(message) = error {
         return Err(FlumenError::Unsupported(message));
     }
-    if sources.len() > 1 {
-        unsupported!(
-            "Queries that read more than one stream are not supported yet (found {}: {}); run one query per stream",
-            sources.len(),
-            sources
-                .iter()
-                .map(|s| s.description())
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-    }
     Ok(())
 }
 
-fn check_join(left: bool, right: bool, join_type: JoinType) -> Option<String> {
+fn check_join(left: bool, right: bool, join_type: JoinType, mode: OutputMode) -> Option<String> {
     use JoinType::*;
     match (left, right) {
-        (true, true) => Some(
-            "Join between two streaming DataFrames/Datasets is not supported yet; join a stream with a static DataFrame".into(),
-        ),
+        (true, true) if mode != OutputMode::Append => Some(format!(
+            "Join between two streaming DataFrames/Datasets is not supported in {mode} output mode, only in Append output mode"
+        )),
+        (true, true) => match join_type {
+            Inner | Left | Right | Full | LeftSemi => None,
+            LeftAnti => Some(
+                "LeftAnti join between two streaming DataFrames/Datasets is not supported".into(),
+            ),
+            RightSemi | RightAnti | LeftMark | RightMark => Some(format!(
+                "{join_type} join between two streaming DataFrames/Datasets is not supported; use an inner, left/right/full outer or left semi join"
+            )),
+        },
         (true, false) => match join_type {
             Inner | Left | LeftSemi | LeftAnti | LeftMark => None,
             Right | RightSemi | RightAnti | RightMark => Some(
@@ -453,6 +454,13 @@ fn check_chained_stateful_operators(stateful: &[String], mode: OutputMode) -> Re
     if stateful.len() <= 1 {
         return Ok(());
     }
+    if stateful.iter().any(|s| s == "StreamingJoin") {
+        unsupported!(
+            "Flumen runs a stream-stream join only as the query's one stateful operator, and this query has {} ({}, from the output to the source); split it into queries connected by a Kafka topic",
+            stateful.len(),
+            stateful.join(", ")
+        );
+    }
     let is_dedup = |name: &str| {
         matches!(
             name,
@@ -486,6 +494,9 @@ fn stateful_nodes(plan: &LogicalPlan) -> Vec<String> {
         match node {
             LogicalPlan::Aggregate(_) => found.push("Aggregate".to_string()),
             LogicalPlan::Distinct(_) => found.push("Distinct".to_string()),
+            LogicalPlan::Join(join) if is_streaming(&join.left) && is_streaming(&join.right) => {
+                found.push("StreamingJoin".to_string())
+            }
             LogicalPlan::Extension(e) if e.node.as_any().is::<Deduplicate>() => {
                 found.push(e.node.name().to_string())
             }
@@ -509,13 +520,24 @@ fn has_streaming_aggregate(plan: &LogicalPlan) -> bool {
     found
 }
 
-/// The watermark declared in `plan`, if any (at most one: Flumen queries read one stream).
-fn watermark_of(plan: &LogicalPlan) -> Result<Option<WatermarkSpec>> {
+/// The watermarks declared in `plan`, in plan order: one per stream at most (a stream under
+/// two `with_watermark` calls is refused).
+fn watermarks_of(plan: &LogicalPlan) -> Result<Vec<WatermarkSpec>> {
     let mut found: Vec<WatermarkSpec> = Vec::new();
+    let mut stacked: Option<Vec<String>> = None;
     plan.apply_with_subqueries(|node| {
-        if let LogicalPlan::Extension(e) = node
-            && let Some(w) = e.node.as_any().downcast_ref::<EventTimeWatermark>()
-        {
+        if let Some(w) = watermark_node(node) {
+            let mut columns = vec![w.column.clone()];
+            w.input.apply(|inner| {
+                if let Some(inner) = watermark_node(inner) {
+                    columns.push(inner.column.clone());
+                }
+                Ok(TreeNodeRecursion::Continue)
+            })?;
+            if columns.len() > 1 {
+                stacked = Some(columns);
+                return Ok(TreeNodeRecursion::Stop);
+            }
             found.push(WatermarkSpec {
                 column: w.column.clone(),
                 delay_ms: w.delay_ms,
@@ -523,18 +545,74 @@ fn watermark_of(plan: &LogicalPlan) -> Result<Option<WatermarkSpec>> {
         }
         Ok(TreeNodeRecursion::Continue)
     })?;
-    if found.len() > 1 {
+    if let Some(columns) = stacked {
         unsupported!(
-            "with_watermark was called {} times on this query ({}); declare one watermark",
-            found.len(),
-            found
-                .iter()
-                .map(|w| w.column.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
+            "with_watermark was called {} times on the same stream ({}); declare one watermark per stream",
+            columns.len(),
+            columns.join(", ")
         );
     }
-    Ok(found.pop())
+    Ok(found)
+}
+
+fn watermark_node(node: &LogicalPlan) -> Option<&EventTimeWatermark> {
+    match node {
+        LogicalPlan::Extension(e) => e.node.as_any().downcast_ref::<EventTimeWatermark>(),
+        _ => None,
+    }
+}
+
+/// The watermark an aggregation or deduplication sees: the query's, when its streams declare
+/// one event-time column (several streams of a union may each declare it).
+fn operator_watermark(watermarks: &[WatermarkSpec]) -> Option<&WatermarkSpec> {
+    let first = watermarks.first()?;
+    watermarks
+        .iter()
+        .all(|w| w.column == first.column)
+        .then_some(first)
+}
+
+/// Gives every stream scan under a watermark a hidden column with each row's source partition,
+/// carried up to the watermark node, which records per-partition event times and drops it.
+fn add_partition_columns(plan: LogicalPlan) -> Result<LogicalPlan> {
+    Ok(plan
+        .transform_up_with_subqueries(|node| {
+            let Some(w) = watermark_node(&node) else {
+                return Ok(Transformed::no(node));
+            };
+            let mut added = false;
+            let input = w
+                .input
+                .clone()
+                .transform_up(|scan| {
+                    let Some(key) = stream_table(&scan).and_then(|t| t.source().partition_key())
+                    else {
+                        return Ok(Transformed::no(scan));
+                    };
+                    added = true;
+                    let mut exprs: Vec<Expr> = scan
+                        .schema()
+                        .columns()
+                        .into_iter()
+                        .map(Expr::Column)
+                        .collect();
+                    exprs.push(key.alias(PARTITION_COLUMN));
+                    let projected =
+                        datafusion::logical_expr::Projection::try_new(exprs, Arc::new(scan))?;
+                    Ok(Transformed::yes(LogicalPlan::Projection(projected)))
+                })?
+                .data;
+            if !added {
+                return Ok(Transformed::no(node));
+            }
+            let input = carry_partition_to_watermark(input)
+                .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
+            let replaced = EventTimeWatermark::try_new(input, w.column.clone(), w.delay_ms)?;
+            Ok(Transformed::yes(LogicalPlan::Extension(Extension {
+                node: Arc::new(replaced),
+            })))
+        })?
+        .data)
 }
 
 /// `SELECT DISTINCT` over a stream is Spark's `dropDuplicates()`.
@@ -588,17 +666,34 @@ fn carry_partition_to_watermark(plan: LogicalPlan) -> Result<LogicalPlan> {
         .data)
 }
 
-/// A query's planned form: one physical plan and the slot its micro-batches go into.
+/// One stream a query reads: its definition, the slot its micro-batches go into, and the
+/// columns the plan reads from it (`None` = all), so the source decodes only those.
+pub(crate) struct PlannedSource {
+    pub source: SourceRef,
+    pub slot: Arc<InputSlot>,
+    pub projection: Option<Vec<usize>>,
+}
+
+/// One `with_watermark` of a query: the declaration, where the plan leaves each batch's
+/// event-time statistics, and the source whose rows it sees.
+pub(crate) struct PlannedWatermark {
+    pub spec: WatermarkSpec,
+    pub stats: StatsSlot,
+    pub source: usize,
+}
+
+/// A query's planned form: one physical plan and, per stream, the slot its micro-batches go
+/// into.
 pub(crate) struct QueryPlan {
     pub physical: Arc<dyn ExecutionPlan>,
     pub task_ctx: Arc<TaskContext>,
-    pub slot: Arc<InputSlot>,
-    /// Columns of the source the plan reads (`None` = all), so the source decodes only those.
-    pub projection: Option<Vec<usize>>,
-    pub source: SourceRef,
+    /// The streams, in plan order (their index names their `sources/<i>` directory and their
+    /// line in `offsets/N`).
+    pub sources: Vec<PlannedSource>,
     pub output_schema: SchemaRef,
-    /// The declared watermark and where the plan leaves each batch's event-time statistics.
-    pub watermark: Option<(WatermarkSpec, StatsSlot)>,
+    /// The declared watermarks (one per stream at most); the query's watermark is the
+    /// minimum of theirs (Spark's default `multipleWatermarkPolicy`, `min`).
+    pub watermarks: Vec<PlannedWatermark>,
     /// The stateful operators, in plan order (their index names their state directory).
     pub operators: Vec<OperatorHandle>,
     /// The batch timestamp `current_timestamp()` returns in this query.
@@ -608,10 +703,29 @@ pub(crate) struct QueryPlan {
     pub target_partitions: usize,
 }
 
+impl QueryPlan {
+    /// The fingerprint of the query's streams, compared on restart: the source's own for one
+    /// stream, joined with ` | ` for several.
+    pub fn sources_fingerprint(&self) -> String {
+        self.sources
+            .iter()
+            .map(|s| s.source.fingerprint())
+            .collect::<Vec<_>>()
+            .join(" | ")
+    }
+}
+
 impl fmt::Debug for QueryPlan {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("QueryPlan")
-            .field("source", &self.source.description())
+            .field(
+                "sources",
+                &self
+                    .sources
+                    .iter()
+                    .map(|s| s.source.description())
+                    .collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
@@ -623,12 +737,11 @@ pub(crate) async fn plan_query(
     mode: OutputMode,
 ) -> Result<QueryPlan> {
     check_supported(plan, mode)?;
-    let watermark = watermark_of(plan)?;
+    let watermark_specs = watermarks_of(plan)?;
     let plan = distinct_as_deduplicate(plan.clone())?;
+    let plan = add_partition_columns(plan)?;
     let partitions = state.config().target_partitions();
-    let slot = InputSlot::new(partitions, state.config().batch_size());
-    let mut source = None;
-    let mut carry_partition = false;
+    let mut sources: Vec<(SourceRef, Arc<InputSlot>)> = Vec::new();
     let rewritten = plan
         .transform_up_with_subqueries(|node| {
             let Some(table) = stream_table(&node) else {
@@ -637,10 +750,13 @@ pub(crate) async fn plan_query(
             let LogicalPlan::TableScan(scan) = node else {
                 return Ok(Transformed::no(node));
             };
-            source = Some(Arc::clone(table.source()));
+            // Every scan is a stream of its own (a stream joined with itself is read twice,
+            // as in Spark).
+            let slot = InputSlot::new(partitions, state.config().batch_size());
+            sources.push((Arc::clone(table.source()), Arc::clone(&slot)));
             let input = Arc::new(InputTable {
                 schema: table.source().schema(),
-                slot: Arc::clone(&slot),
+                slot,
             });
             let replaced =
                 TableScanBuilder::new(scan.table_name.clone(), provider_as_source(input))
@@ -648,61 +764,68 @@ pub(crate) async fn plan_query(
                     .with_filters(scan.filters.clone())
                     .with_fetch(scan.fetch)
                     .build()?;
-            let replaced = LogicalPlan::TableScan(replaced);
-            // With a watermark, each row's source partition travels up to it.
-            if let (Some(_), Some(key)) = (&watermark, table.source().partition_key()) {
-                carry_partition = true;
-                let mut exprs: Vec<Expr> = replaced
-                    .schema()
-                    .columns()
-                    .into_iter()
-                    .map(Expr::Column)
-                    .collect();
-                exprs.push(key.alias(PARTITION_COLUMN));
-                let projected =
-                    datafusion::logical_expr::Projection::try_new(exprs, Arc::new(replaced))?;
-                return Ok(Transformed::yes(LogicalPlan::Projection(projected)));
-            }
-            Ok(Transformed::yes(replaced))
+            Ok(Transformed::yes(LogicalPlan::TableScan(replaced)))
         })?
         .data;
-    let rewritten = if carry_partition {
-        carry_partition_to_watermark(rewritten)?
-    } else {
-        rewritten
-    };
     let rewritten = hoist_json_decodes(rewritten)?;
     let clock = BatchClock::default();
     let rewritten = bind_batch_clock(rewritten, &clock)?;
-    let source = source.ok_or_else(|| {
-        FlumenError::Unsupported(
-            "Queries without streaming sources cannot be executed with writeStream.start()".into(),
-        )
-    })?;
+    if sources.is_empty() {
+        unsupported!(
+            "Queries without streaming sources cannot be executed with writeStream.start()"
+        );
+    }
     let physical = state.create_physical_plan(&rewritten).await?;
     let physical = keep_stream_on_probe_side(physical)?;
-    let physical = make_stateful(physical, watermark.as_ref(), mode)?;
-    let projection = find_input(&physical).and_then(|i| i.projection().map(<[usize]>::to_vec));
+    let physical = make_stateful(physical, operator_watermark(&watermark_specs), mode)?;
     let output_schema = physical.schema();
-    let (operators, stats) = stateful_parts(&physical);
+    let (operators, watermark_nodes) = stateful_parts(&physical);
     if operators.len() > 2 {
         unsupported!(
             "Flumen runs at most two stateful operators per query (a deduplication feeding an aggregation), and this query has {}; split it into queries connected by a Kafka topic",
             operators.len()
         );
     }
-    let watermark = match (watermark, stats) {
-        (Some(spec), Some(stats)) => Some((spec, stats)),
-        _ => None,
-    };
+    let source_of = |slot: &Arc<InputSlot>| sources.iter().position(|(_, s)| Arc::ptr_eq(s, slot));
+    let mut watermarks = Vec::new();
+    for node in watermark_nodes {
+        let Some(exec) = node.as_ref().downcast_ref::<WatermarkExec>() else {
+            continue;
+        };
+        let source = find_input(&node).and_then(|i| source_of(&i.slot));
+        let spec = watermark_specs
+            .iter()
+            .find(|w| w.column == exec.column() && w.delay_ms == exec.delay_ms());
+        if let (Some(source), Some(spec)) = (source, spec) {
+            watermarks.push(PlannedWatermark {
+                spec: spec.clone(),
+                stats: exec.stats(),
+                source,
+            });
+        }
+    }
+    let mut inputs = Vec::new();
+    collect_inputs(&physical, &mut inputs);
+    let sources = sources
+        .into_iter()
+        .map(|(source, slot)| {
+            let projection = inputs
+                .iter()
+                .find(|i| Arc::ptr_eq(&i.slot, &slot))
+                .and_then(|i| i.projection().map(<[usize]>::to_vec));
+            PlannedSource {
+                source,
+                slot,
+                projection,
+            }
+        })
+        .collect();
     Ok(QueryPlan {
         physical,
         task_ctx: Arc::new(TaskContext::from(state)),
-        slot,
-        projection,
-        source,
+        sources,
         output_schema,
-        watermark,
+        watermarks,
         operators,
         clock,
         target_partitions: partitions,
@@ -735,8 +858,8 @@ fn bind_batch_clock(plan: LogicalPlan, clock: &BatchClock) -> Result<LogicalPlan
         .data)
 }
 
-/// Swaps the streaming aggregation DataFusion planned for Flumen's stateful one, and tells
-/// deduplication about the watermark.
+/// Swaps the streaming aggregation DataFusion planned for Flumen's stateful one, a hash join
+/// of two streams for the stream-stream join, and tells deduplication about the watermark.
 fn make_stateful(
     plan: Arc<dyn ExecutionPlan>,
     watermark: Option<&WatermarkSpec>,
@@ -751,6 +874,11 @@ fn make_stateful(
             StatefulAggregateExec::replace(aggregate, watermark, mode)
         } else if let Some(dedup) = node.as_ref().downcast_ref::<DedupExec>() {
             dedup.with_watermark(watermark)
+        } else if let Some(join) = node.as_ref().downcast_ref::<HashJoinExec>()
+            && contains_input(join.left())
+            && contains_input(join.right())
+        {
+            StreamingJoinExec::replace(join)
         } else {
             return Ok(Transformed::no(node));
         };
@@ -769,18 +897,22 @@ fn make_stateful(
     Ok(result.data)
 }
 
-/// The stateful operators' handles and the watermark's statistics slot of a physical plan.
-fn stateful_parts(plan: &Arc<dyn ExecutionPlan>) -> (Vec<OperatorHandle>, Option<StatsSlot>) {
+/// The stateful operators' handles and the watermark nodes of a physical plan.
+fn stateful_parts(
+    plan: &Arc<dyn ExecutionPlan>,
+) -> (Vec<OperatorHandle>, Vec<Arc<dyn ExecutionPlan>>) {
     let mut operators = Vec::new();
-    let mut stats = None;
+    let mut stats = Vec::new();
     let mut stack = vec![Arc::clone(plan)];
     while let Some(node) = stack.pop() {
         if let Some(a) = node.as_ref().downcast_ref::<StatefulAggregateExec>() {
             operators.push(a.handle());
         } else if let Some(d) = node.as_ref().downcast_ref::<DedupExec>() {
             operators.push(d.handle());
-        } else if let Some(w) = node.as_ref().downcast_ref::<WatermarkExec>() {
-            stats = Some(w.stats());
+        } else if let Some(j) = node.as_ref().downcast_ref::<StreamingJoinExec>() {
+            operators.push(j.handle());
+        } else if node.as_ref().downcast_ref::<WatermarkExec>().is_some() {
+            stats.push(Arc::clone(&node));
         }
         stack.extend(node.children().into_iter().rev().map(Arc::clone));
     }
@@ -792,6 +924,15 @@ fn find_input(plan: &Arc<dyn ExecutionPlan>) -> Option<&InputExec> {
         return Some(input);
     }
     plan.children().into_iter().find_map(find_input)
+}
+
+fn collect_inputs<'a>(plan: &'a Arc<dyn ExecutionPlan>, out: &mut Vec<&'a InputExec>) {
+    if let Some(input) = plan.as_ref().downcast_ref::<InputExec>() {
+        out.push(input);
+    }
+    for child in plan.children() {
+        collect_inputs(child, out);
+    }
 }
 
 fn contains_input(plan: &Arc<dyn ExecutionPlan>) -> bool {

@@ -763,7 +763,13 @@ impl DataStreamWriter {
         let dead_letters = match self.dead_letters {
             None => None,
             Some(choice) => {
-                let source_schema = plan.source.schema();
+                let [stream] = plan.sources.as_slice() else {
+                    return Err(FlumenError::Unsupported(format!(
+                        "dead letters need a query that reads one stream, so that every malformed record is known with its source row; this query reads {}",
+                        plan.sources.len()
+                    )));
+                };
+                let source_schema = stream.source.schema();
                 let schema = dead_letters_schema(&source_schema)?;
                 let output = choice.build(&self.frame, &schema, &self.options).await?;
                 Some(DeadLetters::new(
@@ -792,7 +798,7 @@ impl DataStreamWriter {
         checkpoint.latest_commit()?;
 
         let mut conf = BTreeMap::new();
-        conf.insert("flumen.source".to_string(), plan.source.fingerprint());
+        conf.insert("flumen.source".to_string(), plan.sources_fingerprint());
         crate::exec::check_conf_unchanged(&checkpoint, &conf)?;
         // State partitions: the checkpoint's count wins over the session's (Spark restores
         // `spark.sql.shuffle.partitions` the same way), so every key finds its state again.
@@ -803,7 +809,7 @@ impl DataStreamWriter {
         for operator in &plan.operators {
             operator.set_partitions(state_layout.partitions())?;
         }
-        let read_limit = plan.source.read_limit();
+        let read_limits = plan.sources.iter().map(|s| s.source.read_limit()).collect();
         let watermark_idle_timeout = match self.options.get("watermarkIdleTimeout") {
             None => Some(DEFAULT_WATERMARK_IDLE_TIMEOUT),
             Some(v) if v.trim().eq_ignore_ascii_case("none") => None,
@@ -825,11 +831,11 @@ impl DataStreamWriter {
             checkpoint,
             mode,
             trigger: self.trigger,
-            read_limit,
+            read_limits,
             conf,
             state_layout,
             watermark_idle_timeout,
-            tracker: None,
+            trackers: Vec::new(),
             run_no_data_batch: false,
             late_rows,
             dead_letters,

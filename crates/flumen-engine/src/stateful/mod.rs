@@ -1,4 +1,5 @@
-//! Event time and state: watermarks, windows, streaming aggregation and deduplication.
+//! Event time and state: watermarks, windows, streaming aggregation, deduplication and
+//! stream-stream joins.
 //!
 //! Stateful operators are physical plan nodes that live as long as the query: the query's one
 //! physical plan is re-executed every micro-batch, and these nodes keep their state between
@@ -9,6 +10,7 @@
 pub(crate) mod aggregate;
 mod concat;
 pub(crate) mod dedup;
+pub(crate) mod join;
 pub mod late;
 mod partitions;
 pub(crate) mod planner;
@@ -150,6 +152,11 @@ pub(crate) trait StatefulOperator: Send + Sync {
     fn begin_batch(&self, watermark_ms: i64);
     /// Writes the state changes of the batch just executed as `version`.
     fn commit(&self, dirs: &[PathBuf], version: u64) -> Result<()>;
+    /// The directories of the operator's state stores, given its partitions' `dirs` (where old
+    /// versions are purged): the partitions' own by default.
+    fn store_dirs(&self, dirs: &[PathBuf]) -> Vec<PathBuf> {
+        dirs.to_vec()
+    }
     /// Metrics of the last batch.
     fn progress(&self) -> StateOperatorProgress;
     /// Whether a batch without new data should run because the watermark moved from

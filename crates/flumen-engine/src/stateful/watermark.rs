@@ -214,6 +214,16 @@ impl WatermarkExec {
         })
     }
 
+    /// The event-time column.
+    pub fn column(&self) -> &str {
+        &self.column
+    }
+
+    /// How late rows may be, ms.
+    pub fn delay_ms(&self) -> i64 {
+        self.delay_ms
+    }
+
     /// Where each execution leaves its event-time statistics.
     pub fn stats(&self) -> StatsSlot {
         Arc::clone(&self.stats)

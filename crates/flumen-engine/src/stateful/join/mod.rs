@@ -1,0 +1,844 @@
+//! Stream-stream joins (Spark's `StreamingSymmetricHashJoinExec`).
+//!
+//! Both sides buffer their rows in state. Each micro-batch, the new rows of the left side are
+//! joined with the buffered right rows, then the new right rows with the buffered left rows
+//! (which now include the batch's new left rows), so every pair meets exactly once; the join's
+//! residual condition is evaluated on the candidate pairs with equal keys. Rows behind the
+//! watermark are dropped on input (counted per side). After the batch, each side drops the rows
+//! no future row of the other side can match (see [`condition`]); an outer join emits those that
+//! never matched, null-extended, at that moment. A left semi join emits a left row once, at its
+//! first match.
+//!
+//! The state of both sides is one key partition (`state/<op>/0/left`, `.../right`), written to
+//! the checkpoint each batch and restored on restart.
+
+pub(crate) mod condition;
+mod side;
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use datafusion::arrow::array::{
+    Array, ArrayRef, BooleanArray, RecordBatch, RecordBatchOptions, UInt32Array, new_null_array,
+};
+use datafusion::arrow::compute::{concat_batches, prep_null_mask_filter};
+use datafusion::arrow::datatypes::{Field, Schema, SchemaRef};
+use datafusion::arrow::row::{RowConverter, SortField};
+use datafusion::common::JoinSide;
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::error::Result as DFResult;
+use datafusion::execution::TaskContext;
+use datafusion::logical_expr::JoinType;
+use datafusion::physical_plan::execution_plan::{ChildrenPropertiesMode, ReplaceChildrenOptions};
+use datafusion::physical_plan::joins::HashJoinExec;
+use datafusion::physical_plan::joins::utils::JoinFilter;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, PhysicalExpr, PlanProperties,
+    SendableRecordBatchStream,
+};
+use futures::{StreamExt, TryStreamExt};
+
+use self::condition::{EventTime, StateWatermarks, event_time_of, state_watermarks};
+use self::side::{Gathered, SideState};
+use super::late::LateRows;
+use super::watermark::WatermarkExec;
+use super::{
+    OperatorHandle, StatefulOperator, evaluate, single_partition_input,
+    single_partition_properties, to_df,
+};
+use crate::error::{FlumenError, Result};
+use crate::progress::StateOperatorProgress;
+
+/// Spark's name for the operator in progress reports.
+const OPERATOR_NAME: &str = "symmetricHashJoin";
+
+/// Per-side metrics of the last batch.
+#[derive(Debug, Default, Clone, Copy)]
+struct SideMetrics {
+    dropped_by_watermark: u64,
+    appended: u64,
+    removed: u64,
+}
+
+/// Both sides' state and the batch's watermark.
+struct JoinState {
+    left: SideState,
+    right: SideState,
+    watermark_ms: i64,
+    evicted_at_ms: i64,
+    left_metrics: SideMetrics,
+    right_metrics: SideMetrics,
+    updates_ms: u64,
+    removals_ms: u64,
+    commit_ms: u64,
+    written_bytes: u64,
+}
+
+struct Core {
+    join_type: JoinType,
+    left_schema: SchemaRef,
+    right_schema: SchemaRef,
+    /// Left columns then right columns (left only for a semi join), before the projection.
+    join_schema: SchemaRef,
+    projection: Option<Vec<usize>>,
+    output_schema: SchemaRef,
+    filter: Option<JoinFilter>,
+    left_keys: Vec<Arc<dyn PhysicalExpr>>,
+    right_keys: Vec<Arc<dyn PhysicalExpr>>,
+    /// Join keys in row format, the same for both sides.
+    converter: RowConverter,
+    left_time: Option<EventTime>,
+    right_time: Option<EventTime>,
+    state_watermarks: StateWatermarks,
+    /// The columns of both sides (late rows of either side are recorded in it).
+    input_schema: SchemaRef,
+    state: Mutex<JoinState>,
+    late: LateRows,
+}
+
+/// The physical stream-stream join.
+pub(crate) struct StreamingJoinExec {
+    core: Arc<Core>,
+    left: Arc<dyn ExecutionPlan>,
+    right: Arc<dyn ExecutionPlan>,
+    properties: Arc<PlanProperties>,
+}
+
+impl fmt::Debug for StreamingJoinExec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StreamingJoinExec")
+            .field("join_type", &self.core.join_type)
+            .finish()
+    }
+}
+
+/// Spark's name of a join type.
+fn spark_join_name(join_type: JoinType) -> String {
+    match join_type {
+        JoinType::Inner => "Inner".into(),
+        JoinType::Left => "LeftOuter".into(),
+        JoinType::Right => "RightOuter".into(),
+        JoinType::Full => "FullOuter".into(),
+        other => other.to_string(),
+    }
+}
+
+/// The input of one side, read as one partition, without the batch coalescing and
+/// repartitioning DataFusion put there for its own hash join.
+fn side_input(input: &Arc<dyn ExecutionPlan>) -> Arc<dyn ExecutionPlan> {
+    let mut input = Arc::clone(input);
+    while input.name() == "CoalesceBatchesExec" {
+        let Some(child) = input.children().first().map(|c| Arc::clone(c)) else {
+            break;
+        };
+        input = child;
+    }
+    single_partition_input(input)
+}
+
+/// The event time the watermark declared under `plan` leaves in its output, if any.
+fn side_event_time(plan: &Arc<dyn ExecutionPlan>) -> Option<EventTime> {
+    let mut stack = vec![Arc::clone(plan)];
+    let schema = plan.schema();
+    while let Some(node) = stack.pop() {
+        if let Some(w) = node.as_ref().downcast_ref::<WatermarkExec>() {
+            return event_time_of(&schema, w.column());
+        }
+        stack.extend(node.children().into_iter().map(Arc::clone));
+    }
+    None
+}
+
+impl StreamingJoinExec {
+    /// The stream-stream join replacing DataFusion's hash join `join` of two streams; fails
+    /// with Spark's message when the join's state could never be cleaned up although its type
+    /// needs it.
+    pub fn replace(join: &HashJoinExec) -> Result<Arc<dyn ExecutionPlan>> {
+        let join_type = join.join_type;
+        if !matches!(
+            join_type,
+            JoinType::Inner
+                | JoinType::Left
+                | JoinType::Right
+                | JoinType::Full
+                | JoinType::LeftSemi
+        ) {
+            return Err(FlumenError::Unsupported(format!(
+                "{} join between two streaming DataFrames/Datasets is not supported",
+                spark_join_name(join_type)
+            )));
+        }
+        let left = side_input(&join.left);
+        let right = side_input(&join.right);
+        let left_schema = left.schema();
+        let right_schema = right.schema();
+        let left_time = side_event_time(&left);
+        let right_time = side_event_time(&right);
+        let state_watermarks = state_watermarks(
+            left_time,
+            right_time,
+            &join.on,
+            join.filter.as_ref(),
+            (&left_schema, &right_schema),
+        );
+        let (left_expires, right_expires) = (
+            state_watermarks.left.is_some(),
+            state_watermarks.right.is_some(),
+        );
+        let valid = match join_type {
+            JoinType::Left | JoinType::LeftSemi => left_expires,
+            JoinType::Right => right_expires,
+            JoinType::Full => left_expires || right_expires,
+            _ => true,
+        };
+        if !valid {
+            return Err(FlumenError::Unsupported(format!(
+                "Stream-stream {} join between two streaming DataFrame/Datasets is not supported without a watermark in the join keys, or a watermark on the nullable side and an appropriate range condition",
+                spark_join_name(join_type)
+            )));
+        }
+        if !left_expires || !right_expires {
+            tracing::warn!(
+                join_type = %spark_join_name(join_type),
+                left_expires,
+                right_expires,
+                "a stream-stream join keeps the rows of a side forever: declare watermarks on both sides and bound the event times in the condition (e.g. r.t BETWEEN l.t AND l.t + INTERVAL 1 HOUR) so old rows leave the state"
+            );
+        }
+        let left_keys: Vec<Arc<dyn PhysicalExpr>> =
+            join.on.iter().map(|(l, _)| Arc::clone(l)).collect();
+        let right_keys: Vec<Arc<dyn PhysicalExpr>> =
+            join.on.iter().map(|(_, r)| Arc::clone(r)).collect();
+        let mut sort_fields = Vec::with_capacity(left_keys.len());
+        for (l, r) in left_keys.iter().zip(&right_keys) {
+            let (lt, rt) = (l.data_type(&left_schema)?, r.data_type(&right_schema)?);
+            if lt != rt {
+                return Err(FlumenError::Unsupported(format!(
+                    "a stream-stream join compares keys of different types ({lt} and {rt}); cast one side's key to the other's type"
+                )));
+            }
+            sort_fields.push(SortField::new(lt));
+        }
+        let converter = RowConverter::new(sort_fields)?;
+        let join_schema = Arc::clone(join.join_schema());
+        let projection = join.projection.as_ref().map(|p| p.to_vec());
+        let output_schema = join.schema();
+        let mut fields: Vec<Field> = left_schema
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone())
+            .collect();
+        for f in right_schema.fields() {
+            if !fields.iter().any(|g| g.name() == f.name()) {
+                fields.push(f.as_ref().clone());
+            }
+        }
+        let input_schema = Arc::new(Schema::new(fields));
+        let state = JoinState {
+            left: SideState::new(Arc::clone(&left_schema), left_keys.clone())?,
+            right: SideState::new(Arc::clone(&right_schema), right_keys.clone())?,
+            watermark_ms: 0,
+            evicted_at_ms: i64::MIN,
+            left_metrics: SideMetrics::default(),
+            right_metrics: SideMetrics::default(),
+            updates_ms: 0,
+            removals_ms: 0,
+            commit_ms: 0,
+            written_bytes: 0,
+        };
+        let core = Core {
+            join_type,
+            left_schema,
+            right_schema,
+            join_schema,
+            projection,
+            output_schema: Arc::clone(&output_schema),
+            filter: join.filter.clone(),
+            left_keys,
+            right_keys,
+            converter,
+            left_time,
+            right_time,
+            state_watermarks,
+            input_schema,
+            state: Mutex::new(state),
+            late: LateRows::default(),
+        };
+        let properties = single_partition_properties(join.properties());
+        Ok(Arc::new(Self {
+            core: Arc::new(core),
+            left,
+            right,
+            properties,
+        }))
+    }
+
+    /// The handle the micro-batch loop drives this operator through.
+    pub fn handle(&self) -> OperatorHandle {
+        Arc::new(JoinHandle(Arc::clone(&self.core)))
+    }
+}
+
+/// Rows to emit, in the join's unprojected schema.
+struct Output {
+    schema: SchemaRef,
+    batches: Vec<RecordBatch>,
+}
+
+impl Output {
+    fn push(&mut self, columns: Vec<ArrayRef>, rows: usize) -> Result<()> {
+        if rows == 0 {
+            return Ok(());
+        }
+        let options = RecordBatchOptions::new().with_row_count(Some(rows));
+        self.batches.push(RecordBatch::try_new_with_options(
+            Arc::clone(&self.schema),
+            columns,
+            &options,
+        )?);
+        Ok(())
+    }
+}
+
+fn take(columns: &[ArrayRef], positions: &[u32]) -> Result<Vec<ArrayRef>> {
+    super::partitions::take_rows(columns, &UInt32Array::from(positions.to_vec()))
+}
+
+fn nulls(schema: &Schema, rows: usize) -> Vec<ArrayRef> {
+    schema
+        .fields()
+        .iter()
+        .map(|f| new_null_array(f.data_type(), rows))
+        .collect()
+}
+
+/// The positions where `mask` is set (all of them without a mask).
+fn selected(mask: Option<&BooleanArray>, len: usize) -> Vec<u32> {
+    match mask {
+        None => (0..len as u32).collect(),
+        Some(mask) => (0..len)
+            .filter(|&i| mask.value(i))
+            .map(|i| i as u32)
+            .collect(),
+    }
+}
+
+impl Core {
+    fn lock(&self) -> Result<MutexGuard<'_, JoinState>> {
+        self.state.lock().map_err(|_| {
+            FlumenError::IllegalState("join state poisoned by an earlier panic".into())
+        })
+    }
+
+    fn preserves_left(&self) -> bool {
+        matches!(self.join_type, JoinType::Left | JoinType::Full)
+    }
+
+    fn preserves_right(&self) -> bool {
+        matches!(self.join_type, JoinType::Right | JoinType::Full)
+    }
+
+    fn semi(&self) -> bool {
+        self.join_type == JoinType::LeftSemi
+    }
+
+    /// Which candidate pairs satisfy the residual condition (`None`: all).
+    fn condition(
+        &self,
+        left: &[ArrayRef],
+        right: &[ArrayRef],
+        rows: usize,
+    ) -> Result<Option<BooleanArray>> {
+        let Some(filter) = &self.filter else {
+            return Ok(None);
+        };
+        let columns = filter
+            .column_indices()
+            .iter()
+            .map(|c| {
+                let side = match c.side {
+                    JoinSide::Left => left,
+                    _ => right,
+                };
+                side.get(c.index).cloned().ok_or_else(|| {
+                    FlumenError::IllegalState(format!(
+                        "join condition reads column {} of the {:?} side, which has {}; this is a bug in Flumen, please report it",
+                        c.index,
+                        c.side,
+                        side.len()
+                    ))
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let options = RecordBatchOptions::new().with_row_count(Some(rows));
+        let batch =
+            RecordBatch::try_new_with_options(Arc::clone(filter.schema()), columns, &options)?;
+        let mask = evaluate(filter.expression(), &batch)?;
+        let mask = mask
+            .as_any()
+            .downcast_ref::<BooleanArray>()
+            .ok_or_else(|| {
+                FlumenError::IllegalState(format!(
+                    "the join condition is of type {}, not boolean",
+                    mask.data_type()
+                ))
+            })?;
+        // A null condition is false (prep_null_mask_filter expects nulls).
+        Ok(Some(if mask.null_count() == 0 {
+            mask.clone()
+        } else {
+            prep_null_mask_filter(mask)
+        }))
+    }
+
+    /// Drops the rows of one side behind the watermark (recording them as late); returns the
+    /// rest and how many were dropped.
+    fn drop_late(
+        &self,
+        batch: RecordBatch,
+        time: Option<EventTime>,
+        watermark_us: i64,
+    ) -> Result<(RecordBatch, u64)> {
+        let Some(time) = time else {
+            return Ok((batch, 0));
+        };
+        if batch.num_rows() == 0 {
+            return Ok((batch, 0));
+        }
+        // Late: event time at or before the watermark.
+        if !SideState::any_below(&batch, time, watermark_us.saturating_add(1))? {
+            return Ok((batch, 0));
+        }
+        let times = side_times(&batch, time)?;
+        let late: BooleanArray = times
+            .iter()
+            .map(|t| Some(t.is_some_and(|t| t <= watermark_us)))
+            .collect();
+        let dropped = late.true_count() as u64;
+        if self.late.capturing() {
+            let widened = self.widen(&batch)?;
+            self.late.record(&widened, &late)?;
+        }
+        let keep = datafusion::arrow::compute::not(&late)?;
+        Ok((
+            datafusion::arrow::compute::filter_record_batch(&batch, &keep)?,
+            dropped,
+        ))
+    }
+
+    /// One side's rows in [`Core::input_schema`] (the other side's columns null), for the
+    /// late-rows output.
+    fn widen(&self, batch: &RecordBatch) -> Result<RecordBatch> {
+        let columns = self
+            .input_schema
+            .fields()
+            .iter()
+            .map(|f| match batch.column_by_name(f.name()) {
+                Some(c) if c.data_type() == f.data_type() => Arc::clone(c),
+                _ => new_null_array(f.data_type(), batch.num_rows()),
+            })
+            .collect();
+        let nullable = Arc::new(Schema::new(
+            self.input_schema
+                .fields()
+                .iter()
+                .map(|f| f.as_ref().clone().with_nullable(true))
+                .collect::<Vec<_>>(),
+        ));
+        Ok(RecordBatch::try_new(nullable, columns)?)
+    }
+
+    /// One micro-batch: see the module docs.
+    fn process(
+        &self,
+        left: Vec<RecordBatch>,
+        right: Vec<RecordBatch>,
+        ctx: &TaskContext,
+    ) -> Result<RecordBatch> {
+        let mut guard = self.lock()?;
+        let state = &mut *guard;
+        let started = Instant::now();
+        let watermark_us = state.watermark_ms.saturating_mul(1000);
+        let left = concat_batches(&self.left_schema, &left)?;
+        let right = concat_batches(&self.right_schema, &right)?;
+        let (left, left_dropped) = self.drop_late(left, self.left_time, watermark_us)?;
+        let (right, right_dropped) = self.drop_late(right, self.right_time, watermark_us)?;
+        state.left_metrics = SideMetrics {
+            dropped_by_watermark: left_dropped,
+            ..Default::default()
+        };
+        state.right_metrics = SideMetrics {
+            dropped_by_watermark: right_dropped,
+            ..Default::default()
+        };
+        let mut out = Output {
+            schema: Arc::clone(&self.join_schema),
+            batches: Vec::new(),
+        };
+        let left = state.left.keyed(left, &self.converter)?;
+        let right = state.right.keyed(right, &self.converter)?;
+
+        // New left rows with the buffered right rows.
+        let (positions, seqs) = state.right.candidates(&left);
+        let buffered = state.right.gather(&seqs)?;
+        let left_columns = take(left.batch.columns(), &positions)?;
+        let mask = self.condition(&left_columns, &buffered.columns, positions.len())?;
+        let pairs = selected(mask.as_ref(), positions.len());
+        let mut left_matched = vec![false; left.batch.num_rows()];
+        for &p in &pairs {
+            left_matched[positions[p as usize] as usize] = true;
+        }
+        if self.semi() {
+            let first: Vec<u32> = (0..left_matched.len() as u32)
+                .filter(|&i| left_matched[i as usize])
+                .collect();
+            out.push(take(left.batch.columns(), &first)?, first.len())?;
+        } else {
+            let mut columns = take(&left_columns, &pairs)?;
+            columns.extend(take(&buffered.columns, &pairs)?);
+            out.push(columns, pairs.len())?;
+        }
+        if self.preserves_right() {
+            let matched: Vec<u64> = pairs.iter().map(|&p| seqs[p as usize]).collect();
+            state.right.set_matched(&matched)?;
+        }
+        // Buffer the new left rows (a semi join's matched rows are done).
+        let left = if self.semi() && left_matched.iter().any(|m| *m) {
+            let keep: BooleanArray = left_matched.iter().map(|m| Some(!m)).collect();
+            left_matched.retain(|m| !m);
+            let kept = datafusion::arrow::compute::filter_record_batch(&left.batch, &keep)?;
+            state.left.keyed(kept, &self.converter)?
+        } else {
+            left
+        };
+        state.left_metrics.appended = left.batch.num_rows() as u64;
+        state.left.append(&left, left_matched)?;
+
+        // New right rows with the buffered left rows (the new ones included).
+        let (positions, seqs) = state.left.candidates(&right);
+        let buffered = state.left.gather(&seqs)?;
+        let right_columns = take(right.batch.columns(), &positions)?;
+        let mask = self.condition(&buffered.columns, &right_columns, positions.len())?;
+        let pairs = selected(mask.as_ref(), positions.len());
+        let mut right_matched = vec![false; right.batch.num_rows()];
+        for &p in &pairs {
+            right_matched[positions[p as usize] as usize] = true;
+        }
+        if self.semi() {
+            // Each left row once: at its first match.
+            let mut emitted = std::collections::HashSet::new();
+            let first: Vec<u32> = pairs
+                .iter()
+                .copied()
+                .filter(|&p| {
+                    let i = p as usize;
+                    !(buffered.matched.is_valid(i) && buffered.matched.value(i))
+                        && emitted.insert(seqs[i])
+                })
+                .collect();
+            out.push(take(&buffered.columns, &first)?, first.len())?;
+        } else {
+            let mut columns = take(&buffered.columns, &pairs)?;
+            columns.extend(take(&right_columns, &pairs)?);
+            out.push(columns, pairs.len())?;
+        }
+        if self.preserves_left() || self.semi() {
+            let matched: Vec<u64> = pairs.iter().map(|&p| seqs[p as usize]).collect();
+            state.left.set_matched(&matched)?;
+        }
+        state.right_metrics.appended = right.batch.num_rows() as u64;
+        let new_right_expire = match self.state_watermarks.right {
+            Some((time, offset)) => {
+                SideState::any_below(&right.batch, time, watermark_us.saturating_add(offset))?
+            }
+            None => false,
+        };
+        let new_left_expire = match self.state_watermarks.left {
+            Some((time, offset)) => {
+                SideState::any_below(&left.batch, time, watermark_us.saturating_add(offset))?
+            }
+            None => false,
+        };
+        state.right.append(&right, right_matched)?;
+        state.updates_ms = started.elapsed().as_millis() as u64;
+
+        // Evict what no future row can match; outer rows that never matched are emitted.
+        let removal = Instant::now();
+        let due = state.watermark_ms > state.evicted_at_ms || new_left_expire || new_right_expire;
+        if due {
+            if let Some((time, offset)) = self.state_watermarks.left {
+                let gone =
+                    state
+                        .left
+                        .evict(time, watermark_us.saturating_add(offset), &self.converter)?;
+                state.left_metrics.removed = gone.matched.len() as u64;
+                if self.preserves_left() {
+                    let unmatched = unmatched(&gone);
+                    let mut columns = take(&gone.columns, &unmatched)?;
+                    columns.extend(nulls(&self.right_schema, unmatched.len()));
+                    out.push(columns, unmatched.len())?;
+                }
+            }
+            if let Some((time, offset)) = self.state_watermarks.right {
+                let gone = state.right.evict(
+                    time,
+                    watermark_us.saturating_add(offset),
+                    &self.converter,
+                )?;
+                state.right_metrics.removed = gone.matched.len() as u64;
+                if self.preserves_right() {
+                    let unmatched = unmatched(&gone);
+                    let mut columns = nulls(&self.left_schema, unmatched.len());
+                    columns.extend(take(&gone.columns, &unmatched)?);
+                    out.push(columns, unmatched.len())?;
+                }
+            }
+            state.evicted_at_ms = state.watermark_ms;
+        }
+        state.removals_ms = removal.elapsed().as_millis() as u64;
+        self.account(state, ctx)?;
+
+        let batch = concat_batches(&self.join_schema, &out.batches)?;
+        Ok(match &self.projection {
+            Some(p) => batch.project(p)?,
+            None => batch,
+        })
+    }
+
+    /// Charges both sides' state to the session's memory pool.
+    fn account(&self, state: &mut JoinState, ctx: &TaskContext) -> Result<()> {
+        let bytes = state.left.memory_bytes() + state.right.memory_bytes();
+        let rows = state.left.len() + state.right.len();
+        state
+            .left
+            .store_mut()
+            .reserve(ctx, "stream-stream join", bytes, rows)
+    }
+
+    fn progress(&self) -> StateOperatorProgress {
+        let Ok(state) = self.state.lock() else {
+            return StateOperatorProgress::default();
+        };
+        let (l, r) = (&state.left_metrics, &state.right_metrics);
+        let (left_bytes, right_bytes) = (
+            state.left.memory_bytes() as u64,
+            state.right.memory_bytes() as u64,
+        );
+        let mut custom = std::collections::BTreeMap::new();
+        for (side, rows, bytes, m) in [
+            ("left", state.left.len() as u64, left_bytes, l),
+            ("right", state.right.len() as u64, right_bytes, r),
+        ] {
+            custom.insert(format!("{side}.numRowsTotal"), rows);
+            custom.insert(format!("{side}.memoryUsedBytes"), bytes);
+            custom.insert(
+                format!("{side}.numRowsDroppedByWatermark"),
+                m.dropped_by_watermark,
+            );
+            custom.insert(format!("{side}.numRowsRemoved"), m.removed);
+        }
+        custom.insert("stateOnCurrentVersionSizeBytes".into(), state.written_bytes);
+        StateOperatorProgress {
+            operator_name: OPERATOR_NAME.into(),
+            num_rows_total: (state.left.len() + state.right.len()) as u64,
+            num_rows_updated: l.appended + r.appended,
+            all_updates_time_ms: state.updates_ms,
+            num_rows_removed: l.removed + r.removed,
+            all_removals_time_ms: state.removals_ms,
+            commit_time_ms: state.commit_ms,
+            memory_used_bytes: left_bytes + right_bytes,
+            num_rows_dropped_by_watermark: l.dropped_by_watermark + r.dropped_by_watermark,
+            num_shuffle_partitions: 1,
+            num_state_store_instances: 2,
+            custom_metrics: custom,
+        }
+    }
+}
+
+/// Event times (µs) of a side's rows.
+fn side_times(batch: &RecordBatch, time: EventTime) -> Result<Vec<Option<i64>>> {
+    let column = batch.column(time.index());
+    let times = match time {
+        EventTime::Column(_) => super::windows::event_time_micros(column)?,
+        EventTime::WindowEnd(_) => {
+            let end = datafusion::arrow::array::AsArray::as_struct_opt(column.as_ref())
+                .and_then(|s| s.column_by_name("end"))
+                .ok_or_else(|| {
+                    FlumenError::IllegalState(
+                        "join window column lacks an end; this is a bug in Flumen, please report it"
+                            .into(),
+                    )
+                })?;
+            super::windows::event_time_micros(end)?
+        }
+    };
+    Ok(times.iter().collect())
+}
+
+/// Positions of the evicted rows that never matched.
+fn unmatched(gone: &Gathered) -> Vec<u32> {
+    (0..gone.matched.len())
+        .filter(|&i| !(gone.matched.is_valid(i) && gone.matched.value(i)))
+        .map(|i| i as u32)
+        .collect()
+}
+
+struct JoinHandle(Arc<Core>);
+
+impl JoinHandle {
+    fn side_dirs(dirs: &[PathBuf]) -> Result<(PathBuf, PathBuf)> {
+        let dir = dirs.first().ok_or_else(|| {
+            FlumenError::IllegalState(
+                "no state directory for the join; this is a bug in Flumen, please report it".into(),
+            )
+        })?;
+        Ok((dir.join("left"), dir.join("right")))
+    }
+}
+
+impl StatefulOperator for JoinHandle {
+    fn set_partitions(&self, _partitions: usize) -> Result<()> {
+        // One key partition whatever the count (see the module docs): empty the state.
+        let core = &self.0;
+        let mut state = core.lock()?;
+        state.left = SideState::new(Arc::clone(&core.left_schema), core.left_keys.clone())?;
+        state.right = SideState::new(Arc::clone(&core.right_schema), core.right_keys.clone())?;
+        Ok(())
+    }
+
+    fn restore(&self, dirs: &[PathBuf], version: u64) -> Result<()> {
+        let (left_dir, right_dir) = Self::side_dirs(dirs)?;
+        let mut state = self.0.lock()?;
+        state.left.restore(&left_dir, version, &self.0.converter)?;
+        state
+            .right
+            .restore(&right_dir, version, &self.0.converter)?;
+        state.evicted_at_ms = i64::MIN;
+        Ok(())
+    }
+
+    fn begin_batch(&self, watermark_ms: i64) {
+        self.0.late.clear();
+        if let Ok(mut state) = self.0.state.lock() {
+            state.watermark_ms = watermark_ms;
+        }
+    }
+
+    fn commit(&self, dirs: &[PathBuf], version: u64) -> Result<()> {
+        let (left_dir, right_dir) = Self::side_dirs(dirs)?;
+        let mut state = self.0.lock()?;
+        let started = Instant::now();
+        let written =
+            state.left.commit(&left_dir, version)? + state.right.commit(&right_dir, version)?;
+        state.commit_ms = started.elapsed().as_millis() as u64;
+        state.written_bytes = written;
+        Ok(())
+    }
+
+    fn store_dirs(&self, dirs: &[PathBuf]) -> Vec<PathBuf> {
+        Self::side_dirs(dirs)
+            .map(|(l, r)| vec![l, r])
+            .unwrap_or_default()
+    }
+
+    fn progress(&self) -> StateOperatorProgress {
+        self.0.progress()
+    }
+
+    fn wants_batch_for_watermark(&self, current_ms: i64, next_ms: i64) -> bool {
+        let w = &self.0.state_watermarks;
+        next_ms > current_ms && (w.left.is_some() || w.right.is_some())
+    }
+
+    fn input_schema(&self) -> SchemaRef {
+        Arc::clone(&self.0.input_schema)
+    }
+
+    fn late_rows(&self) -> &LateRows {
+        &self.0.late
+    }
+}
+
+impl DisplayAs for StreamingJoinExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        let w = &self.core.state_watermarks;
+        write!(
+            f,
+            "StreamingSymmetricHashJoinExec: join_type={}, left_state_watermark={:?}, right_state_watermark={:?}",
+            spark_join_name(self.core.join_type),
+            w.left,
+            w.right
+        )
+    }
+}
+
+impl ExecutionPlan for StreamingJoinExec {
+    fn name(&self) -> &str {
+        "StreamingSymmetricHashJoinExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.left, &self.right]
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> DFResult<TreeNodeRecursion>,
+    ) -> DFResult<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn replace_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+        _options: ReplaceChildrenOptions,
+    ) -> DFResult<Arc<dyn ExecutionPlan>> {
+        let mut children = children.into_iter();
+        let left = children.next().unwrap_or_else(|| Arc::clone(&self.left));
+        let right = children.next().unwrap_or_else(|| Arc::clone(&self.right));
+        Ok(Arc::new(Self {
+            core: Arc::clone(&self.core),
+            left,
+            right,
+            properties: Arc::clone(&self.properties),
+        }))
+    }
+
+    #[allow(deprecated)]
+    fn with_new_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> DFResult<Arc<dyn ExecutionPlan>> {
+        self.replace_children(
+            children,
+            ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute),
+        )
+    }
+
+    fn execute(
+        &self,
+        _partition: usize,
+        context: Arc<TaskContext>,
+    ) -> DFResult<SendableRecordBatchStream> {
+        let left = self.left.execute(0, Arc::clone(&context))?;
+        let right = self.right.execute(0, Arc::clone(&context))?;
+        let core = Arc::clone(&self.core);
+        let output = futures::stream::once(async move {
+            let (left, right): (Vec<RecordBatch>, Vec<RecordBatch>) =
+                futures::try_join!(left.try_collect(), right.try_collect())?;
+            core.process(left, right, &context).map_err(to_df)
+        })
+        .filter(|r| futures::future::ready(!matches!(r, Ok(b) if b.num_rows() == 0)));
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            Arc::clone(&self.core.output_schema),
+            output,
+        )))
+    }
+}
