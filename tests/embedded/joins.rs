@@ -506,6 +506,16 @@ async fn unsupported_stream_stream_joins_fail_at_start_with_sparks_messages() {
     for (build, mode, expected) in cases {
         assert_eq!(start_error(build, mode).await, expected);
     }
+    // Flumen's own limit: the join is the query's only stateful operator.
+    let aggregated: Build = Arc::new(|impressions, clicks| {
+        guide_join(JoinType::Inner)(impressions, clicks)?
+            .group_by([col("impressionAdId")])
+            .count()
+    });
+    assert_eq!(
+        start_error(aggregated, OutputMode::Append).await,
+        "Flumen runs a stream-stream join only as the query's one stateful operator, and this query has 2 (Aggregate, StreamingJoin, from the output to the source); split it into queries connected by a Kafka topic"
+    );
     // Spark's matrix: a watermark on the nullable side alone is enough for an outer join.
     assert_eq!(
         start_error(
