@@ -3,7 +3,7 @@
 //! PERMISSIVE null row or the corrupt-record column.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use flumen::datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray};
 use flumen::functions::from_json;
@@ -253,45 +253,12 @@ async fn a_later_filter_on_other_columns_removes_dead_letters_and_one_on_parsed_
     );
 }
 
-type LettersByBatch = Arc<Mutex<BTreeMap<u64, Vec<String>>>>;
-
-/// A `dead_letters_foreach_batch` callback recording each batch's dead letters' keys.
-fn record_keys(
-    into: LettersByBatch,
-) -> impl FnMut(
-    flumen::datafusion::dataframe::DataFrame,
-    u64,
-) -> std::pin::Pin<Box<dyn std::future::Future<Output = flumen::Result<()>> + Send>>
-+ Send
-+ 'static {
-    move |df, batch_id| {
-        let into = Arc::clone(&into);
-        Box::pin(async move {
-            let batches = df
-                .select_exprs(&["CAST(key AS STRING) AS k"])?
-                .collect()
-                .await?;
-            let mut keys = Vec::new();
-            for batch in batches {
-                let column = batch
-                    .column(0)
-                    .as_any()
-                    .downcast_ref::<StringArray>()
-                    .unwrap();
-                keys.extend(column.iter().map(|k| k.unwrap_or_default().to_string()));
-            }
-            into.lock().unwrap().insert(batch_id, keys);
-            Ok(())
-        })
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_re_run_after_a_crash_hands_over_the_same_dead_letters_with_the_same_id() {
     let kafka = EmbeddedKafka::with_topics(&[("passengers", 1)]).unwrap();
     let servers = kafka.bootstrap_servers().to_string();
     let checkpoint = temp_dir();
-    let run = |letters: LettersByBatch| {
+    let run = |letters: RowsByBatch| {
         let servers = servers.clone();
         let path = checkpoint.path().to_path_buf();
         async move {
@@ -305,7 +272,7 @@ async fn a_batch_re_run_after_a_crash_hands_over_the_same_dead_letters_with_the_
                 .write_stream()
                 .foreach_batch(|_, _| async { Ok(()) })
                 .checkpoint_location(path)
-                .dead_letters_foreach_batch(record_keys(letters))
+                .dead_letters_foreach_batch(record_rows(letters, &["CAST(key AS STRING) AS k"]))
                 .start()
                 .await
                 .unwrap();
@@ -314,7 +281,7 @@ async fn a_batch_re_run_after_a_crash_hands_over_the_same_dead_letters_with_the_
         }
     };
     produce_passengers(&servers, "passengers", &[]);
-    let first: LettersByBatch = Arc::default();
+    let first: RowsByBatch = Arc::default();
     run(Arc::clone(&first)).await;
     // Batches of two records: [1, 2], [3, 4], [5].
     assert_eq!(
@@ -330,7 +297,7 @@ async fn a_batch_re_run_after_a_crash_hands_over_the_same_dead_letters_with_the_
         std::fs::remove_file(checkpoint.path().join("commits").join(n.to_string())).unwrap();
     }
     std::fs::remove_file(checkpoint.path().join("offsets").join("2")).unwrap();
-    let rerun: LettersByBatch = Arc::default();
+    let rerun: RowsByBatch = Arc::default();
     run(Arc::clone(&rerun)).await;
     assert_eq!(
         rerun.lock().unwrap().clone(),

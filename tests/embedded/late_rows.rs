@@ -3,7 +3,7 @@
 //! them and the watermark they missed, instead of disappearing.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use flumen::datafusion::arrow::array::{RecordBatch, StringArray, TimestampMillisecondArray};
 use flumen::datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
@@ -130,50 +130,10 @@ async fn a_row_still_counted_in_one_sliding_window_is_not_late() {
     );
 }
 
-type LateByBatch = Arc<Mutex<BTreeMap<u64, Vec<String>>>>;
-
-/// A `late_rows_foreach_batch` callback recording `word late_operator` per batch id.
-fn record_late(
-    into: LateByBatch,
-) -> impl FnMut(
-    flumen::datafusion::dataframe::DataFrame,
-    u64,
-) -> std::pin::Pin<Box<dyn std::future::Future<Output = flumen::Result<()>> + Send>>
-+ Send
-+ 'static {
-    move |df, batch_id| {
-        let into = Arc::clone(&into);
-        Box::pin(async move {
-            let rows = df
-                .select_columns(&["word", "late_operator"])?
-                .collect()
-                .await?;
-            let mut words = Vec::new();
-            for batch in rows {
-                let word = batch
-                    .column(0)
-                    .as_any()
-                    .downcast_ref::<StringArray>()
-                    .unwrap();
-                let operator = batch
-                    .column(1)
-                    .as_any()
-                    .downcast_ref::<StringArray>()
-                    .unwrap();
-                for i in 0..batch.num_rows() {
-                    words.push(format!("{} {}", word.value(i), operator.value(i)));
-                }
-            }
-            into.lock().unwrap().insert(batch_id, words);
-            Ok(())
-        })
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deduplication_hands_its_late_rows_to_a_callback_once_per_batch() {
     let session = StreamSession::new();
-    let late: LateByBatch = Arc::default();
+    let late: RowsByBatch = Arc::default();
     let dedup = |frame: StreamFrame| {
         frame
             .with_watermark("ts", "10 minutes")?
@@ -182,7 +142,7 @@ async fn deduplication_hands_its_late_rows_to_a_callback_once_per_batch() {
     let query = feed(&session, GUIDE, dedup, |w| {
         w.memory()
             .query_name("unique")
-            .late_rows_foreach_batch(record_late(Arc::clone(&late)))
+            .late_rows_foreach_batch(record_rows(Arc::clone(&late), &["word", "late_operator"]))
     })
     .await;
     let progress = query.recent_progress();
@@ -213,9 +173,9 @@ async fn deduplication_hands_its_late_rows_to_a_callback_once_per_batch() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_re_run_after_a_crash_hands_over_the_same_late_rows_with_the_same_id() {
     let checkpoint = temp_dir();
-    let late: LateByBatch = Arc::default();
-    let write = |late: LateByBatch| {
-        let callback = record_late(late);
+    let late: RowsByBatch = Arc::default();
+    let write = |late: RowsByBatch| {
+        let callback = record_rows(late, &["word", "late_operator"]);
         let path = checkpoint.path().to_path_buf();
         move |w: DataStreamWriter| {
             w.output_mode(OutputMode::Update)
@@ -242,7 +202,7 @@ async fn a_batch_re_run_after_a_crash_hands_over_the_same_late_rows_with_the_sam
     assert_eq!(first, vec!["donkey stateStoreSave".to_string()]);
     std::fs::remove_file(checkpoint.path().join("commits").join(last.to_string())).unwrap();
 
-    let rerun: LateByBatch = Arc::default();
+    let rerun: RowsByBatch = Arc::default();
     let session = StreamSession::new();
     let input = Arc::new(MemoryStream::new("events", schema()));
     for batch in &GUIDE[..4] {

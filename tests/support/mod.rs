@@ -371,3 +371,43 @@ pub fn committed_offsets(
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// Rows recorded per batch id by [`record_rows`].
+pub type RowsByBatch = Arc<Mutex<BTreeMap<u64, Vec<String>>>>;
+
+/// A `foreach_batch`-style callback (for side outputs such as late rows or dead letters)
+/// recording, under each batch id, every row of the string expressions `exprs`, joined by
+/// spaces (a null as the empty string).
+pub fn record_rows(
+    into: RowsByBatch,
+    exprs: &'static [&'static str],
+) -> impl FnMut(
+    flumen::datafusion::dataframe::DataFrame,
+    u64,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = flumen::Result<()>> + Send>>
++ Send
++ 'static {
+    move |df, batch_id| {
+        let into = Arc::clone(&into);
+        Box::pin(async move {
+            use flumen::datafusion::arrow::array::{Array, AsArray};
+            let batches = df.select_exprs(exprs)?.collect().await?;
+            let mut rows = Vec::new();
+            for batch in batches {
+                for i in 0..batch.num_rows() {
+                    let values: Vec<&str> = batch
+                        .columns()
+                        .iter()
+                        .map(|c| {
+                            let text = c.as_string::<i32>();
+                            if text.is_valid(i) { text.value(i) } else { "" }
+                        })
+                        .collect();
+                    rows.push(values.join(" "));
+                }
+            }
+            into.lock().unwrap().insert(batch_id, rows);
+            Ok(())
+        })
+    }
+}
