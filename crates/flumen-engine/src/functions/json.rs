@@ -14,8 +14,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use arrow_json::ReaderBuilder;
 use arrow_json::writer::{LineDelimited, WriterBuilder};
 use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, RecordBatch, StringArray, StringBuilder, StructArray, UInt32Array,
-    new_null_array,
+    Array, ArrayRef, AsArray, RecordBatch, RecordBatchOptions, StringArray, StringBuilder,
+    StructArray, UInt32Array, new_null_array,
 };
 use datafusion::arrow::buffer::NullBuffer;
 use datafusion::arrow::compute::{concat_batches, take};
@@ -471,7 +471,12 @@ fn decode_skipping_malformed(
         .iter()
         .map(|f| new_null_array(f.data_type(), 1))
         .collect();
-    pieces.push(RecordBatch::try_new(Arc::clone(schema), null_columns)?);
+    // With a row count: a schema of only the corrupt-record field decodes into no columns.
+    pieces.push(RecordBatch::try_new_with_options(
+        Arc::clone(schema),
+        null_columns,
+        &RecordBatchOptions::new().with_row_count(Some(1)),
+    )?);
     let batch = concat_batches(schema, &pieces)?;
     Ok(Decoded {
         batch,
@@ -719,6 +724,30 @@ mod tests {
 
     /// Property: whatever mix of good, malformed, null and blank records a batch holds, each row
     /// decodes exactly as it would alone (checked against serde_json as the oracle).
+    #[test]
+    fn a_schema_of_only_the_corrupt_record_field_keeps_malformed_text() {
+        // Found by the from_json fuzz target (fuzz/regressions/from_json).
+        let fields = Fields::from(vec![Field::new(
+            DEFAULT_CORRUPT_RECORD_COLUMN,
+            DataType::Utf8,
+            true,
+        )]);
+        let input: ArrayRef = Arc::new(StringArray::from(vec![
+            Some(r#"{"id":1}"#),
+            Some(r#"{"id":1,"attrs":"#),
+            None,
+        ]));
+        let out = decode_json_column(&input, &fields, &JsonOptions::default()).unwrap();
+        assert_eq!(out.len(), 3);
+        let corrupt = out.column(0).as_string::<i32>();
+        assert!(out.is_valid(0) && corrupt.is_null(0));
+        assert_eq!(corrupt.value(1), r#"{"id":1,"attrs":"#);
+        assert!(out.is_null(2));
+        let bad = malformed_records(&input, &fields, &JsonOptions::default()).unwrap();
+        assert_eq!(bad.len(), 1);
+        assert_eq!(bad[0].0, 1);
+    }
+
     #[test]
     fn every_row_decodes_as_it_would_alone() {
         use rand::rngs::StdRng;
