@@ -115,8 +115,10 @@ impl ToRecords for DeadLetterRecords {
                 )
             }
         };
+        // Kafka's headers column; a source's column of another type stays out of the headers.
         let original_headers = letters
             .column_by_name("headers")
+            .filter(|h| h.data_type() == &headers_type())
             .and_then(|h| h.as_list_opt::<i32>().cloned());
 
         let DataType::List(item) = headers_type() else {
