@@ -22,7 +22,7 @@
 use clap::Parser;
 use flumen::datafusion::logical_expr::JoinType;
 use flumen::prelude::*;
-use flumen_examples::{Broker, KafkaArgs, RunArgs, run_until_ctrl_c};
+use flumen_examples::{Broker, KafkaArgs, RunArgs, rows_written, run_until_ctrl_c};
 
 /// Join ad impressions with their clicks and print the pairs.
 #[derive(Parser, Debug)]
@@ -157,11 +157,7 @@ async fn main() -> anyhow::Result<()> {
         .start()
         .await?;
     run_until_ctrl_c(std::slice::from_ref(&query)).await?;
-    let joined_rows: i64 = query
-        .recent_progress()
-        .iter()
-        .map(|p| p.sink.num_output_rows.max(0))
-        .sum();
+    let joined_rows = rows_written(&query);
     eprintln!("Joined {joined_rows} rows");
     Ok(())
 }

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use clap::Parser;
 use flumen::prelude::*;
-use flumen_examples::{Broker, KafkaArgs, RunArgs, run_until_ctrl_c};
+use flumen_examples::{Broker, KafkaArgs, RunArgs, rows_written, run_until_ctrl_c};
 
 /// Stream a directory of JSON Lines files into a Kafka topic.
 #[derive(Parser, Debug)]
@@ -118,20 +118,10 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     run_until_ctrl_c(std::slice::from_ref(&query)).await?;
-    let written: u64 = query
-        .recent_progress()
-        .iter()
-        .map(|p| p.sink.num_output_rows.max(0) as u64)
-        .sum();
+    let written = rows_written(&query);
     eprintln!("Wrote {written} records to {} in this run", args.topic);
 
-    let out = session
-        .read_kafka()
-        .bootstrap_servers(broker.servers())
-        .options(broker.kafka_options())
-        .subscribe([args.topic.as_str()])
-        .load()
-        .await?;
+    let out = broker.read_topic(&session, &args.topic).await?;
     let out = session.frame(out).select_expr([
         "CAST(key AS STRING) AS key",
         "CAST(value AS STRING) AS value",

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use clap::Parser;
 use flumen::datafusion::arrow::datatypes::DataType;
 use flumen::prelude::*;
-use flumen_examples::{Broker, KafkaArgs, RunArgs, run_until_ctrl_c, seed_greetings};
+use flumen_examples::{Broker, KafkaArgs, RunArgs, rows_written, run_until_ctrl_c, seed_greetings};
 
 /// Tag every record of one topic and write it to another.
 #[derive(Parser, Debug)]
@@ -86,20 +86,10 @@ async fn main() -> anyhow::Result<()> {
         .start()
         .await?;
     run_until_ctrl_c(std::slice::from_ref(&query)).await?;
-    let written: u64 = query
-        .recent_progress()
-        .iter()
-        .map(|p| p.sink.num_output_rows.max(0) as u64)
-        .sum();
+    let written = rows_written(&query);
     eprintln!("Wrote {written} records to {} in this run", args.output);
 
-    let out = session
-        .read_kafka()
-        .bootstrap_servers(broker.servers())
-        .options(broker.kafka_options())
-        .subscribe([args.output.as_str()])
-        .load()
-        .await?;
+    let out = broker.read_topic(&session, &args.output).await?;
     let out = session
         .frame(out)
         .select_expr(["CAST(value AS STRING) AS value"])?;

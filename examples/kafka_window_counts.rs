@@ -15,7 +15,7 @@ use std::path::PathBuf;
 
 use clap::Parser;
 use flumen::prelude::*;
-use flumen_examples::{Broker, KafkaArgs, RunArgs, run_until_ctrl_c, seed_greetings};
+use flumen_examples::{Broker, KafkaArgs, RunArgs, rows_written, run_until_ctrl_c, seed_greetings};
 
 /// Count records per event-time window and write the counts to Kafka.
 #[derive(Parser, Debug)]
@@ -97,23 +97,13 @@ async fn main() -> anyhow::Result<()> {
         .start()
         .await?;
     run_until_ctrl_c(std::slice::from_ref(&query)).await?;
-    let written: u64 = query
-        .recent_progress()
-        .iter()
-        .map(|p| p.sink.num_output_rows.max(0) as u64)
-        .sum();
+    let written = rows_written(&query);
     eprintln!(
         "Wrote {written} window counts to {} in this run",
         args.output
     );
 
-    let out = session
-        .read_kafka()
-        .bootstrap_servers(broker.servers())
-        .options(broker.kafka_options())
-        .subscribe([args.output.as_str()])
-        .load()
-        .await?;
+    let out = broker.read_topic(&session, &args.output).await?;
     let out = session.frame(out).select_expr([
         "CAST(key AS STRING) AS window_start",
         "CAST(value AS STRING) AS count",

@@ -20,7 +20,7 @@ use clap::Parser;
 use flumen::datafusion::arrow::datatypes::DataType;
 use flumen::prelude::*;
 use flumen_examples::titanic::{self, ENRICHED_TOPIC, RAW_TOPIC, TitanicData};
-use flumen_examples::{Broker, KafkaArgs, RunArgs, UiArgs, run_until_ctrl_c_with_ui};
+use flumen_examples::{Broker, KafkaArgs, RunArgs, UiArgs, rows_written, run_until_ctrl_c_with_ui};
 
 /// Enrich Titanic passengers streaming through Kafka.
 #[derive(Parser, Debug)]
@@ -131,11 +131,7 @@ async fn main() -> anyhow::Result<()> {
 
     // query_kafka.awaitTermination(); query_console.awaitTermination() — or Ctrl-C.
     run_until_ctrl_c_with_ui(&[query_kafka.clone(), query_console], ui.as_ref()).await?;
-    let written: i64 = query_kafka
-        .recent_progress()
-        .iter()
-        .map(|p| p.sink.num_output_rows.max(0))
-        .sum();
+    let written = rows_written(&query_kafka);
     eprintln!("Wrote {written} enriched passengers to {ENRICHED_TOPIC}");
     Ok(())
 }

@@ -168,6 +168,22 @@ impl Broker {
         Ok(())
     }
 
+    /// Every record of `topic` now, as a static frame (a bounded read with this broker's
+    /// options), for an example to print what it wrote.
+    pub async fn read_topic(
+        &self,
+        session: &StreamSession,
+        topic: &str,
+    ) -> flumen::Result<flumen::datafusion::dataframe::DataFrame> {
+        session
+            .read_kafka()
+            .bootstrap_servers(self.servers())
+            .options(self.kafka_options())
+            .subscribe([topic])
+            .load()
+            .await
+    }
+
     /// Creates the topics that do not exist yet.
     pub async fn ensure_topics(&self, topics: &[(&str, i32)]) -> anyhow::Result<()> {
         if let Some(kafka) = &self.embedded {
@@ -254,6 +270,15 @@ pub async fn seed_greetings(
         .save()
         .await?;
     Ok(())
+}
+
+/// The rows `query`'s sink received in this run, by its progress reports.
+pub fn rows_written(query: &StreamingQuery) -> u64 {
+    query
+        .recent_progress()
+        .iter()
+        .map(|p| p.sink.num_output_rows.max(0) as u64)
+        .sum()
 }
 
 /// Waits for Ctrl-C, or for every query to end (returning the first error).
