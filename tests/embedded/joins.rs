@@ -379,6 +379,55 @@ async fn outer_joins_restarted_in_the_middle_give_the_same_batches() {
     }
 }
 
+/// Spark 3.4+'s chain: the guide's inner join, then clicks counted per hour of click time in
+/// append mode.
+fn clicks_per_hour() -> Build {
+    Arc::new(|impressions, clicks| {
+        guide_join(JoinType::Inner)(impressions, clicks)?
+            .group_by([window(col("clickTime"), "1 hour")])
+            .count()
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_aggregation_over_a_join_emits_an_hour_once_the_joins_output_watermark_passes_it() {
+    let run = straight(&clicks_per_hour()).await;
+    // The join may still emit a click an hour older than the query's watermark (its
+    // impression is kept that long), so the hour closes an hour after the watermark passes:
+    // at watermark 14:59 only 12:00-13:00 is done, at 18:00 13:00-14:00 and 15:00-16:00.
+    assert_eq!(
+        run.non_empty(),
+        vec![
+            lines(&["12:00-13:00 1"]),
+            lines(&["13:00-14:00 1", "15:00-16:00 1"]),
+        ]
+    );
+    let last = run.progress.last().unwrap();
+    let names: Vec<&str> = last
+        .state_operators
+        .iter()
+        .map(|s| s.operator_name.as_str())
+        .collect();
+    assert_eq!(names, ["stateStoreSave", "symmetricHashJoin"]);
+    // Hours 17:00 and 21:00 wait in the aggregation's state.
+    assert_eq!(last.state_operators[0].num_rows_total, 2);
+    // Nothing the join emitted was late for the aggregation.
+    let dropped: u64 = run
+        .progress
+        .iter()
+        .map(|p| p.state_operators[0].num_rows_dropped_by_watermark)
+        .sum();
+    assert_eq!(dropped, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_aggregation_over_a_join_restarted_in_the_middle_gives_the_same_batches() {
+    let build = clicks_per_hour();
+    let expected = straight(&build).await.outputs;
+    assert_eq!(restarted(&build, 2, false).await.outputs, expected);
+    assert_eq!(restarted(&build, 4, true).await.outputs, expected);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn progress_reports_state_rows_bytes_and_late_rows_per_side() {
     let run = straight(&guide_join(JoinType::Left)).await;
@@ -506,7 +555,7 @@ async fn unsupported_stream_stream_joins_fail_at_start_with_sparks_messages() {
     for (build, mode, expected) in cases {
         assert_eq!(start_error(build, mode).await, expected);
     }
-    // Flumen's own limit: the join is the query's only stateful operator.
+    // An aggregation over a join in append mode needs an event-time key, as any other.
     let aggregated: Build = Arc::new(|impressions, clicks| {
         guide_join(JoinType::Inner)(impressions, clicks)?
             .group_by([col("impressionAdId")])
@@ -514,7 +563,29 @@ async fn unsupported_stream_stream_joins_fail_at_start_with_sparks_messages() {
     });
     assert_eq!(
         start_error(aggregated, OutputMode::Append).await,
-        "Flumen runs a stream-stream join only as the query's one stateful operator, and this query has 2 (Aggregate, StreamingJoin, from the output to the source); split it into queries connected by a Kafka topic"
+        "Append output mode not supported when there are streaming aggregations on streaming DataFrames/DataSets without watermark"
+    );
+    // Chains run in append mode only.
+    let counted: Build = Arc::new(|impressions, clicks| {
+        guide_join(JoinType::Inner)(impressions, clicks)?
+            .group_by([window(col("clickTime"), "1 hour")])
+            .count()
+    });
+    assert_eq!(
+        start_error(counted, OutputMode::Update).await,
+        "Multiple stateful operators in one query are supported only in Append output mode (this query has Aggregate, StreamingJoin in Update mode); use append, or split it into queries connected by a Kafka topic"
+    );
+    // Flumen's own limit: a join reads streams, not another operator's output.
+    let deduplicated_first: Build = Arc::new(|impressions, clicks| {
+        let impressions = impressions
+            .with_watermark("impressionTime", "2 hours")?
+            .drop_duplicates(&["impressionAdId", "impressionTime"])?;
+        let clicks = clicks.with_watermark("clickTime", "3 hours")?;
+        impressions.join_expr(clicks.dataframe().clone(), JoinType::Inner, CONDITION)
+    });
+    assert_eq!(
+        start_error(deduplicated_first, OutputMode::Append).await,
+        "Flumen runs a stream-stream join only over streams, but in this query one reads another stateful operator's output; aggregate after it instead, or split the query into queries connected by a Kafka topic"
     );
     // Spark's matrix: a watermark on the nullable side alone is enough for an outer join.
     assert_eq!(

@@ -30,9 +30,9 @@ use crate::progress::{SinkProgress, SourceProgress, StreamingQueryProgress, rate
 use crate::query_shared::QueryShared;
 use crate::sink::{SinkContext, StreamSink};
 use crate::source::{ReadLimit, SourceContext, SourceOffset, SourceReader};
-use crate::stateful::iso_millis;
 use crate::stateful::store::StateStore;
 use crate::stateful::watermark::{EventTimeStats, WatermarkTracker};
+use crate::stateful::{OperatorWatermarks, iso_millis};
 
 /// How long an idle query waits between looks for new data, at most (Spark's
 /// `spark.sql.streaming.pollingDelay` is also 10 ms).
@@ -99,6 +99,9 @@ struct BatchContext {
     timestamp_ms: i64,
     /// The watermark the batch runs with (logged in `offsets/N`).
     watermark_ms: i64,
+    /// The watermark the batch before ran with (`offsets/N-1`; 0 for batch 0): the stateful
+    /// operators judge lateness by it (see [`OperatorWatermarks`]).
+    previous_watermark_ms: i64,
     phases: Phases,
     trigger_start: Instant,
 }
@@ -171,6 +174,8 @@ impl Execution {
         let mut start: Vec<SourceOffset>;
         let mut next_batch: u64;
         let mut watermark_ms = 0i64;
+        // The watermark of the last batch run (the next batch's "previous" watermark).
+        let mut last_batch_watermark_ms = 0i64;
         match self.checkpoint.latest_offsets()? {
             None => {
                 start = Vec::with_capacity(readers.len());
@@ -194,6 +199,7 @@ impl Execution {
                     watermark_ms = commit.next_batch_watermark_ms;
                 }
                 if committed.as_ref().is_some_and(|(c, _)| *c >= n) {
+                    last_batch_watermark_ms = entry.metadata.batch_watermark_ms;
                     start = end;
                     next_batch = n + 1;
                     self.restore_state(next_batch, watermark_ms)?;
@@ -201,7 +207,7 @@ impl Execution {
                     // The batch runs again with the watermark it was logged with.
                     watermark_ms = entry.metadata.batch_watermark_ms;
                     self.restore_state(n, watermark_ms)?;
-                    let batch_start = self.batch_start(n)?;
+                    let (batch_start, previous_watermark_ms) = self.batch_start(n)?;
                     tracing::info!(
                         batch = n,
                         "re-running the uncommitted batch with its logged offsets"
@@ -214,10 +220,12 @@ impl Execution {
                         rows: Vec::new(),
                         timestamp_ms: entry.metadata.batch_timestamp_ms,
                         watermark_ms,
+                        previous_watermark_ms,
                         phases: Phases::default(),
                         trigger_start: Instant::now(),
                     };
                     self.run_batch(&mut readers, &mut batch).await?;
+                    last_batch_watermark_ms = batch.watermark_ms;
                     watermark_ms = self.watermark_or(watermark_ms);
                     start = end;
                     next_batch = n + 1;
@@ -326,10 +334,12 @@ impl Execution {
                 rows: Vec::new(),
                 timestamp_ms: batch_timestamp_ms,
                 watermark_ms,
+                previous_watermark_ms: last_batch_watermark_ms,
                 phases,
                 trigger_start,
             };
             self.run_batch(&mut readers, &mut batch).await?;
+            last_batch_watermark_ms = batch.watermark_ms;
             watermark_ms = self.watermark_or(watermark_ms);
             // Old logs go every 10 batches: listing the directories each batch costs more than
             // keeping a few extra files.
@@ -367,9 +377,10 @@ impl Execution {
     }
 
     /// Where batch `n` starts: the end of batch n-1, or the sources' initial offsets.
-    fn batch_start(&self, n: u64) -> Result<Vec<SourceOffset>> {
+    /// Where batch `n` starts, and the watermark the batch before it ran with.
+    fn batch_start(&self, n: u64) -> Result<(Vec<SourceOffset>, i64)> {
         if n == 0 {
-            return (0..self.plan.sources.len())
+            let start = (0..self.plan.sources.len())
                 .map(|i| {
                     self.checkpoint.source_initial_offset(i)?.ok_or_else(|| {
                         FlumenError::checkpoint(
@@ -378,7 +389,8 @@ impl Execution {
                         )
                     })
                 })
-                .collect();
+                .collect::<Result<_>>()?;
+            return Ok((start, 0));
         }
         let previous = self.checkpoint.offsets(n - 1).map_err(|e| match e {
             FlumenError::Io { path, .. } => FlumenError::checkpoint(
@@ -387,7 +399,8 @@ impl Execution {
             ),
             other => other,
         })?;
-        self.logged_offsets(n - 1, previous.offsets)
+        let watermark_ms = previous.metadata.batch_watermark_ms;
+        Ok((self.logged_offsets(n - 1, previous.offsets)?, watermark_ms))
     }
 
     /// Restores the stateful operators for running batch `version` next, and the watermark.
@@ -489,8 +502,15 @@ impl Execution {
         let batch_span = span.clone();
         async {
             self.shared.set_status("Processing new data", true, true);
-            for operator in &self.plan.operators {
-                operator.begin_batch(watermark_ms);
+            let operators = &self.plan.operators;
+            let propagation = &self.plan.propagation;
+            let eviction = propagation.input_watermarks(operators, watermark_ms);
+            let late_events = propagation.input_watermarks(operators, batch.previous_watermark_ms);
+            for (i, operator) in operators.iter().enumerate() {
+                operator.begin_batch(OperatorWatermarks {
+                    late_events_ms: late_events[i],
+                    eviction_ms: eviction[i],
+                });
             }
             let t = Instant::now();
             let mut inputs = Vec::with_capacity(readers.len());
@@ -544,13 +564,9 @@ impl Execution {
             // same rows again, so the side output gets them with the same batch id.
             if let Some(late) = &mut self.late_rows {
                 let mut rows = Vec::new();
-                for operator in &self.plan.operators {
+                for (operator, missed_ms) in self.plan.operators.iter().zip(&late_events) {
                     let name = operator.progress().operator_name;
-                    rows.extend(
-                        operator
-                            .late_rows()
-                            .take(&late.schema, &name, watermark_ms)?,
-                    );
+                    rows.extend(operator.late_rows().take(&late.schema, &name, *missed_ms)?);
                 }
                 late.sink
                     .add_batch(batch_id, &late.schema, rows, OutputMode::Append)
@@ -666,6 +682,7 @@ impl Execution {
             rows: Vec::new(),
             timestamp_ms: 0,
             watermark_ms: 0,
+            previous_watermark_ms: 0,
             phases,
             trigger_start: Instant::now(),
         };

@@ -87,7 +87,7 @@ pub mod prelude {
     pub use crate::functions::{
         avg, cast, cast_string, col, concat, count, current_timestamp, from_json,
         from_json_with_options, interval, lit, max, min, session_window, sliding_window, struct_,
-        sum, to_json, when, window, window_with_start,
+        sum, to_json, when, window, window_time, window_with_start,
     };
     pub use crate::{
         DataStreamWriter, FlumenError, GroupedFrame, MemoryStream, OutputMode, StreamFrame,

@@ -23,7 +23,7 @@ use datafusion::logical_expr::{
     Expr, Extension, JoinType, LogicalPlan, ScalarUDF, TableScanBuilder,
 };
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
-use datafusion::physical_plan::aggregates::AggregateExec;
+use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
 use datafusion::physical_plan::execution_plan::{
     Boundedness, ChildrenPropertiesMode, EmissionType, ReplaceChildrenOptions,
 };
@@ -42,6 +42,7 @@ use crate::source::SourceRef;
 use crate::stateful::aggregate::StatefulAggregateExec;
 use crate::stateful::dedup::{DedupExec, Deduplicate};
 use crate::stateful::join::StreamingJoinExec;
+use crate::stateful::propagation::{WatermarkOrigin, WatermarkPropagation};
 use crate::stateful::watermark::{EventTimeWatermark, PARTITION_COLUMN, StatsSlot, WatermarkExec};
 use crate::stateful::{OperatorHandle, WatermarkSpec};
 
@@ -444,39 +445,13 @@ fn check_join(left: bool, right: bool, join_type: JoinType, mode: OutputMode) ->
     }
 }
 
-/// Names of the stateful operations over a stream in `plan`.
 /// Which stateful operators may follow each other in one query (`stateful` from the output
-/// towards the source). Spark (3.4+) runs chains of stateful operators in append mode only;
-/// Flumen runs the chain whose watermark semantics need no per-operator watermarks: a
-/// deduplication feeding an aggregation (the rows a deduplication passes keep their event
-/// time, so the query's watermark applies unchanged to the aggregation).
+/// towards the source). Spark (3.4+) runs chains of stateful operators in append mode only,
+/// each operator judging lateness and evicting by its own watermarks (see
+/// [`crate::stateful::propagation`]). Which operator may read which is checked on the
+/// physical plan ([`check_operator_inputs`]).
 fn check_chained_stateful_operators(stateful: &[String], mode: OutputMode) -> Result<()> {
-    if stateful.len() <= 1 {
-        return Ok(());
-    }
-    if stateful.iter().any(|s| s == "StreamingJoin") {
-        unsupported!(
-            "Flumen runs a stream-stream join only as the query's one stateful operator, and this query has {} ({}, from the output to the source); split it into queries connected by a Kafka topic",
-            stateful.len(),
-            stateful.join(", ")
-        );
-    }
-    let is_dedup = |name: &str| {
-        matches!(
-            name,
-            "Deduplicate" | "DeduplicateWithinWatermark" | "Distinct"
-        )
-    };
-    let supported_chain =
-        stateful.len() == 2 && stateful[0] == "Aggregate" && is_dedup(&stateful[1]);
-    if !supported_chain {
-        unsupported!(
-            "Flumen runs several stateful operators in one query only as a deduplication feeding an aggregation, and this query has {} ({}, from the output to the source); split it into queries connected by a Kafka topic",
-            stateful.len(),
-            stateful.join(", ")
-        );
-    }
-    if mode != OutputMode::Append {
+    if stateful.len() > 1 && mode != OutputMode::Append {
         unsupported!(
             "Multiple stateful operators in one query are supported only in Append output mode (this query has {} in {mode:?} mode); use append, or split it into queries connected by a Kafka topic",
             stateful.join(", ")
@@ -485,6 +460,30 @@ fn check_chained_stateful_operators(stateful: &[String], mode: OutputMode) -> Re
     Ok(())
 }
 
+/// Flumen's limit on chains: only an aggregation reads another stateful operator's output
+/// (an aggregation over a join, a deduplication or an aggregation's windows). A join or
+/// deduplication over another operator's output is refused.
+fn check_operator_inputs(
+    operators: &[OperatorHandle],
+    propagation: &WatermarkPropagation,
+) -> Result<()> {
+    for (i, operator) in operators.iter().enumerate() {
+        let name = operator.progress().operator_name;
+        if propagation.reads_an_operator(i) && name != crate::stateful::aggregate::OPERATOR_NAME {
+            unsupported!(
+                "Flumen runs a {} only over streams, but in this query one reads another stateful operator's output; aggregate after it instead, or split the query into queries connected by a Kafka topic",
+                if name == crate::stateful::join::OPERATOR_NAME {
+                    "stream-stream join"
+                } else {
+                    "deduplication"
+                }
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Names of the stateful operations over a stream in `plan`.
 fn stateful_nodes(plan: &LogicalPlan) -> Vec<String> {
     let mut found = Vec::new();
     let _ = plan.apply_with_subqueries(|node| {
@@ -696,6 +695,8 @@ pub(crate) struct QueryPlan {
     pub watermarks: Vec<PlannedWatermark>,
     /// The stateful operators, in plan order (their index names their state directory).
     pub operators: Vec<OperatorHandle>,
+    /// Which operators read which: how the query's watermark reaches each operator.
+    pub propagation: WatermarkPropagation,
     /// The batch timestamp `current_timestamp()` returns in this query.
     pub clock: BatchClock,
     /// The session's `target_partitions`: how many key partitions a new checkpoint's state
@@ -777,15 +778,14 @@ pub(crate) async fn plan_query(
     }
     let physical = state.create_physical_plan(&rewritten).await?;
     let physical = keep_stream_on_probe_side(physical)?;
-    let physical = make_stateful(physical, operator_watermark(&watermark_specs), mode)?;
+    let physical = make_stateful(physical, &watermark_specs, mode)?;
     let output_schema = physical.schema();
-    let (operators, watermark_nodes) = stateful_parts(&physical);
-    if operators.len() > 2 {
-        unsupported!(
-            "Flumen runs at most two stateful operators per query (a deduplication feeding an aggregation), and this query has {}; split it into queries connected by a Kafka topic",
-            operators.len()
-        );
-    }
+    let StatefulParts {
+        operators,
+        watermark_nodes,
+        propagation,
+    } = stateful_parts(&physical);
+    check_operator_inputs(&operators, &propagation)?;
     let source_of = |slot: &Arc<InputSlot>| sources.iter().position(|(_, s)| Arc::ptr_eq(s, slot));
     let mut watermarks = Vec::new();
     for node in watermark_nodes {
@@ -827,6 +827,7 @@ pub(crate) async fn plan_query(
         output_schema,
         watermarks,
         operators,
+        propagation,
         clock,
         target_partitions: partitions,
     })
@@ -860,18 +861,37 @@ fn bind_batch_clock(plan: LogicalPlan, clock: &BatchClock) -> Result<LogicalPlan
 
 /// Swaps the streaming aggregation DataFusion planned for Flumen's stateful one, a hash join
 /// of two streams for the stream-stream join, and tells deduplication about the watermark.
+///
+/// The plan is rewritten from the sources up, so an aggregation over another one knows which
+/// of its input columns carry event time: the declared watermark columns, and the window (or
+/// timestamp) key of every aggregation below it (Spark keeps the watermark's metadata on
+/// them).
 fn make_stateful(
     plan: Arc<dyn ExecutionPlan>,
-    watermark: Option<&WatermarkSpec>,
+    watermarks: &[WatermarkSpec],
     mode: OutputMode,
 ) -> Result<Arc<dyn ExecutionPlan>> {
+    let watermark = operator_watermark(watermarks);
+    let mut event_columns: Vec<String> = watermarks.iter().map(|w| w.column.clone()).collect();
     let mut error = None;
-    let result = plan.transform_down(|node| {
-        if !contains_input(&node) {
-            return Ok(Transformed::new(node, false, TreeNodeRecursion::Jump));
+    let result = plan.transform_up(|node| {
+        if error.is_some() || !contains_input(&node) {
+            return Ok(Transformed::no(node));
         }
         let replaced = if let Some(aggregate) = node.as_ref().downcast_ref::<AggregateExec>() {
-            StatefulAggregateExec::replace(aggregate, watermark, mode)
+            // The final aggregation above replaces the pair.
+            if *aggregate.mode() == AggregateMode::Partial {
+                return Ok(Transformed::no(node));
+            }
+            StatefulAggregateExec::replace(aggregate, &event_columns, mode).inspect(|new| {
+                if let Some(column) = new
+                    .as_ref()
+                    .downcast_ref::<StatefulAggregateExec>()
+                    .and_then(StatefulAggregateExec::event_output_column)
+                {
+                    event_columns.push(column);
+                }
+            })
         } else if let Some(dedup) = node.as_ref().downcast_ref::<DedupExec>() {
             dedup.with_watermark(watermark)
         } else if let Some(join) = node.as_ref().downcast_ref::<HashJoinExec>()
@@ -883,11 +903,10 @@ fn make_stateful(
             return Ok(Transformed::no(node));
         };
         match replaced {
-            // Continue below: a deduplication may feed the aggregation just replaced.
-            Ok(new) => Ok(Transformed::new(new, true, TreeNodeRecursion::Continue)),
+            Ok(new) => Ok(Transformed::yes(new)),
             Err(e) => {
                 error = Some(e);
-                Ok(Transformed::new(node, false, TreeNodeRecursion::Stop))
+                Ok(Transformed::no(node))
             }
         }
     })?;
@@ -897,26 +916,59 @@ fn make_stateful(
     Ok(result.data)
 }
 
-/// The stateful operators' handles and the watermark nodes of a physical plan.
-fn stateful_parts(
-    plan: &Arc<dyn ExecutionPlan>,
-) -> (Vec<OperatorHandle>, Vec<Arc<dyn ExecutionPlan>>) {
-    let mut operators = Vec::new();
-    let mut stats = Vec::new();
-    let mut stack = vec![Arc::clone(plan)];
-    while let Some(node) = stack.pop() {
-        if let Some(a) = node.as_ref().downcast_ref::<StatefulAggregateExec>() {
-            operators.push(a.handle());
-        } else if let Some(d) = node.as_ref().downcast_ref::<DedupExec>() {
-            operators.push(d.handle());
-        } else if let Some(j) = node.as_ref().downcast_ref::<StreamingJoinExec>() {
-            operators.push(j.handle());
-        } else if node.as_ref().downcast_ref::<WatermarkExec>().is_some() {
-            stats.push(Arc::clone(&node));
-        }
-        stack.extend(node.children().into_iter().rev().map(Arc::clone));
+/// The stateful operators of a physical plan, in pre-order (an operator before the ones it
+/// reads), with what feeds each one.
+struct StatefulParts {
+    operators: Vec<OperatorHandle>,
+    /// The watermark nodes.
+    watermark_nodes: Vec<Arc<dyn ExecutionPlan>>,
+    propagation: WatermarkPropagation,
+}
+
+/// See [`StatefulParts`].
+fn stateful_parts(plan: &Arc<dyn ExecutionPlan>) -> StatefulParts {
+    let mut parts = StatefulParts {
+        operators: Vec::new(),
+        watermark_nodes: Vec::new(),
+        propagation: WatermarkPropagation::default(),
+    };
+    collect_stateful(plan, &mut parts);
+    parts
+}
+
+/// Walks `node` for [`stateful_parts`]; returns the watermark origins its output carries.
+fn collect_stateful(
+    node: &Arc<dyn ExecutionPlan>,
+    parts: &mut StatefulParts,
+) -> Vec<WatermarkOrigin> {
+    let any = node.as_ref();
+    let handle = if let Some(a) = any.downcast_ref::<StatefulAggregateExec>() {
+        Some(a.handle())
+    } else if let Some(d) = any.downcast_ref::<DedupExec>() {
+        Some(d.handle())
+    } else {
+        any.downcast_ref::<StreamingJoinExec>().map(|j| j.handle())
+    };
+    let operator = handle.map(|h| {
+        parts.operators.push(h);
+        parts.propagation.add_operator()
+    });
+    let is_watermark = any.downcast_ref::<WatermarkExec>().is_some();
+    if is_watermark {
+        parts.watermark_nodes.push(Arc::clone(node));
     }
-    (operators, stats)
+    let mut below = Vec::new();
+    for child in node.children() {
+        below.extend(collect_stateful(child, parts));
+    }
+    match operator {
+        Some(index) => {
+            parts.propagation.set_inputs(index, below);
+            vec![WatermarkOrigin::Operator(index)]
+        }
+        None if is_watermark => vec![WatermarkOrigin::Declared],
+        None => below,
+    }
 }
 
 fn find_input(plan: &Arc<dyn ExecutionPlan>) -> Option<&InputExec> {

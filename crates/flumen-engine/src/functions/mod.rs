@@ -30,7 +30,9 @@ pub use spark::{
 pub(crate) use json::{MalformedSignal, malformed_records};
 pub(crate) use spark::BatchClock;
 
-pub use crate::stateful::windows::{session_window, sliding_window, window, window_with_start};
+pub use crate::stateful::windows::{
+    session_window, sliding_window, window, window_time, window_with_start,
+};
 pub use datafusion::functions_aggregate::expr_fn::{avg, count, max, min, sum};
 
 use crate::error::Result;
@@ -178,5 +180,8 @@ pub(crate) fn register(ctx: &datafusion::prelude::SessionContext) {
     ));
     ctx.register_udf(ScalarUDF::from(
         crate::stateful::windows::SessionWindow::default(),
+    ));
+    ctx.register_udf(ScalarUDF::from(
+        crate::stateful::windows::WindowTime::default(),
     ));
 }

@@ -35,9 +35,9 @@ use super::partitions::{self, for_each_partition};
 use super::store::StateStore;
 use super::windows::event_time_micros;
 use super::{
-    OperatorHandle, OperatorState, StatefulOperator, WatermarkSpec, account_partitions,
-    commit_partitions, process_whole_input, restore_partitions, single_partition_input,
-    single_partition_properties, sum_progress,
+    OperatorHandle, OperatorState, OperatorWatermarks, StatefulOperator, WatermarkSpec,
+    account_partitions, commit_partitions, process_whole_input, restore_partitions,
+    single_partition_input, single_partition_properties, sum_progress,
 };
 use crate::error::{FlumenError, Result};
 use crate::progress::StateOperatorProgress;
@@ -269,7 +269,7 @@ impl Core {
         };
         let watermark_us = states
             .first()
-            .map_or(0, |s| s.watermark_ms)
+            .map_or(0, |s| s.late_events_ms)
             .saturating_mul(1000);
         let count = states.len();
         let mut routed = vec![Vec::new(); count];
@@ -388,11 +388,11 @@ impl StatefulOperator for DedupHandle {
         })
     }
 
-    fn begin_batch(&self, watermark_ms: i64) {
+    fn begin_batch(&self, watermarks: OperatorWatermarks) {
         self.0.late.clear();
         if let Ok(mut states) = self.0.state.lock() {
             for state in states.iter_mut() {
-                state.begin_batch(watermark_ms);
+                state.begin_batch(watermarks);
             }
         }
     }

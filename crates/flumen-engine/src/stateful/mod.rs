@@ -14,6 +14,7 @@ pub(crate) mod join;
 pub mod late;
 mod partitions;
 pub(crate) mod planner;
+pub(crate) mod propagation;
 pub(crate) mod store;
 pub(crate) mod watermark;
 pub mod windows;
@@ -139,6 +140,24 @@ pub struct WatermarkSpec {
     pub delay_ms: i64,
 }
 
+/// The two watermarks a stateful operator runs a batch with (Spark 3.4+, SPARK-40925): rows
+/// at or behind `late_events_ms` are dropped as late, state at or behind `eviction_ms` is
+/// evicted (and, in append mode, emitted).
+///
+/// Both are the operator's *input* watermark, propagated from the query's watermark through
+/// the operators below it (see [`propagation`]): `eviction_ms` for this batch's query
+/// watermark, `late_events_ms` for the previous batch's. Judging lateness by the previous
+/// batch's watermark is what lets an operator read another one's output: the rows an
+/// aggregation emits because the watermark just passed their window are behind the new
+/// watermark, but not behind the old one.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct OperatorWatermarks {
+    /// Rows with an event time at or before this (ms) are late.
+    pub late_events_ms: i64,
+    /// State with an event time at or before this (ms) is evicted.
+    pub eviction_ms: i64,
+}
+
 /// What the micro-batch loop needs from a stateful operator.
 ///
 /// Its state is split into key partitions (see [`partitions`]); the directories passed to
@@ -148,8 +167,8 @@ pub(crate) trait StatefulOperator: Send + Sync {
     fn set_partitions(&self, partitions: usize) -> Result<()>;
     /// Restores the state as of `version` (the state after batch `version - 1`).
     fn restore(&self, dirs: &[PathBuf], version: u64) -> Result<()>;
-    /// Sets the watermark the next execution uses to drop late rows and evict state (ms).
-    fn begin_batch(&self, watermark_ms: i64);
+    /// Sets the watermarks the next execution uses to drop late rows and evict state.
+    fn begin_batch(&self, watermarks: OperatorWatermarks);
     /// Writes the state changes of the batch just executed as `version`.
     fn commit(&self, dirs: &[PathBuf], version: u64) -> Result<()>;
     /// The directories of the operator's state stores, given its partitions' `dirs` (where old
@@ -162,6 +181,12 @@ pub(crate) trait StatefulOperator: Send + Sync {
     /// Whether a batch without new data should run because the watermark moved from
     /// `current` to `next` (Spark's `shouldRunAnotherBatch`).
     fn wants_batch_for_watermark(&self, current_ms: i64, next_ms: i64) -> bool;
+    /// The watermark of the rows this operator emits, given its input watermark (Spark's
+    /// `produceOutputWatermark`): no row it emits has an earlier event time. An aggregation or
+    /// deduplication passes its input watermark on.
+    fn output_watermark(&self, input_ms: i64) -> Option<i64> {
+        Some(input_ms)
+    }
     /// The schema of the rows the operator reads: what a late row holds.
     fn input_schema(&self) -> SchemaRef;
     /// The late rows the operator records (see [`late`]).
@@ -169,10 +194,12 @@ pub(crate) trait StatefulOperator: Send + Sync {
 }
 
 /// What every stateful operator keeps between batches besides its own extras: its store, the
-/// batch's watermark, the watermark it last evicted at, and its metrics.
+/// batch's watermarks (`watermark_ms` evicts, `late_events_ms` drops late rows), the
+/// watermark it last evicted at, and its metrics.
 pub(crate) struct OperatorState {
     pub store: store::StateStore,
     pub watermark_ms: i64,
+    pub late_events_ms: i64,
     pub evicted_at_ms: i64,
     pub metrics: StateOperatorProgress,
 }
@@ -183,6 +210,7 @@ impl OperatorState {
         Self {
             store,
             watermark_ms: 0,
+            late_events_ms: 0,
             evicted_at_ms: i64::MIN,
             metrics: StateOperatorProgress {
                 operator_name: operator_name.into(),
@@ -204,9 +232,10 @@ impl OperatorState {
         Ok(())
     }
 
-    /// See [`StatefulOperator::begin_batch`]: the watermark, and the per-batch metrics zeroed.
-    pub fn begin_batch(&mut self, watermark_ms: i64) {
-        self.watermark_ms = watermark_ms;
+    /// See [`StatefulOperator::begin_batch`]: the watermarks, and the per-batch metrics zeroed.
+    pub fn begin_batch(&mut self, watermarks: OperatorWatermarks) {
+        self.watermark_ms = watermarks.eviction_ms;
+        self.late_events_ms = watermarks.late_events_ms;
         let m = &mut self.metrics;
         m.num_rows_updated = 0;
         m.num_rows_removed = 0;
@@ -342,6 +371,15 @@ pub(crate) fn column_name(expr: &Arc<dyn PhysicalExpr>) -> Option<&str> {
         return column_name(c.expr());
     }
     None
+}
+
+/// The column whose event time `expr` reads: [`column_name`], also through `window_time(..)`
+/// (the event time of an earlier aggregation's window).
+pub(crate) fn event_time_column(expr: &Arc<dyn PhysicalExpr>) -> Option<&str> {
+    match windows::window_time_argument(expr) {
+        Some(window) => event_time_column(window),
+        None => column_name(expr),
+    }
 }
 
 /// Evaluates `expr` over `batch` as an array.

@@ -115,10 +115,15 @@ fn micros(what: &str, text: &str) -> DFResult<i64> {
     interval_micros(what, text)
 }
 
-/// The window struct type for an event-time column of type `time`.
+/// The window struct type for an event-time column of type `time` (a timestamp, a date, or
+/// an earlier window).
 pub fn window_type(time: &DataType) -> DataType {
     let ts = match time {
         DataType::Timestamp(_, tz) => DataType::Timestamp(TimeUnit::Microsecond, tz.clone()),
+        DataType::Struct(fields) if is_window_type(time) => match fields[1].data_type() {
+            DataType::Timestamp(_, tz) => DataType::Timestamp(TimeUnit::Microsecond, tz.clone()),
+            _ => DataType::Timestamp(TimeUnit::Microsecond, None),
+        },
         _ => DataType::Timestamp(TimeUnit::Microsecond, None),
     };
     DataType::Struct(Fields::from(vec![
@@ -127,8 +132,21 @@ pub fn window_type(time: &DataType) -> DataType {
     ]))
 }
 
-/// Event times as microseconds since the epoch (casts any timestamp unit or a date).
+/// Whether `data_type` is a window struct (`struct<start: timestamp, end: timestamp>`).
+pub fn is_window_type(data_type: &DataType) -> bool {
+    matches!(data_type, DataType::Struct(fields)
+        if fields.len() == 2
+            && fields[0].name() == "start"
+            && fields[1].name() == "end"
+            && fields.iter().all(|f| matches!(f.data_type(), DataType::Timestamp(_, _))))
+}
+
+/// Event times as microseconds since the epoch (casts any timestamp unit or a date). A window
+/// struct's event time is Spark's `window_time`: its end minus one microsecond.
 pub fn event_time_micros(array: &ArrayRef) -> DFResult<TimestampMicrosecondArray> {
+    if is_window_type(array.data_type()) {
+        return window_times(array.as_struct());
+    }
     let target = DataType::Timestamp(TimeUnit::Microsecond, None);
     let as_us = match array.data_type() {
         DataType::Timestamp(_, Some(_)) => {
@@ -148,6 +166,14 @@ pub fn event_time_micros(array: &ArrayRef) -> DFResult<TimestampMicrosecondArray
         }
     };
     Ok(as_us.as_primitive::<TimestampMicrosecondType>().clone())
+}
+
+/// `window_time` of each window: its end minus one microsecond (null for a null window).
+fn window_times(windows: &StructArray) -> DFResult<TimestampMicrosecondArray> {
+    let ends = event_time_micros(windows.column(1))?;
+    let nulls = NullBuffer::union(windows.nulls(), ends.nulls());
+    let values: Vec<i64> = ends.values().iter().map(|e| e.saturating_sub(1)).collect();
+    Ok(TimestampMicrosecondArray::new(values.into(), nulls))
 }
 
 /// Builds window structs of type `data_type` from starts (µs) and a length.
@@ -198,6 +224,8 @@ fn coerce_time(arg_types: &[DataType], name: &str, max_args: usize) -> DFResult<
     }
     let time = match &arg_types[0] {
         DataType::Timestamp(_, tz) => DataType::Timestamp(TimeUnit::Microsecond, tz.clone()),
+        // An earlier aggregation's window: its window_time is the event time.
+        window if is_window_type(window) => window.clone(),
         DataType::Date32 | DataType::Date64 | DataType::Null => {
             DataType::Timestamp(TimeUnit::Microsecond, None)
         }
@@ -328,6 +356,77 @@ impl ScalarUDFImpl for SessionWindow {
             time.nulls().cloned(),
         )?))
     }
+}
+
+/// `window_time(window)`: the event time of a window an aggregation emitted, its end minus
+/// one microsecond (Spark's). Grouping an aggregation's rows by `window(window_time(window),
+/// ..)` (or by `window(window, ..)`) chains windows: minute counts into hourly ones.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct WindowTime {
+    signature: Signature,
+}
+
+impl Default for WindowTime {
+    fn default() -> Self {
+        Self {
+            signature: Signature::user_defined(Volatility::Immutable),
+        }
+    }
+}
+
+impl ScalarUDFImpl for WindowTime {
+    fn name(&self) -> &str {
+        "window_time"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, arg_types: &[DataType]) -> DFResult<DataType> {
+        match arg_types {
+            [DataType::Struct(fields)] if is_window_type(&arg_types[0]) => {
+                Ok(fields[1].data_type().clone())
+            }
+            _ => datafusion::common::plan_err!(
+                "window_time needs a window column (struct<start: timestamp, end: timestamp>), got {arg_types:?}"
+            ),
+        }
+    }
+
+    fn coerce_types(&self, arg_types: &[DataType]) -> DFResult<Vec<DataType>> {
+        match arg_types {
+            [t] if is_window_type(t) => Ok(vec![t.clone()]),
+            _ => datafusion::common::plan_err!(
+                "window_time needs one window column (struct<start: timestamp, end: timestamp>), got {arg_types:?}"
+            ),
+        }
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DFResult<ColumnarValue> {
+        let windows = args.args[0].to_array(args.number_rows)?;
+        let times: ArrayRef = Arc::new(window_times(windows.as_struct())?);
+        Ok(ColumnarValue::Array(cast(
+            &times,
+            args.return_field.data_type(),
+        )?))
+    }
+}
+
+/// The window argument of a `window_time(window)` call.
+pub fn window_time_argument(expr: &Arc<dyn PhysicalExpr>) -> Option<&Arc<dyn PhysicalExpr>> {
+    let call = expr.as_ref().downcast_ref::<ScalarFunctionExpr>()?;
+    call.fun()
+        .inner()
+        .as_ref()
+        .is::<WindowTime>()
+        .then(|| call.args().first())
+        .flatten()
+}
+
+/// `window_time(window)`: see [`WindowTime`].
+pub fn window_time(window: Expr) -> Expr {
+    Arc::new(ScalarUDF::new_from_impl(WindowTime::default())).call(vec![window])
 }
 
 /// How a grouping expression of a streaming aggregation relates to windows.

@@ -54,14 +54,17 @@ use super::partitions::{self, for_each_partition};
 use super::store::{Loc, StateStore};
 use super::windows::{WindowExpr, WindowKind, as_window_expr, event_time_micros, window_structs};
 use super::{
-    OperatorHandle, OperatorState, StatefulOperator, WatermarkSpec, account_partitions,
-    column_name, commit_partitions, evaluate, process_whole_input, restore_partitions,
+    OperatorHandle, OperatorState, OperatorWatermarks, StatefulOperator, account_partitions,
+    commit_partitions, evaluate, event_time_column, process_whole_input, restore_partitions,
     single_partition_input, single_partition_properties, sum_progress,
 };
 use crate::error::{FlumenError, Result};
 use crate::modes::OutputMode;
 use crate::progress::StateOperatorProgress;
 use sessions::Session;
+
+/// Spark's name for the operator in progress reports.
+pub(crate) const OPERATOR_NAME: &str = "stateStoreSave";
 
 /// A batch's rows grouped: what either grouping strategy hands to the accumulation.
 struct BatchGroups {
@@ -180,9 +183,11 @@ impl fmt::Debug for StatefulAggregateExec {
 
 impl StatefulAggregateExec {
     /// Replaces `aggregate` (the streaming aggregation DataFusion planned) with a stateful one.
+    /// `event_columns` are the input columns that carry event time: the declared watermark
+    /// columns, and the event-time keys of aggregations below this one.
     pub fn replace(
         aggregate: &AggregateExec,
-        watermark: Option<&WatermarkSpec>,
+        event_columns: &[String],
         mode: OutputMode,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let schema = aggregate.schema();
@@ -230,17 +235,24 @@ impl StatefulAggregateExec {
                 "Update output mode not supported for session window on streaming DataFrames/DataSets".into(),
             ));
         }
-        let event = watermark.and_then(|wm| {
-            groups
-                .iter()
-                .enumerate()
-                .find_map(|(i, (expr, _))| match &window {
-                    Some((wi, w)) if *wi == i => (column_name(&w.time) == Some(wm.column.as_str()))
-                        .then_some(EventKey::Window(i)),
-                    _ => (column_name(expr) == Some(wm.column.as_str()))
-                        .then_some(EventKey::Timestamp(i)),
-                })
-        });
+        let input_schema = input.schema();
+        let carries_event_time = |expr: &Arc<dyn PhysicalExpr>| {
+            event_time_column(expr).is_some_and(|c| event_columns.iter().any(|e| e == c))
+        };
+        let event = groups
+            .iter()
+            .enumerate()
+            .find_map(|(i, (expr, _))| match &window {
+                Some((wi, w)) if *wi == i => {
+                    carries_event_time(&w.time).then_some(EventKey::Window(i))
+                }
+                // A window key of an aggregation below: its end is the event time.
+                _ if carries_event_time(expr) => Some(match expr.data_type(&input_schema) {
+                    Ok(DataType::Struct(_)) => EventKey::Window(i),
+                    _ => EventKey::Timestamp(i),
+                }),
+                _ => None,
+            });
         if mode == OutputMode::Append && event.is_none() {
             return Err(FlumenError::Unsupported(
                 "Append output mode not supported when there are streaming aggregations on streaming DataFrames/DataSets without watermark".into(),
@@ -289,7 +301,7 @@ impl StatefulAggregateExec {
             event,
             mode,
             state: Mutex::new(Vec::new()),
-            input_schema: input.schema(),
+            input_schema,
             late: LateRows::default(),
         };
         core.set_partitions(1)?;
@@ -303,6 +315,13 @@ impl StatefulAggregateExec {
     /// The handle the micro-batch loop drives this operator through.
     pub fn handle(&self) -> OperatorHandle {
         Arc::new(AggregateHandle(Arc::clone(&self.core)))
+    }
+
+    /// The output column that carries event time (the window or timestamp key the watermark
+    /// applies to), if any: an aggregation reading this one's rows may group by it.
+    pub fn event_output_column(&self) -> Option<String> {
+        let event = self.core.event?;
+        Some(self.core.schema.field(event.index()).name().clone())
     }
 }
 
@@ -320,7 +339,7 @@ impl Core {
                 let store =
                     StateStore::new(Arc::clone(&self.key_schema), Arc::clone(&self.value_schema))?;
                 Ok(AggregateState {
-                    op: OperatorState::new(store, "stateStoreSave"),
+                    op: OperatorState::new(store, OPERATOR_NAME),
                     grouping: None,
                     sessions: HashMap::new(),
                 })
@@ -387,7 +406,7 @@ impl Core {
     fn evaluate_input(
         &self,
         batch: &RecordBatch,
-        watermark_ms: i64,
+        late_events_ms: i64,
     ) -> Result<(
         Vec<ArrayRef>,
         Vec<Vec<ArrayRef>>,
@@ -475,7 +494,7 @@ impl Core {
         if let Some(event) = self.event
             && self.mode != OutputMode::Complete
         {
-            let watermark_us = watermark_ms.saturating_mul(1000);
+            let watermark_us = late_events_ms.saturating_mul(1000);
             let keep: BooleanArray = self
                 .input_event_times(event, &keys)?
                 .into_iter()
@@ -545,8 +564,8 @@ impl Core {
     ) -> Result<RecordBatch> {
         let mut states = self.lock()?;
         let batch = concat_batches(input_schema, &input)?;
-        let watermark_ms = states.first().map_or(0, |s| s.op.watermark_ms);
-        let (keys, values, filters, dropped) = self.evaluate_input(&batch, watermark_ms)?;
+        let late_events_ms = states.first().map_or(0, |s| s.op.late_events_ms);
+        let (keys, values, filters, dropped) = self.evaluate_input(&batch, late_events_ms)?;
         let inputs = self.route(keys, values, filters, states.len())?;
         let stored: usize = states.iter().map(|s| s.op.store.len()).sum();
         let outputs = for_each_partition(
@@ -796,11 +815,11 @@ impl StatefulOperator for AggregateHandle {
         })
     }
 
-    fn begin_batch(&self, watermark_ms: i64) {
+    fn begin_batch(&self, watermarks: OperatorWatermarks) {
         self.0.late.clear();
         if let Ok(mut states) = self.0.state.lock() {
             for state in states.iter_mut() {
-                state.op.begin_batch(watermark_ms);
+                state.op.begin_batch(watermarks);
             }
         }
     }

@@ -46,14 +46,14 @@ use self::side::{Gathered, SideState};
 use super::late::LateRows;
 use super::watermark::WatermarkExec;
 use super::{
-    OperatorHandle, StatefulOperator, evaluate, single_partition_input,
+    OperatorHandle, OperatorWatermarks, StatefulOperator, evaluate, single_partition_input,
     single_partition_properties, to_df,
 };
 use crate::error::{FlumenError, Result};
 use crate::progress::StateOperatorProgress;
 
 /// Spark's name for the operator in progress reports.
-const OPERATOR_NAME: &str = "symmetricHashJoin";
+pub(crate) const OPERATOR_NAME: &str = "symmetricHashJoin";
 
 /// Per-side metrics of the last batch.
 #[derive(Debug, Default, Clone, Copy)]
@@ -63,11 +63,13 @@ struct SideMetrics {
     removed: u64,
 }
 
-/// Both sides' state and the batch's watermark.
+/// Both sides' state and the batch's watermarks (`watermark_ms` evicts, `late_events_ms`
+/// drops late input rows).
 struct JoinState {
     left: SideState,
     right: SideState,
     watermark_ms: i64,
+    late_events_ms: i64,
     evicted_at_ms: i64,
     left_metrics: SideMetrics,
     right_metrics: SideMetrics,
@@ -241,6 +243,7 @@ impl StreamingJoinExec {
             left: SideState::new(Arc::clone(&left_schema), left_keys.clone())?,
             right: SideState::new(Arc::clone(&right_schema), right_keys.clone())?,
             watermark_ms: 0,
+            late_events_ms: 0,
             evicted_at_ms: i64::MIN,
             left_metrics: SideMetrics::default(),
             right_metrics: SideMetrics::default(),
@@ -462,10 +465,11 @@ impl Core {
         let state = &mut *guard;
         let started = Instant::now();
         let watermark_us = state.watermark_ms.saturating_mul(1000);
+        let late_us = state.late_events_ms.saturating_mul(1000);
         let left = concat_batches(&self.left_schema, &left)?;
         let right = concat_batches(&self.right_schema, &right)?;
-        let (left, left_dropped) = self.drop_late(left, self.left_time, watermark_us)?;
-        let (right, right_dropped) = self.drop_late(right, self.right_time, watermark_us)?;
+        let (left, left_dropped) = self.drop_late(left, self.left_time, late_us)?;
+        let (right, right_dropped) = self.drop_late(right, self.right_time, late_us)?;
         state.left_metrics = SideMetrics {
             dropped_by_watermark: left_dropped,
             ..Default::default()
@@ -720,11 +724,27 @@ impl StatefulOperator for JoinHandle {
         Ok(())
     }
 
-    fn begin_batch(&self, watermark_ms: i64) {
+    fn begin_batch(&self, watermarks: OperatorWatermarks) {
         self.0.late.clear();
         if let Ok(mut state) = self.0.state.lock() {
-            state.watermark_ms = watermark_ms;
+            state.watermark_ms = watermarks.eviction_ms;
+            state.late_events_ms = watermarks.late_events_ms;
         }
+    }
+
+    /// Spark's rule: the minimum of both sides' state watermarks and the input watermark. A
+    /// side's rows leave the state once nothing newer than the watermark can match them, so
+    /// no joined row is older than either side's state watermark (a range join emits clicks
+    /// an hour older than the watermark, say).
+    fn output_watermark(&self, input_ms: i64) -> Option<i64> {
+        let w = &self.0.state_watermarks;
+        let state_ms = |side: Option<(EventTime, i64)>| {
+            side.map(|(_, offset_us)| input_ms.saturating_add(offset_us.div_euclid(1000)))
+        };
+        [state_ms(w.left), state_ms(w.right), Some(input_ms)]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     fn commit(&self, dirs: &[PathBuf], version: u64) -> Result<()> {
