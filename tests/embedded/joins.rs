@@ -215,6 +215,13 @@ async fn inner_join_of_the_guide_example_matches_clicks_within_the_hour() {
             lines(&["8 20:00 8 21:00"]),
         ]
     );
+    // Both sides' rows leave the state: nothing to warn about (and no `warnings` field).
+    assert!(
+        run.progress
+            .iter()
+            .all(|p| p.state_operators[0].warnings.is_empty())
+    );
+    assert!(!run.progress.last().unwrap().json().contains("warnings"));
     // The query's watermark is the smaller of the two: clicks (3 hours) hold it back.
     let watermarks: Vec<&str> = run
         .progress
@@ -263,6 +270,18 @@ async fn inner_join_without_watermarks_keeps_every_row() {
     assert_eq!(state.operator_name, "symmetricHashJoin");
     assert_eq!(state.num_rows_total, 16);
     assert_eq!(state.num_rows_removed, 0);
+    // Every progress report says why the state only grows.
+    assert_eq!(
+        state.warnings,
+        [
+            "the state of this stream-stream join keeps the rows of both sides forever and grows without bound: declare watermarks on both sides and bound the event times in the condition (e.g. r.t BETWEEN l.t AND l.t + INTERVAL 1 HOUR) so old rows leave the state"
+        ]
+    );
+    assert!(
+        run.progress[0]
+            .json()
+            .contains(r#""warnings":["the state of this"#)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -748,7 +767,14 @@ async fn a_union_of_two_streams_reads_each_from_its_own_offsets_across_a_restart
         })
         .collect();
     assert_eq!(ids, [2, 3, 4, 5]);
-    let log = std::fs::read_to_string(checkpoint.path().join("offsets").join("2")).unwrap();
+    // The last batch's offsets (rows 4 and 5 may have arrived in one batch or in two).
+    let offsets = checkpoint.path().join("offsets");
+    let last_batch = std::fs::read_dir(&offsets)
+        .unwrap()
+        .filter_map(|e| e.unwrap().file_name().to_str()?.parse::<u64>().ok())
+        .max()
+        .unwrap();
+    let log = std::fs::read_to_string(offsets.join(last_batch.to_string())).unwrap();
     assert!(
         log.ends_with("{\"rows\":3}\n{\"rows\":2}")
             || log.ends_with("{\"rows\":3}\n{\"rows\":2}\n"),
@@ -793,5 +819,49 @@ async fn left_outer_join_on_equal_event_time_windows_emits_unclicked_impressions
             // Watermark 13:55: the 12:00 window has closed.
             lines(&["2 12:00-13:00 null null"]),
         ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_a_join_drops_as_late_go_to_the_late_rows_output_with_the_other_sides_columns_null() {
+    let session = StreamSession::new();
+    let impressions = Arc::new(MemoryStream::new("impressions", impressions_schema()));
+    let clicks = Arc::new(MemoryStream::new("clicks", clicks_schema()));
+    let joined = guide_join(JoinType::Inner)(
+        session.stream(impressions.clone()).unwrap(),
+        session.stream(clicks.clone()).unwrap(),
+    )
+    .unwrap();
+    let query = joined
+        .write_stream()
+        .memory()
+        .query_name("joined")
+        .late_rows_to_memory("late")
+        .start()
+        .await
+        .unwrap();
+    for step in GUIDE {
+        impressions
+            .add_batch(rows(impressions_schema(), step.0))
+            .unwrap();
+        clicks.add_batch(rows(clicks_schema(), step.1)).unwrap();
+        query.process_all_available().await.unwrap();
+    }
+    query.stop().await.unwrap();
+    // Impression 6 (12:00) and ad 1's second click (12:20) arrive when the watermark is 12:30.
+    assert_eq!(
+        sql_table(
+            &session,
+            "SELECT impressionAdId, CAST(impressionTime AS STRING) AS impression, clickAdId, \
+             CAST(clickTime AS STRING) AS click, late_operator, \
+             CAST(late_watermark AS STRING) AS missed FROM late ORDER BY impressionAdId"
+        )
+        .await,
+        "+----------------+---------------------+-----------+---------------------+-------------------+----------------------+\n\
+         | impressionAdId | impression          | clickAdId | click               | late_operator     | missed               |\n\
+         +----------------+---------------------+-----------+---------------------+-------------------+----------------------+\n\
+         | 6              | 2026-11-24T12:00:00 |           |                     | symmetricHashJoin | 2026-11-24T12:30:00Z |\n\
+         |                |                     | 1         | 2026-11-24T12:20:00 | symmetricHashJoin | 2026-11-24T12:30:00Z |\n\
+         +----------------+---------------------+-----------+---------------------+-------------------+----------------------+"
     );
 }

@@ -87,6 +87,10 @@ pub struct StateOperatorProgress {
     /// Store-specific metrics, e.g. `stateOnCurrentVersionSizeBytes`.
     #[serde(default)]
     pub custom_metrics: BTreeMap<String, u64>,
+    /// What is wrong with the operator's configuration while the query runs (Flumen's own
+    /// field, omitted when empty), e.g. a stream-stream join whose state never shrinks.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub warnings: Vec<String>,
 }
 
 /// Progress of one source (Spark's `SourceProgress`).

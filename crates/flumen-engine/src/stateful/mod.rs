@@ -351,6 +351,11 @@ pub(crate) fn sum_progress<'a>(
         for (name, value) in &m.custom_metrics {
             *total.custom_metrics.entry(name.clone()).or_default() += value;
         }
+        for warning in &m.warnings {
+            if !total.warnings.contains(warning) {
+                total.warnings.push(warning.clone());
+            }
+        }
     }
     total
 }

@@ -99,6 +99,8 @@ struct Core {
     input_schema: SchemaRef,
     state: Mutex<JoinState>,
     late: LateRows,
+    /// Why a side's rows never leave the state, if they don't (reported in progress).
+    unbounded: Option<String>,
 }
 
 /// The physical stream-stream join.
@@ -202,13 +204,9 @@ impl StreamingJoinExec {
                 spark_join_name(join_type)
             )));
         }
-        if !left_expires || !right_expires {
-            tracing::warn!(
-                join_type = %spark_join_name(join_type),
-                left_expires,
-                right_expires,
-                "a stream-stream join keeps the rows of a side forever: declare watermarks on both sides and bound the event times in the condition (e.g. r.t BETWEEN l.t AND l.t + INTERVAL 1 HOUR) so old rows leave the state"
-            );
+        let unbounded = unbounded_state_warning(left_expires, right_expires);
+        if let Some(warning) = &unbounded {
+            tracing::warn!(join_type = %spark_join_name(join_type), "{warning}");
         }
         let left_keys: Vec<Arc<dyn PhysicalExpr>> =
             join.on.iter().map(|(l, _)| Arc::clone(l)).collect();
@@ -269,6 +267,7 @@ impl StreamingJoinExec {
             input_schema,
             state: Mutex::new(state),
             late: LateRows::default(),
+            unbounded,
         };
         let properties = single_partition_properties(join.properties());
         Ok(Arc::new(Self {
@@ -658,8 +657,23 @@ impl Core {
             num_shuffle_partitions: 1,
             num_state_store_instances: 2,
             custom_metrics: custom,
+            warnings: self.unbounded.iter().cloned().collect(),
         }
     }
+}
+
+/// The warning for a join whose rows of a side never leave the state (`None` when both
+/// sides' rows do).
+fn unbounded_state_warning(left_expires: bool, right_expires: bool) -> Option<String> {
+    let sides = match (left_expires, right_expires) {
+        (true, true) => return None,
+        (false, false) => "both sides",
+        (false, true) => "the left side",
+        (true, false) => "the right side",
+    };
+    Some(format!(
+        "the state of this stream-stream join keeps the rows of {sides} forever and grows without bound: declare watermarks on both sides and bound the event times in the condition (e.g. r.t BETWEEN l.t AND l.t + INTERVAL 1 HOUR) so old rows leave the state"
+    ))
 }
 
 /// Event times (µs) of a side's rows.
