@@ -460,23 +460,17 @@ fn check_chained_stateful_operators(stateful: &[String], mode: OutputMode) -> Re
     Ok(())
 }
 
-/// Flumen's limit on chains: only an aggregation reads another stateful operator's output
-/// (an aggregation over a join, a deduplication or an aggregation's windows). A join or
-/// deduplication over another operator's output is refused.
+/// Flumen's limit on chains: a stream-stream join reads streams, not another stateful
+/// operator's output (an aggregation or deduplication may read any operator's).
 fn check_operator_inputs(
     operators: &[OperatorHandle],
     propagation: &WatermarkPropagation,
 ) -> Result<()> {
     for (i, operator) in operators.iter().enumerate() {
         let name = operator.progress().operator_name;
-        if propagation.reads_an_operator(i) && name != crate::stateful::aggregate::OPERATOR_NAME {
+        if propagation.reads_an_operator(i) && name == crate::stateful::join::OPERATOR_NAME {
             unsupported!(
-                "Flumen runs a {} only over streams, but in this query one reads another stateful operator's output; aggregate after it instead, or split the query into queries connected by a Kafka topic",
-                if name == crate::stateful::join::OPERATOR_NAME {
-                    "stream-stream join"
-                } else {
-                    "deduplication"
-                }
+                "Flumen runs a stream-stream join only over streams, but in this query one reads another stateful operator's output; aggregate or deduplicate after the join instead, or split the query into queries connected by a Kafka topic"
             );
         }
     }
@@ -559,16 +553,6 @@ fn watermark_node(node: &LogicalPlan) -> Option<&EventTimeWatermark> {
         LogicalPlan::Extension(e) => e.node.as_any().downcast_ref::<EventTimeWatermark>(),
         _ => None,
     }
-}
-
-/// The watermark an aggregation or deduplication sees: the query's, when its streams declare
-/// one event-time column (several streams of a union may each declare it).
-fn operator_watermark(watermarks: &[WatermarkSpec]) -> Option<&WatermarkSpec> {
-    let first = watermarks.first()?;
-    watermarks
-        .iter()
-        .all(|w| w.column == first.column)
-        .then_some(first)
 }
 
 /// Gives every stream scan under a watermark a hidden column with each row's source partition,
@@ -860,7 +844,8 @@ fn bind_batch_clock(plan: LogicalPlan, clock: &BatchClock) -> Result<LogicalPlan
 }
 
 /// Swaps the streaming aggregation DataFusion planned for Flumen's stateful one, a hash join
-/// of two streams for the stream-stream join, and tells deduplication about the watermark.
+/// of two streams for the stream-stream join, and tells deduplication which columns carry
+/// event time.
 ///
 /// The plan is rewritten from the sources up, so an aggregation over another one knows which
 /// of its input columns carry event time: the declared watermark columns, and the window (or
@@ -871,7 +856,6 @@ fn make_stateful(
     watermarks: &[WatermarkSpec],
     mode: OutputMode,
 ) -> Result<Arc<dyn ExecutionPlan>> {
-    let watermark = operator_watermark(watermarks);
     let mut event_columns: Vec<String> = watermarks.iter().map(|w| w.column.clone()).collect();
     let mut error = None;
     let result = plan.transform_up(|node| {
@@ -893,7 +877,7 @@ fn make_stateful(
                 }
             })
         } else if let Some(dedup) = node.as_ref().downcast_ref::<DedupExec>() {
-            dedup.with_watermark(watermark)
+            dedup.with_watermark(watermarks, &event_columns)
         } else if let Some(join) = node.as_ref().downcast_ref::<HashJoinExec>()
             && contains_input(join.left())
             && contains_input(join.right())

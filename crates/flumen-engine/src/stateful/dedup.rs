@@ -133,14 +133,17 @@ impl fmt::Debug for DedupExec {
 impl DedupExec {
     /// Plans `node` over `input`; the watermark is added by [`DedupExec::with_watermark`].
     pub fn try_new(node: &Deduplicate, input: Arc<dyn ExecutionPlan>) -> Result<Self> {
-        Self::build(input, &node.keys, node.within_watermark, None, false)
+        Self::build(input, &node.keys, node.within_watermark, &[], &[], false)
     }
 
+    /// `watermarks` are the query's declared watermarks, `event_columns` the input columns
+    /// that carry event time (their columns, and the event-time keys of aggregations below).
     fn build(
         input: Arc<dyn ExecutionPlan>,
         keys: &[String],
         within_watermark: bool,
-        watermark: Option<&WatermarkSpec>,
+        watermarks: &[WatermarkSpec],
+        event_columns: &[String],
         streaming: bool,
     ) -> Result<Self> {
         let input = single_partition_input(input);
@@ -165,11 +168,19 @@ impl DedupExec {
                 })
                 .collect::<Result<_>>()?
         };
-        let event_index = watermark.and_then(|w| schema.index_of(&w.column).ok());
-        let event = match (watermark, event_index) {
-            (Some(w), Some(i)) if within_watermark => Some((i, w.delay_ms * 1000)),
-            (Some(_), Some(i)) if key_indices.contains(&i) => Some((i, 0)),
-            _ => None,
+        let event = if within_watermark {
+            // The first declared watermark column the rows carry, with its delay.
+            watermarks.iter().find_map(|w| {
+                let i = schema.index_of(&w.column).ok()?;
+                Some((i, w.delay_ms.saturating_mul(1000)))
+            })
+        } else {
+            // The first key that carries event time.
+            key_indices
+                .iter()
+                .copied()
+                .find(|&i| event_columns.contains(schema.field(i).name()))
+                .map(|i| (i, 0))
         };
         if streaming && within_watermark && event.is_none() {
             return Err(FlumenError::Unsupported(
@@ -204,7 +215,8 @@ impl DedupExec {
     /// The same operator, aware of the query's watermark.
     pub fn with_watermark(
         &self,
-        watermark: Option<&WatermarkSpec>,
+        watermarks: &[WatermarkSpec],
+        event_columns: &[String],
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let schema = &self.core.input_schema;
         let keys: Vec<String> = self
@@ -217,7 +229,8 @@ impl DedupExec {
             Arc::clone(&self.input),
             &keys,
             self.core.within_watermark,
-            watermark,
+            watermarks,
+            event_columns,
             true,
         )?))
     }
