@@ -848,6 +848,33 @@ async fn unsupported_combinations_fail_at_start_with_sparks_messages() {
             .await
             .contains("Append output mode not supported when there are streaming aggregations on streaming DataFrames/DataSets without watermark")
     );
+    // A watermark declared over a stateful operator's output (Spark 3.4+ refuses it too).
+    let redefined = stream()
+        .drop_duplicates(&["word", "ts"])
+        .unwrap()
+        .with_watermark("ts", "1 minute")
+        .unwrap()
+        .group_by([window(col("ts"), "10 minutes")])
+        .count()
+        .unwrap();
+    let err = message(redefined, OutputMode::Append).await;
+    assert!(err.contains("Redefining watermark is disallowed"), "{err}");
+    // An aggregation's column named like the watermark's carries no event time: only its
+    // window key does, so a count over `max(ts)` has no watermark.
+    let latest = stream()
+        .with_watermark("ts", "10 minutes")
+        .unwrap()
+        .group_by([window(col("ts"), "10 minutes")])
+        .agg([max(col("ts")).alias("ts")])
+        .unwrap()
+        .group_by([window(col("ts"), "30 minutes")])
+        .count()
+        .unwrap();
+    let err = message(latest, OutputMode::Append).await;
+    assert!(
+        err.contains("Append output mode not supported when there are streaming aggregations on streaming DataFrames/DataSets without watermark"),
+        "{err}"
+    );
     let err = stream()
         .with_watermark("word", "1 minute")
         .unwrap_err()

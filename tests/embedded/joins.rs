@@ -594,6 +594,19 @@ async fn unsupported_stream_stream_joins_fail_at_start_with_sparks_messages() {
         start_error(counted, OutputMode::Update).await,
         "Multiple stateful operators in one query are supported only in Append output mode (this query has Aggregate, StreamingJoin in Update mode); use append, or split it into queries connected by a Kafka topic"
     );
+    // Null-safe keys would need null keys indexed; refused rather than silently unmatched.
+    assert_eq!(
+        start_error(
+            join_with(
+                JoinType::Inner,
+                (true, true),
+                "(clickAdId IS NOT DISTINCT FROM impressionAdId) AND clickTime >= impressionTime AND clickTime <= impressionTime + interval 1 hour"
+            ),
+            OutputMode::Append
+        )
+        .await,
+        "a stream-stream join on keys compared with IS NOT DISTINCT FROM (null equal to null) is not supported; join on equal non-null keys, e.g. with coalesce(key, <a value no key has>) on both sides"
+    );
     // Flumen's own limit: a join reads streams, not another operator's output.
     let deduplicated_first: Build = Arc::new(|impressions, clicks| {
         let impressions = impressions

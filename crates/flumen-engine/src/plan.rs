@@ -469,9 +469,7 @@ fn check_operator_inputs(
     for (i, operator) in operators.iter().enumerate() {
         let name = operator.progress().operator_name;
         if propagation.reads_an_operator(i) && name == crate::stateful::join::OPERATOR_NAME {
-            unsupported!(
-                "Flumen runs a stream-stream join only over streams, but in this query one reads another stateful operator's output; aggregate or deduplicate after the join instead, or split the query into queries connected by a Kafka topic"
-            );
+            unsupported!("{JOIN_OVER_OPERATOR}");
         }
     }
     Ok(())
@@ -768,7 +766,7 @@ pub(crate) async fn plan_query(
         operators,
         watermark_nodes,
         propagation,
-    } = stateful_parts(&physical);
+    } = stateful_parts(&physical)?;
     check_operator_inputs(&operators, &propagation)?;
     let source_of = |slot: &Arc<InputSlot>| sources.iter().position(|(_, s)| Arc::ptr_eq(s, slot));
     let mut watermarks = Vec::new();
@@ -847,16 +845,14 @@ fn bind_batch_clock(plan: LogicalPlan, clock: &BatchClock) -> Result<LogicalPlan
 /// of two streams for the stream-stream join, and tells deduplication which columns carry
 /// event time.
 ///
-/// The plan is rewritten from the sources up, so an aggregation over another one knows which
-/// of its input columns carry event time: the declared watermark columns, and the window (or
-/// timestamp) key of every aggregation below it (Spark keeps the watermark's metadata on
-/// them).
+/// The plan is rewritten from the sources up, so an operator over another one sees it
+/// already replaced and knows which of its input columns carry event time (see
+/// [`event_columns`]).
 fn make_stateful(
     plan: Arc<dyn ExecutionPlan>,
     watermarks: &[WatermarkSpec],
     mode: OutputMode,
 ) -> Result<Arc<dyn ExecutionPlan>> {
-    let mut event_columns: Vec<String> = watermarks.iter().map(|w| w.column.clone()).collect();
     let mut error = None;
     let result = plan.transform_up(|node| {
         if error.is_some() || !contains_input(&node) {
@@ -867,22 +863,23 @@ fn make_stateful(
             if *aggregate.mode() == AggregateMode::Partial {
                 return Ok(Transformed::no(node));
             }
-            StatefulAggregateExec::replace(aggregate, &event_columns, mode).inspect(|new| {
-                if let Some(column) = new
-                    .as_ref()
-                    .downcast_ref::<StatefulAggregateExec>()
-                    .and_then(StatefulAggregateExec::event_output_column)
-                {
-                    event_columns.push(column);
-                }
-            })
+            StatefulAggregateExec::replace(aggregate, &event_columns(aggregate.input()), mode)
         } else if let Some(dedup) = node.as_ref().downcast_ref::<DedupExec>() {
-            dedup.with_watermark(watermarks, &event_columns)
+            let below = node
+                .children()
+                .first()
+                .map(|input| event_columns(input))
+                .unwrap_or_default();
+            dedup.with_watermark(watermarks, &below)
         } else if let Some(join) = node.as_ref().downcast_ref::<HashJoinExec>()
             && contains_input(join.left())
             && contains_input(join.right())
         {
-            StreamingJoinExec::replace(join)
+            if contains_stateful(join.left()) || contains_stateful(join.right()) {
+                Err(FlumenError::Unsupported(JOIN_OVER_OPERATOR.into()))
+            } else {
+                StreamingJoinExec::replace(join)
+            }
         } else {
             return Ok(Transformed::no(node));
         };
@@ -900,6 +897,41 @@ fn make_stateful(
     Ok(result.data)
 }
 
+/// Flumen's limit on chains: a stream-stream join reads streams.
+const JOIN_OVER_OPERATOR: &str = "Flumen runs a stream-stream join only over streams, but in this query one reads another stateful operator's output; aggregate or deduplicate after the join instead, or split the query into queries connected by a Kafka topic";
+
+/// The columns of `plan`'s rows that carry event time (Spark follows the watermark's
+/// metadata; Flumen goes by name): a watermark's column, passed up through stateless nodes,
+/// deduplications and joins; above an aggregation, only its window or timestamp key (its
+/// other columns, `max(ts)` say, carry no event time even when named like one).
+fn event_columns(plan: &Arc<dyn ExecutionPlan>) -> Vec<String> {
+    let any = plan.as_ref();
+    if let Some(aggregate) = any.downcast_ref::<StatefulAggregateExec>() {
+        return aggregate.event_output_column().into_iter().collect();
+    }
+    if let Some(watermark) = any.downcast_ref::<WatermarkExec>() {
+        return vec![watermark.column().to_string()];
+    }
+    let mut columns: Vec<String> = Vec::new();
+    for child in plan.children() {
+        for column in event_columns(child) {
+            if !columns.contains(&column) {
+                columns.push(column);
+            }
+        }
+    }
+    columns
+}
+
+/// Whether `plan` holds a (replaced) stateful operator.
+fn contains_stateful(plan: &Arc<dyn ExecutionPlan>) -> bool {
+    let any = plan.as_ref();
+    any.downcast_ref::<StatefulAggregateExec>().is_some()
+        || any.downcast_ref::<DedupExec>().is_some()
+        || any.downcast_ref::<StreamingJoinExec>().is_some()
+        || plan.children().into_iter().any(contains_stateful)
+}
+
 /// The stateful operators of a physical plan, in pre-order (an operator before the ones it
 /// reads), with what feeds each one.
 struct StatefulParts {
@@ -909,22 +941,24 @@ struct StatefulParts {
     propagation: WatermarkPropagation,
 }
 
-/// See [`StatefulParts`].
-fn stateful_parts(plan: &Arc<dyn ExecutionPlan>) -> StatefulParts {
+/// See [`StatefulParts`]; fails when a watermark is declared over a stateful operator's
+/// output (Spark 3.4+ refuses redefining the watermark: the operator below would never see
+/// one).
+fn stateful_parts(plan: &Arc<dyn ExecutionPlan>) -> Result<StatefulParts> {
     let mut parts = StatefulParts {
         operators: Vec::new(),
         watermark_nodes: Vec::new(),
         propagation: WatermarkPropagation::default(),
     };
-    collect_stateful(plan, &mut parts);
-    parts
+    collect_stateful(plan, &mut parts)?;
+    Ok(parts)
 }
 
 /// Walks `node` for [`stateful_parts`]; returns the watermark origins its output carries.
 fn collect_stateful(
     node: &Arc<dyn ExecutionPlan>,
     parts: &mut StatefulParts,
-) -> Vec<WatermarkOrigin> {
+) -> Result<Vec<WatermarkOrigin>> {
     let any = node.as_ref();
     let handle = if let Some(a) = any.downcast_ref::<StatefulAggregateExec>() {
         Some(a.handle())
@@ -943,16 +977,26 @@ fn collect_stateful(
     }
     let mut below = Vec::new();
     for child in node.children() {
-        below.extend(collect_stateful(child, parts));
+        below.extend(collect_stateful(child, parts)?);
     }
-    match operator {
+    Ok(match operator {
         Some(index) => {
             parts.propagation.set_inputs(index, below);
             vec![WatermarkOrigin::Operator(index)]
         }
-        None if is_watermark => vec![WatermarkOrigin::Declared],
+        None if is_watermark => {
+            if below
+                .iter()
+                .any(|o| matches!(o, WatermarkOrigin::Operator(_)))
+            {
+                unsupported!(
+                    "Redefining watermark is disallowed: with_watermark is applied to the output of a stateful operator, which then never sees a watermark; declare the watermark on the stream, before its first stateful operator"
+                );
+            }
+            vec![WatermarkOrigin::Declared]
+        }
         None => below,
-    }
+    })
 }
 
 fn find_input(plan: &Arc<dyn ExecutionPlan>) -> Option<&InputExec> {

@@ -169,10 +169,16 @@ impl DedupExec {
                 .collect::<Result<_>>()?
         };
         let event = if within_watermark {
-            // The first declared watermark column the rows carry, with its delay.
-            watermarks.iter().find_map(|w| {
-                let i = schema.index_of(&w.column).ok()?;
-                Some((i, w.delay_ms.saturating_mul(1000)))
+            // The first column carrying event time, with its watermark's delay (an
+            // aggregation's window key carries the delay of the watermark it was made under).
+            event_columns.iter().find_map(|column| {
+                let i = schema.index_of(column).ok()?;
+                let delay_ms = watermarks
+                    .iter()
+                    .find(|w| &w.column == column)
+                    .or(watermarks.first())?
+                    .delay_ms;
+                Some((i, delay_ms.saturating_mul(1000)))
             })
         } else {
             // The first key that carries event time.

@@ -168,6 +168,21 @@ pub fn event_time_micros(array: &ArrayRef) -> DFResult<TimestampMicrosecondArray
     Ok(as_us.as_primitive::<TimestampMicrosecondType>().clone())
 }
 
+/// Instants (µs since the epoch) as `data_type`: the same instants labelled with its time zone
+/// (a cast from a zone-less timestamp would read them as local times of the zone).
+fn as_timestamp_type(array: TimestampMicrosecondArray, data_type: &DataType) -> DFResult<ArrayRef> {
+    Ok(match data_type {
+        DataType::Timestamp(TimeUnit::Microsecond, tz) => {
+            Arc::new(array.with_timezone_opt(tz.clone()))
+        }
+        DataType::Timestamp(_, tz) => {
+            let labelled: ArrayRef = Arc::new(array.with_timezone_opt(tz.clone()));
+            cast(&labelled, data_type)?
+        }
+        other => cast(&(Arc::new(array) as ArrayRef), other)?,
+    })
+}
+
 /// `window_time` of each window: its end minus one microsecond (null for a null window).
 fn window_times(windows: &StructArray) -> DFResult<TimestampMicrosecondArray> {
     let ends = event_time_micros(windows.column(1))?;
@@ -187,11 +202,8 @@ pub fn window_structs(
         return datafusion::common::internal_err!("window type must be a struct, got {data_type}");
     };
     let column = |values: &[i64], field: &Field| -> DFResult<ArrayRef> {
-        let array: ArrayRef = Arc::new(TimestampMicrosecondArray::new(
-            values.to_vec().into(),
-            nulls.clone(),
-        ));
-        Ok(cast(&array, field.data_type())?)
+        let array = TimestampMicrosecondArray::new(values.to_vec().into(), nulls.clone());
+        as_timestamp_type(array, field.data_type())
     };
     let start = column(starts, &fields[0])?;
     let end = column(ends, &fields[1])?;
@@ -405,9 +417,9 @@ impl ScalarUDFImpl for WindowTime {
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DFResult<ColumnarValue> {
         let windows = args.args[0].to_array(args.number_rows)?;
-        let times: ArrayRef = Arc::new(window_times(windows.as_struct())?);
-        Ok(ColumnarValue::Array(cast(
-            &times,
+        let times = window_times(windows.as_struct())?;
+        Ok(ColumnarValue::Array(as_timestamp_type(
+            times,
             args.return_field.data_type(),
         )?))
     }

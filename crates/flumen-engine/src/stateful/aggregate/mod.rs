@@ -52,7 +52,9 @@ use datafusion::physical_plan::{
 use super::late::{LateRows, rows_with_every_entry_dropped};
 use super::partitions::{self, for_each_partition};
 use super::store::{Loc, StateStore};
-use super::windows::{WindowExpr, WindowKind, as_window_expr, event_time_micros, window_structs};
+use super::windows::{
+    WindowExpr, WindowKind, as_window_expr, event_time_micros, is_window_type, window_structs,
+};
 use super::{
     OperatorHandle, OperatorState, OperatorWatermarks, StatefulOperator, account_partitions,
     commit_partitions, evaluate, event_time_column, process_whole_input, restore_partitions,
@@ -248,7 +250,7 @@ impl StatefulAggregateExec {
                 }
                 // A window key of an aggregation below: its end is the event time.
                 _ if carries_event_time(expr) => Some(match expr.data_type(&input_schema) {
-                    Ok(DataType::Struct(_)) => EventKey::Window(i),
+                    Ok(t) if is_window_type(&t) => EventKey::Window(i),
                     _ => EventKey::Timestamp(i),
                 }),
                 _ => None,

@@ -12,7 +12,7 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use datafusion::arrow::datatypes::{DataType, Schema, TimeUnit};
 use datafusion::common::{JoinSide, ScalarValue};
 use datafusion::logical_expr::Operator;
 use datafusion::physical_expr::expressions::{BinaryExpr, CastExpr, Column, Literal, TryCastExpr};
@@ -70,18 +70,22 @@ pub(crate) struct StateWatermarks {
 /// and `right` (`None`: no watermark on that side, so its rows are never late and the other
 /// side's rows never expire), joined on the equality keys `on` and the residual `filter` over
 /// `schemas` (left, right).
+/// `windows` are the sides' event-time window columns (windows over the watermark's column),
+/// if any.
 pub(crate) fn state_watermarks(
     left: Option<EventTime>,
     right: Option<EventTime>,
+    windows: (Option<usize>, Option<usize>),
     on: JoinOnRef,
     filter: Option<&JoinFilter>,
     schemas: (&Schema, &Schema),
 ) -> StateWatermarks {
-    // Equal windows: a row expires once its window ends before the watermark.
-    if let (Some(EventTime::WindowEnd(l)), Some(EventTime::WindowEnd(r))) = (left, right)
-        && on
-            .iter()
-            .any(|(a, b)| column_index(a) == Some(l) && column_index(b) == Some(r))
+    // Equal windows: a row expires once its window ends before the watermark (whether or not
+    // the side kept the time column too).
+    if let (Some(_), Some(_), (Some(l), Some(r))) = (left, right, windows)
+        && on.iter().any(|(a, b)| {
+            column_index(a, schemas.0) == Some(l) && column_index(b, schemas.1) == Some(r)
+        })
     {
         return StateWatermarks {
             left: Some((EventTime::WindowEnd(l), 0)),
@@ -103,7 +107,7 @@ pub(crate) fn state_watermarks(
     // Bounds found per pair of columns compared; the first pair with bounds wins.
     let mut pairs: Vec<((usize, usize), TimeBounds)> = Vec::new();
     for (a, b) in on {
-        if let (Some(l), Some(r)) = (column_index(a), column_index(b))
+        if let (Some(l), Some(r)) = (column_index(a, schemas.0), column_index(b, schemas.1))
             && left_columns.contains(&l)
             && right_columns.contains(&r)
         {
@@ -131,7 +135,10 @@ pub(crate) fn state_watermarks(
             && right.is_some()
             && let Some(upper) = bounds.upper_us
         {
-            out.left = Some((EventTime::Column(l), -upper));
+            // An upper bound of i64::MIN has no negation: no bound.
+            if let Some(offset) = upper.checked_neg() {
+                out.left = Some((EventTime::Column(l), offset));
+            }
         }
         // A right row matches left rows from r - upper to r - lower: it expires once
         // r - lower < watermark (when the left side declares one).
@@ -220,7 +227,7 @@ fn time_term(
     filter: &JoinFilter,
     times: (&[usize], &[usize]),
 ) -> Option<(JoinSide, usize, i64)> {
-    if let Some(i) = column_index(expr) {
+    if let Some(i) = column_index(expr, filter.schema()) {
         let column = filter.column_indices().get(i)?;
         return match column.side {
             JoinSide::Left if times.0.contains(&column.index) => {
@@ -253,19 +260,39 @@ fn time_term(
     }
 }
 
-/// The index of the column `expr` reads (through casts).
-fn column_index(expr: &Arc<dyn PhysicalExpr>) -> Option<usize> {
+/// The index of the column of `schema` that `expr` reads, looking through casts that keep
+/// the instant (between timestamps with the same time zone, to an equal or finer unit): a
+/// cast to a date or a coarser unit, or one that moves the instant, bounds nothing.
+fn column_index(expr: &Arc<dyn PhysicalExpr>, schema: &Schema) -> Option<usize> {
     let any = expr.as_ref();
     if let Some(c) = any.downcast_ref::<Column>() {
         return Some(c.index());
     }
-    if let Some(c) = any.downcast_ref::<CastExpr>() {
-        return column_index(c.expr());
+    let (inner, to) = if let Some(c) = any.downcast_ref::<CastExpr>() {
+        (c.expr(), c.cast_type())
+    } else if let Some(c) = any.downcast_ref::<TryCastExpr>() {
+        (c.expr(), c.cast_type())
+    } else {
+        return None;
+    };
+    let from = inner.data_type(schema).ok()?;
+    keeps_instant(&from, to).then(|| column_index(inner, schema))?
+}
+
+/// Whether casting a `from` value to `to` keeps the instant it stands for.
+fn keeps_instant(from: &DataType, to: &DataType) -> bool {
+    let rank = |unit: &TimeUnit| match unit {
+        TimeUnit::Second => 0,
+        TimeUnit::Millisecond => 1,
+        TimeUnit::Microsecond => 2,
+        TimeUnit::Nanosecond => 3,
+    };
+    match (from, to) {
+        (DataType::Timestamp(fu, ftz), DataType::Timestamp(tu, ttz)) => {
+            rank(tu) >= rank(fu) && ftz.is_some() == ttz.is_some()
+        }
+        _ => false,
     }
-    if let Some(c) = any.downcast_ref::<TryCastExpr>() {
-        return column_index(c.expr());
-    }
-    None
 }
 
 /// A constant interval of fixed length, in µs (months have none).
@@ -287,34 +314,27 @@ fn interval_us(expr: &Arc<dyn PhysicalExpr>) -> Option<i64> {
 }
 
 /// Where `schema` (one side of a join) keeps the event time of the watermark on `column`:
-/// the column itself, or, when a projection replaced it by an event-time window (`window(..)`,
-/// under any name), the end of that window struct.
-pub(crate) fn event_time_of(schema: &Schema, column: &str) -> Option<EventTime> {
+/// the column itself, or, when a projection replaced it by an event-time window over it, the
+/// end of that window struct (`window`: its index, if the side has one).
+pub(crate) fn event_time_of(
+    schema: &Schema,
+    column: &str,
+    window: Option<usize>,
+) -> Option<EventTime> {
     if let Ok(i) = schema.index_of(column) {
         return matches!(schema.field(i).data_type(), DataType::Timestamp(_, _))
             .then_some(EventTime::Column(i));
     }
-    let is_time = |f: &Field, name: &str| {
-        f.name() == name && matches!(f.data_type(), DataType::Timestamp(_, _))
-    };
-    schema
-        .fields()
-        .iter()
-        .position(|f| match f.data_type() {
-            DataType::Struct(fields) => {
-                fields.len() == 2 && is_time(&fields[0], "start") && is_time(&fields[1], "end")
-            }
-            _ => false,
-        })
-        .map(EventTime::WindowEnd)
+    window.map(EventTime::WindowEnd)
 }
 
 #[cfg(test)]
 mod tests {
-    use datafusion::arrow::datatypes::{IntervalMonthDayNano, TimeUnit};
+    use datafusion::arrow::datatypes::IntervalMonthDayNano;
     use datafusion::physical_plan::joins::utils::ColumnIndex;
 
     use super::*;
+    use datafusion::arrow::datatypes::Field;
 
     const HOUR_US: i64 = 3_600_000_000;
 
@@ -376,7 +396,14 @@ mod tests {
         } else {
             (None, Some(EventTime::Column(1)))
         };
-        state_watermarks(times.0, times.1, &[], Some(&filter(expression)), (&l, &r))
+        state_watermarks(
+            times.0,
+            times.1,
+            (None, None),
+            &[],
+            Some(&filter(expression)),
+            (&l, &r),
+        )
     }
 
     #[test]
@@ -440,5 +467,43 @@ mod tests {
                 right: None,
             }
         );
+    }
+
+    #[test]
+    fn a_cast_that_moves_or_coarsens_the_instant_bounds_nothing() {
+        let cast = |expr: Arc<dyn PhysicalExpr>, to: DataType| -> Arc<dyn PhysicalExpr> {
+            Arc::new(CastExpr::new(expr, to, None))
+        };
+        let range = |lt: Arc<dyn PhysicalExpr>, rt: Arc<dyn PhysicalExpr>| {
+            op(
+                op(Arc::clone(&rt), Operator::GtEq, Arc::clone(&lt)),
+                Operator::And,
+                op(rt, Operator::LtEq, op(lt, Operator::Plus, hours(1))),
+            )
+        };
+        let guide = StateWatermarks {
+            left: Some((EventTime::Column(1), -HOUR_US)),
+            right: Some((EventTime::Column(1), 0)),
+        };
+        // To a finer unit: the same instants, the same bounds.
+        let micros = DataType::Timestamp(TimeUnit::Microsecond, None);
+        let finer = range(
+            cast(col("lt", 0), micros.clone()),
+            cast(col("rt", 1), micros),
+        );
+        assert_eq!(watermarks(finer, true), guide);
+        // To dates, to seconds, or from no zone to a zone (the wall time read in that zone):
+        // the range no longer bounds the event times.
+        for to in [
+            DataType::Date32,
+            DataType::Timestamp(TimeUnit::Second, None),
+            DataType::Timestamp(TimeUnit::Millisecond, Some("Europe/Paris".into())),
+        ] {
+            let lossy = range(
+                cast(col("lt", 0), to.clone()),
+                cast(col("rt", 1), to.clone()),
+            );
+            assert_eq!(watermarks(lossy, true), StateWatermarks::default(), "{to}");
+        }
     }
 }

@@ -26,14 +26,15 @@ use datafusion::arrow::array::{
 use datafusion::arrow::compute::{concat_batches, prep_null_mask_filter};
 use datafusion::arrow::datatypes::{Field, Schema, SchemaRef};
 use datafusion::arrow::row::{RowConverter, SortField};
-use datafusion::common::JoinSide;
 use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::{JoinSide, NullEquality};
 use datafusion::error::Result as DFResult;
 use datafusion::execution::TaskContext;
 use datafusion::logical_expr::JoinType;
 use datafusion::physical_plan::execution_plan::{ChildrenPropertiesMode, ReplaceChildrenOptions};
 use datafusion::physical_plan::joins::HashJoinExec;
 use datafusion::physical_plan::joins::utils::JoinFilter;
+use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, PhysicalExpr, PlanProperties,
@@ -42,12 +43,13 @@ use datafusion::physical_plan::{
 use futures::{StreamExt, TryStreamExt};
 
 use self::condition::{EventTime, StateWatermarks, event_time_of, state_watermarks};
-use self::side::{Gathered, SideState};
+use self::side::{Gathered, Keyed, SideState};
 use super::late::LateRows;
 use super::watermark::WatermarkExec;
+use super::windows::as_window_expr;
 use super::{
-    OperatorHandle, OperatorWatermarks, StatefulOperator, evaluate, single_partition_input,
-    single_partition_properties, to_df,
+    OperatorHandle, OperatorWatermarks, StatefulOperator, column_name, evaluate,
+    single_partition_input, single_partition_properties, to_df,
 };
 use crate::error::{FlumenError, Result};
 use crate::progress::StateOperatorProgress;
@@ -143,17 +145,36 @@ fn side_input(input: &Arc<dyn ExecutionPlan>) -> Arc<dyn ExecutionPlan> {
     single_partition_input(input)
 }
 
-/// The event time the watermark declared under `plan` leaves in its output, if any.
-fn side_event_time(plan: &Arc<dyn ExecutionPlan>) -> Option<EventTime> {
-    let mut stack = vec![Arc::clone(plan)];
+/// The event time the watermark declared under `plan` leaves in its output, if any, and the
+/// column of a window over it (`window(time, ..)` under any name), if any.
+fn side_event_time(plan: &Arc<dyn ExecutionPlan>) -> (Option<EventTime>, Option<usize>) {
     let schema = plan.schema();
+    let mut stack = vec![Arc::clone(plan)];
+    let mut window_names = Vec::new();
+    let mut column = None;
     while let Some(node) = stack.pop() {
         if let Some(w) = node.as_ref().downcast_ref::<WatermarkExec>() {
-            return event_time_of(&schema, w.column());
+            column = Some(w.column().to_string());
+            break;
+        }
+        if let Some(projection) = node.as_ref().downcast_ref::<ProjectionExec>() {
+            for p in projection.expr() {
+                if let Ok(Some(window)) = as_window_expr(&p.expr) {
+                    window_names.push((p.alias.clone(), window));
+                }
+            }
         }
         stack.extend(node.children().into_iter().map(Arc::clone));
     }
-    None
+    let Some(column) = column else {
+        return (None, None);
+    };
+    let window = window_names.iter().find_map(|(alias, w)| {
+        (column_name(&w.time) == Some(column.as_str()))
+            .then(|| schema.index_of(alias).ok())
+            .flatten()
+    });
+    (event_time_of(&schema, &column, window), window)
 }
 
 impl StreamingJoinExec {
@@ -175,15 +196,21 @@ impl StreamingJoinExec {
                 spark_join_name(join_type)
             )));
         }
+        if join.null_equality() == NullEquality::NullEqualsNull {
+            return Err(FlumenError::Unsupported(
+                "a stream-stream join on keys compared with IS NOT DISTINCT FROM (null equal to null) is not supported; join on equal non-null keys, e.g. with coalesce(key, <a value no key has>) on both sides".into(),
+            ));
+        }
         let left = side_input(&join.left);
         let right = side_input(&join.right);
         let left_schema = left.schema();
         let right_schema = right.schema();
-        let left_time = side_event_time(&left);
-        let right_time = side_event_time(&right);
+        let (left_time, left_window) = side_event_time(&left);
+        let (right_time, right_window) = side_event_time(&right);
         let state_watermarks = state_watermarks(
             left_time,
             right_time,
+            (left_window, right_window),
             &join.on,
             join.filter.as_ref(),
             (&left_schema, &right_schema),
@@ -517,6 +544,11 @@ impl Core {
         } else {
             left
         };
+        let (left, left_matched) = if self.preserves_left() {
+            (left, left_matched)
+        } else {
+            without_null_keys(&state.left, left, left_matched, &self.converter)?
+        };
         state.left_metrics.appended = left.batch.num_rows() as u64;
         state.left.append(&left, left_matched)?;
 
@@ -552,6 +584,11 @@ impl Core {
             let matched: Vec<u64> = pairs.iter().map(|&p| seqs[p as usize]).collect();
             state.left.set_matched(&matched)?;
         }
+        let (right, right_matched) = if self.preserves_right() {
+            (right, right_matched)
+        } else {
+            without_null_keys(&state.right, right, right_matched, &self.converter)?
+        };
         state.right_metrics.appended = right.batch.num_rows() as u64;
         let new_right_expire = match self.state_watermarks.right {
             Some((time, offset)) => {
@@ -702,6 +739,28 @@ fn unmatched(gone: &Gathered) -> Vec<u32> {
         .filter(|&i| !(gone.matched.is_valid(i) && gone.matched.value(i)))
         .map(|i| i as u32)
         .collect()
+}
+
+/// `rows` without those whose join key has a null: on a side whose unmatched rows are never
+/// emitted, they can neither match nor be output, so buffering them would only hold memory.
+fn without_null_keys(
+    side: &SideState,
+    rows: Keyed,
+    matched: Vec<bool>,
+    converter: &RowConverter,
+) -> Result<(Keyed, Vec<bool>)> {
+    let Some(valid) = rows.null_keys.as_ref().filter(|n| n.null_count() > 0) else {
+        return Ok((rows, matched));
+    };
+    let keep = BooleanArray::new(valid.inner().clone(), None);
+    let matched = matched
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| valid.is_valid(*i))
+        .map(|(_, m)| m)
+        .collect();
+    let kept = datafusion::arrow::compute::filter_record_batch(&rows.batch, &keep)?;
+    Ok((side.keyed(kept, converter)?, matched))
 }
 
 struct JoinHandle(Arc<Core>);

@@ -6,7 +6,7 @@
 //! each join key (Arrow row format) to the sequence numbers of its rows; it is rebuilt from the
 //! store on restore.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -266,15 +266,23 @@ impl SideState {
             .first()
             .map(|s| s.as_primitive::<UInt64Type>().clone())
             .unwrap_or_else(|| UInt64Array::from(Vec::<u64>::new()));
+        // Each key's list once, however many of its rows go (a busy key would otherwise be
+        // scanned once per evicted row).
+        let mut gone_by_key: HashMap<&[u8], HashSet<u64>> = HashMap::new();
         for row in 0..keyed.batch.num_rows() {
-            if !keyed.key_valid(row) {
-                continue;
+            if keyed.key_valid(row) {
+                gone_by_key
+                    .entry(keyed.keys.row(row).data())
+                    .or_default()
+                    .insert(seqs.value(row));
             }
-            let key = keyed.keys.row(row).data();
-            let seq = seqs.value(row);
+        }
+        for (key, gone) in gone_by_key {
             if let Some(list) = self.index.get_mut(key) {
-                list.retain(|s| *s != seq);
-                self.index_bytes = self.index_bytes.saturating_sub(size_of::<u64>());
+                let before = list.len();
+                list.retain(|s| !gone.contains(s));
+                let removed = before - list.len();
+                self.index_bytes = self.index_bytes.saturating_sub(removed * size_of::<u64>());
                 if list.is_empty() {
                     self.index.remove(key);
                     self.index_bytes = self.index_bytes.saturating_sub(key.len());
