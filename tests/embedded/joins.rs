@@ -821,16 +821,49 @@ async fn left_outer_join_on_equal_event_time_windows_emits_unclicked_impressions
         )
     });
     let checkpoint = temp_dir();
-    let run = run(&build, HOURLY, 0, checkpoint.path(), fresh())
+    let windows_only = run(&build, HOURLY, 0, checkpoint.path(), fresh())
         .await
         .unwrap();
     assert_eq!(
-        run.non_empty(),
+        windows_only.non_empty(),
         vec![
             lines(&["1 12:00-13:00 1 12:00-13:00"]),
             lines(&["3 14:00-15:00 3 14:00-15:00"]),
             // Watermark 13:55: the 12:00 window has closed.
             lines(&["2 12:00-13:00 null null"]),
+        ]
+    );
+    // The same join with each side's time column kept next to its window: rows are late by
+    // their time, and leave the state when their window closes.
+    let keeping_times: Build = Arc::new(|impressions, clicks| {
+        let impressions = impressions
+            .with_watermark("impressionTime", "10 minutes")?
+            .select([
+                col("impressionAdId"),
+                window(col("impressionTime"), "1 hour").alias("impressionWindow"),
+                col("impressionTime"),
+            ])?;
+        let clicks = clicks.with_watermark("clickTime", "10 minutes")?.select([
+            col("clickAdId"),
+            window(col("clickTime"), "1 hour").alias("clickWindow"),
+            col("clickTime"),
+        ])?;
+        impressions.join_expr(
+            clicks.dataframe().clone(),
+            JoinType::Left,
+            "impressionAdId = clickAdId AND impressionWindow = clickWindow",
+        )
+    });
+    let checkpoint = temp_dir();
+    let kept = run(&keeping_times, HOURLY, 0, checkpoint.path(), fresh())
+        .await
+        .unwrap();
+    assert_eq!(
+        kept.non_empty(),
+        vec![
+            lines(&["1 12:00-13:00 12:10 1 12:00-13:00 12:50"]),
+            lines(&["3 14:00-15:00 14:05 3 14:00-15:00 14:30"]),
+            lines(&["2 12:00-13:00 12:20 null null null"]),
         ]
     );
 }
