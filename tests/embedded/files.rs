@@ -1414,6 +1414,37 @@ async fn the_file_sink_refuses_other_modes_and_missing_settings_with_sparks_mess
         error.contains("Partition column `country` not found in schema (id, city)"),
         "{error}"
     );
+    let error = stream
+        .write_stream()
+        .format("json")
+        .path(out.path())
+        .partition_by(["city", "city"])
+        .checkpoint_location(checkpoint.path())
+        .start()
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("Found duplicate column(s) in the partition schema: `city`"),
+        "{error}"
+    );
+    // CSV has no nested values: refused at start, not at the first batch.
+    let nested = stream
+        .select([col("id"), struct_(vec![col("city")]).alias("place")])
+        .unwrap();
+    let error = nested
+        .write_stream()
+        .format("csv")
+        .path(out.path())
+        .checkpoint_location(checkpoint.path())
+        .start()
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("The CSV datasource doesn't support the column `place` of the type Struct("),
+        "{error}"
+    );
     assert!(
         !out.path().join("_spark_metadata").exists(),
         "nothing written"

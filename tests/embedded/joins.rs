@@ -971,3 +971,48 @@ async fn a_deduplication_over_a_join_keeps_each_impressions_first_click_across_a
         assert_eq!(resumed.outputs, straight.outputs, "restarted after {cut}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_keys_pairs_are_each_emitted_once_when_gathered_in_chunks() {
+    // 400 impressions and 400 clicks of one ad in one batch: 160,000 pairs, more than one
+    // chunk of candidate pairs; a left semi join emits each impression once all the same.
+    for (how, expected) in [(JoinType::Inner, 160_000), (JoinType::LeftSemi, 400)] {
+        let session = StreamSession::new();
+        let impressions = Arc::new(MemoryStream::new("impressions", impressions_schema()));
+        let clicks = Arc::new(MemoryStream::new("clicks", clicks_schema()));
+        let joined = guide_join(how)(
+            session.stream(impressions.clone()).unwrap(),
+            session.stream(clicks.clone()).unwrap(),
+        )
+        .unwrap();
+        let query = joined
+            .write_stream()
+            .memory()
+            .query_name("pairs")
+            .start()
+            .await
+            .unwrap();
+        impressions
+            .add_batch(rows(impressions_schema(), &vec![(1, "12:00"); 400]))
+            .unwrap();
+        clicks
+            .add_batch(rows(clicks_schema(), &vec![(1, "12:30"); 400]))
+            .unwrap();
+        query.process_all_available().await.unwrap();
+        query.stop().await.unwrap();
+        let counted = session
+            .sql("SELECT count(*) AS n FROM pairs")
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        let n = counted[0]
+            .column(0)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .unwrap()
+            .value(0);
+        assert_eq!(n, expected, "{how}");
+    }
+}

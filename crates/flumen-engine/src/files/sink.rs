@@ -86,6 +86,26 @@ impl StreamSink for FileSink {
             )));
         }
         let columns: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+        let partition_by = &self.target.partition_by;
+        if let Some(twice) = partition_by
+            .iter()
+            .enumerate()
+            .find_map(|(i, c)| partition_by[..i].contains(c).then_some(c))
+        {
+            return Err(FlumenError::invalid_option(
+                "partitionBy",
+                format!("Found duplicate column(s) in the partition schema: `{twice}`"),
+            ));
+        }
+        if matches!(self.target.write.format(), FileFormat::Csv)
+            && let Some(nested) = schema.fields().iter().find(|f| f.data_type().is_nested())
+        {
+            return Err(FlumenError::Unsupported(format!(
+                "The CSV datasource doesn't support the column `{}` of the type {}; write it as text with to_json(..), or use the json or parquet format",
+                nested.name(),
+                nested.data_type()
+            )));
+        }
         for column in &self.target.partition_by {
             if !columns.contains(&column.as_str()) {
                 return Err(FlumenError::invalid_option(

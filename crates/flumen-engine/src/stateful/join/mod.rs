@@ -54,6 +54,9 @@ use super::{
 use crate::error::{FlumenError, Result};
 use crate::progress::StateOperatorProgress;
 
+/// At most this many candidate pairs (rows with equal keys) are gathered at once.
+const MAX_CANDIDATE_PAIRS: usize = 65_536;
+
 /// Spark's name for the operator in progress reports.
 pub(crate) const OPERATOR_NAME: &str = "symmetricHashJoin";
 
@@ -511,29 +514,41 @@ impl Core {
         let left = state.left.keyed(left, &self.converter)?;
         let right = state.right.keyed(right, &self.converter)?;
 
-        // New left rows with the buffered right rows.
-        let (positions, seqs) = state.right.candidates(&left);
-        let buffered = state.right.gather(&seqs)?;
-        let left_columns = take(left.batch.columns(), &positions)?;
-        let mask = self.condition(&left_columns, &buffered.columns, positions.len())?;
-        let pairs = selected(mask.as_ref(), positions.len());
+        // New left rows with the buffered right rows, a chunk of candidate pairs at a time
+        // (a busy key would otherwise gather every pair at once).
         let mut left_matched = vec![false; left.batch.num_rows()];
-        for &p in &pairs {
-            left_matched[positions[p as usize] as usize] = true;
+        let mut right_matched_seqs = Vec::new();
+        let mut start = 0;
+        while start < left.batch.num_rows() {
+            let (positions, seqs, next) = state.right.candidates(&left, start, MAX_CANDIDATE_PAIRS);
+            start = next;
+            if positions.is_empty() {
+                continue;
+            }
+            let buffered = state.right.gather(&seqs)?;
+            let left_columns = take(left.batch.columns(), &positions)?;
+            let mask = self.condition(&left_columns, &buffered.columns, positions.len())?;
+            let pairs = selected(mask.as_ref(), positions.len());
+            for &p in &pairs {
+                left_matched[positions[p as usize] as usize] = true;
+            }
+            if !self.semi() {
+                let mut columns = take(&left_columns, &pairs)?;
+                columns.extend(take(&buffered.columns, &pairs)?);
+                out.push(columns, pairs.len())?;
+            }
+            if self.preserves_right() {
+                right_matched_seqs.extend(pairs.iter().map(|&p| seqs[p as usize]));
+            }
         }
         if self.semi() {
             let first: Vec<u32> = (0..left_matched.len() as u32)
                 .filter(|&i| left_matched[i as usize])
                 .collect();
             out.push(take(left.batch.columns(), &first)?, first.len())?;
-        } else {
-            let mut columns = take(&left_columns, &pairs)?;
-            columns.extend(take(&buffered.columns, &pairs)?);
-            out.push(columns, pairs.len())?;
         }
         if self.preserves_right() {
-            let matched: Vec<u64> = pairs.iter().map(|&p| seqs[p as usize]).collect();
-            state.right.set_matched(&matched)?;
+            state.right.set_matched(&right_matched_seqs)?;
         }
         // Buffer the new left rows (a semi join's matched rows are done).
         let left = if self.semi() && left_matched.iter().any(|m| *m) {
@@ -553,36 +568,46 @@ impl Core {
         state.left.append(&left, left_matched)?;
 
         // New right rows with the buffered left rows (the new ones included).
-        let (positions, seqs) = state.left.candidates(&right);
-        let buffered = state.left.gather(&seqs)?;
-        let right_columns = take(right.batch.columns(), &positions)?;
-        let mask = self.condition(&buffered.columns, &right_columns, positions.len())?;
-        let pairs = selected(mask.as_ref(), positions.len());
         let mut right_matched = vec![false; right.batch.num_rows()];
-        for &p in &pairs {
-            right_matched[positions[p as usize] as usize] = true;
-        }
-        if self.semi() {
-            // Each left row once: at its first match.
-            let mut emitted = std::collections::HashSet::new();
-            let first: Vec<u32> = pairs
-                .iter()
-                .copied()
-                .filter(|&p| {
-                    let i = p as usize;
-                    !(buffered.matched.is_valid(i) && buffered.matched.value(i))
-                        && emitted.insert(seqs[i])
-                })
-                .collect();
-            out.push(take(&buffered.columns, &first)?, first.len())?;
-        } else {
-            let mut columns = take(&buffered.columns, &pairs)?;
-            columns.extend(take(&right_columns, &pairs)?);
-            out.push(columns, pairs.len())?;
+        let mut left_matched_seqs = Vec::new();
+        // A semi join emits each left row once: at its first match.
+        let mut emitted = std::collections::HashSet::new();
+        let mut start = 0;
+        while start < right.batch.num_rows() {
+            let (positions, seqs, next) = state.left.candidates(&right, start, MAX_CANDIDATE_PAIRS);
+            start = next;
+            if positions.is_empty() {
+                continue;
+            }
+            let buffered = state.left.gather(&seqs)?;
+            let right_columns = take(right.batch.columns(), &positions)?;
+            let mask = self.condition(&buffered.columns, &right_columns, positions.len())?;
+            let pairs = selected(mask.as_ref(), positions.len());
+            for &p in &pairs {
+                right_matched[positions[p as usize] as usize] = true;
+            }
+            if self.semi() {
+                let first: Vec<u32> = pairs
+                    .iter()
+                    .copied()
+                    .filter(|&p| {
+                        let i = p as usize;
+                        !(buffered.matched.is_valid(i) && buffered.matched.value(i))
+                            && emitted.insert(seqs[i])
+                    })
+                    .collect();
+                out.push(take(&buffered.columns, &first)?, first.len())?;
+            } else {
+                let mut columns = take(&buffered.columns, &pairs)?;
+                columns.extend(take(&right_columns, &pairs)?);
+                out.push(columns, pairs.len())?;
+            }
+            if self.preserves_left() || self.semi() {
+                left_matched_seqs.extend(pairs.iter().map(|&p| seqs[p as usize]));
+            }
         }
         if self.preserves_left() || self.semi() {
-            let matched: Vec<u64> = pairs.iter().map(|&p| seqs[p as usize]).collect();
-            state.left.set_matched(&matched)?;
+            state.left.set_matched(&left_matched_seqs)?;
         }
         let (right, right_matched) = if self.preserves_right() {
             (right, right_matched)

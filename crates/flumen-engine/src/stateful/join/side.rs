@@ -121,24 +121,32 @@ impl SideState {
         })
     }
 
-    /// The pairs (row of `probe`, buffered row) with equal join keys: positions in `probe` and
-    /// sequence numbers here.
-    pub fn candidates(&self, probe: &Keyed) -> (Vec<u32>, Vec<u64>) {
+    /// The pairs (row of `probe`, buffered row) with equal join keys, for the probe rows from
+    /// `start` until at least `max_pairs` pairs are found: positions in `probe`, sequence
+    /// numbers here, and the probe row to continue from.
+    pub fn candidates(
+        &self,
+        probe: &Keyed,
+        start: usize,
+        max_pairs: usize,
+    ) -> (Vec<u32>, Vec<u64>, usize) {
+        let rows = probe.batch.num_rows();
         let mut positions = Vec::new();
         let mut seqs = Vec::new();
         if self.index.is_empty() {
-            return (positions, seqs);
+            return (positions, seqs, rows);
         }
-        for row in 0..probe.batch.num_rows() {
-            if !probe.key_valid(row) {
-                continue;
-            }
-            if let Some(found) = self.index.get(probe.keys.row(row).data()) {
+        let mut row = start;
+        while row < rows && positions.len() < max_pairs {
+            if probe.key_valid(row)
+                && let Some(found) = self.index.get(probe.keys.row(row).data())
+            {
                 positions.extend(std::iter::repeat_n(row as u32, found.len()));
                 seqs.extend_from_slice(found);
             }
+            row += 1;
         }
-        (positions, seqs)
+        (positions, seqs, row)
     }
 
     fn locate(&self, seqs: &[u64]) -> Result<Vec<Loc>> {
