@@ -151,7 +151,26 @@ async fn run(
     checkpoint: &Path,
     outputs: Outputs,
 ) -> flumen::Result<Run> {
-    let session = StreamSession::new();
+    run_in(
+        StreamSession::new(),
+        build,
+        steps,
+        already_fed,
+        checkpoint,
+        outputs,
+    )
+    .await
+}
+
+/// [`run`] in `session`.
+async fn run_in(
+    session: StreamSession,
+    build: &Build,
+    steps: &[Step],
+    already_fed: usize,
+    checkpoint: &Path,
+    outputs: Outputs,
+) -> flumen::Result<Run> {
     let impressions = Arc::new(MemoryStream::new("impressions", impressions_schema()));
     let clicks = Arc::new(MemoryStream::new("clicks", clicks_schema()));
     let feed = |step: &Step| -> flumen::Result<()> {
@@ -1015,4 +1034,108 @@ async fn a_busy_keys_pairs_are_each_emitted_once_when_gathered_in_chunks() {
             .value(0);
         assert_eq!(n, expected, "{how}");
     }
+}
+
+fn session_with_partitions(partitions: usize) -> StreamSession {
+    use flumen::datafusion::prelude::SessionConfig;
+    StreamSession::with_config(SessionConfig::new().with_target_partitions(partitions))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn join_state_split_into_key_partitions_gives_the_same_rows_in_every_join_type() {
+    for how in [
+        JoinType::Inner,
+        JoinType::Left,
+        JoinType::Right,
+        JoinType::Full,
+        JoinType::LeftSemi,
+    ] {
+        let build = guide_join(how);
+        let one = temp_dir();
+        let single = run_in(
+            session_with_partitions(1),
+            &build,
+            GUIDE,
+            0,
+            one.path(),
+            fresh(),
+        )
+        .await
+        .unwrap();
+        let four = temp_dir();
+        let split = run_in(
+            session_with_partitions(4),
+            &build,
+            GUIDE,
+            0,
+            four.path(),
+            fresh(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(split.outputs, single.outputs, "{how}");
+        let state = &split.progress.last().unwrap().state_operators[0];
+        assert_eq!(state.num_shuffle_partitions, 4, "{how}");
+        assert_eq!(state.num_state_store_instances, 8, "{how}");
+        assert_eq!(
+            state.num_rows_total,
+            single.progress.last().unwrap().state_operators[0].num_rows_total,
+            "{how}"
+        );
+        for partition in 0..4 {
+            for side in ["left", "right"] {
+                assert!(
+                    four.path()
+                        .join(format!("state/0/{partition}/{side}/1.delta"))
+                        .exists(),
+                    "{how}: partition {partition} {side}"
+                );
+            }
+        }
+    }
+}
+
+/// A checkpoint written when join state was one partition: its offset logs record the
+/// session's partition count (here 2) but the join kept everything in `state/0/0/`. Made here
+/// from a one-partition checkpoint whose logs are edited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_checkpoint_from_before_partitioned_join_state_resumes_with_one_partition() {
+    let build = guide_join(JoinType::Full);
+    let straight = straight(&build).await;
+    let checkpoint = temp_dir();
+    let outputs = fresh();
+    run_in(
+        session_with_partitions(1),
+        &build,
+        &GUIDE[..3],
+        0,
+        checkpoint.path(),
+        Arc::clone(&outputs),
+    )
+    .await
+    .unwrap();
+    for entry in std::fs::read_dir(checkpoint.path().join("offsets")).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let edited = text.replace(
+            "\"flumen.state.partitions\":\"1\"",
+            "\"flumen.state.partitions\":\"2\"",
+        );
+        assert_ne!(edited, text, "{}", path.display());
+        std::fs::write(&path, edited).unwrap();
+    }
+    let resumed = run_in(
+        session_with_partitions(2),
+        &build,
+        GUIDE,
+        3,
+        checkpoint.path(),
+        outputs,
+    )
+    .await
+    .unwrap();
+    assert_eq!(resumed.outputs, straight.outputs);
+    let state = &resumed.progress.last().unwrap().state_operators[0];
+    assert_eq!(state.num_shuffle_partitions, 1);
+    assert!(!checkpoint.path().join("state/0/1").exists());
 }

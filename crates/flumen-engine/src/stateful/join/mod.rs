@@ -9,8 +9,12 @@
 //! never matched, null-extended, at that moment. A left semi join emits a left row once, at its
 //! first match.
 //!
-//! The state of both sides is one key partition (`state/<op>/0/left`, `.../right`), written to
-//! the checkpoint each batch and restored on restart.
+//! The state is split into key partitions, as other operators' (`state/<op>/<p>/left` and
+//! `.../right`): each batch routes both sides' rows to the partition of their join key (rows
+//! whose key has a null, which match nothing, go to the first), and the partitions join in
+//! parallel once a batch is big enough. The state is written to the checkpoint each batch and
+//! restored on restart; a checkpoint written when join state was one partition (only
+//! `state/<op>/0/`) resumes with one.
 
 pub(crate) mod condition;
 mod side;
@@ -23,6 +27,7 @@ use std::time::Instant;
 use datafusion::arrow::array::{
     Array, ArrayRef, BooleanArray, RecordBatch, RecordBatchOptions, UInt32Array, new_null_array,
 };
+use datafusion::arrow::buffer::NullBuffer;
 use datafusion::arrow::compute::{concat_batches, prep_null_mask_filter};
 use datafusion::arrow::datatypes::{Field, Schema, SchemaRef};
 use datafusion::arrow::row::{RowConverter, SortField};
@@ -45,6 +50,7 @@ use futures::{StreamExt, TryStreamExt};
 use self::condition::{EventTime, StateWatermarks, event_time_of, state_watermarks};
 use self::side::{Gathered, Keyed, SideState};
 use super::late::LateRows;
+use super::partitions::{for_each_partition, partition_of};
 use super::watermark::WatermarkExec;
 use super::windows::as_window_expr;
 use super::{
@@ -68,11 +74,46 @@ struct SideMetrics {
     removed: u64,
 }
 
-/// Both sides' state and the batch's watermarks (`watermark_ms` evicts, `late_events_ms`
-/// drops late input rows).
-struct JoinState {
+/// One key partition's buffered rows of both sides.
+struct Sides {
     left: SideState,
     right: SideState,
+}
+
+impl Sides {
+    fn new(core: &Core) -> Result<Self> {
+        Ok(Self {
+            left: SideState::new(Arc::clone(&core.left_schema), core.left_keys.clone())?,
+            right: SideState::new(Arc::clone(&core.right_schema), core.right_keys.clone())?,
+        })
+    }
+}
+
+impl JoinState {
+    /// (rows, bytes) held by the left and the right side over all partitions.
+    fn totals(&self) -> ((usize, usize), (usize, usize)) {
+        self.sides.iter().fold(((0, 0), (0, 0)), |(l, r), s| {
+            (
+                (l.0 + s.left.len(), l.1 + s.left.memory_bytes()),
+                (r.0 + s.right.len(), r.1 + s.right.memory_bytes()),
+            )
+        })
+    }
+}
+
+/// What one key partition made of a batch.
+struct PartitionOutput {
+    batches: Vec<RecordBatch>,
+    left: SideMetrics,
+    right: SideMetrics,
+    updates: std::time::Duration,
+    removals: std::time::Duration,
+}
+
+/// Both sides' state per key partition and the batch's watermarks (`watermark_ms` evicts,
+/// `late_events_ms` drops late input rows).
+struct JoinState {
+    sides: Vec<Sides>,
     watermark_ms: i64,
     late_events_ms: i64,
     evicted_at_ms: i64,
@@ -268,8 +309,7 @@ impl StreamingJoinExec {
         }
         let input_schema = Arc::new(Schema::new(fields));
         let state = JoinState {
-            left: SideState::new(Arc::clone(&left_schema), left_keys.clone())?,
-            right: SideState::new(Arc::clone(&right_schema), right_keys.clone())?,
+            sides: Vec::new(),
             watermark_ms: 0,
             late_events_ms: 0,
             evicted_at_ms: i64::MIN,
@@ -299,6 +339,8 @@ impl StreamingJoinExec {
             late: LateRows::default(),
             unbounded,
         };
+        let first = Sides::new(&core)?;
+        core.lock()?.sides = vec![first];
         let properties = single_partition_properties(join.properties());
         Ok(Arc::new(Self {
             core: Arc::new(core),
@@ -492,27 +534,122 @@ impl Core {
     ) -> Result<RecordBatch> {
         let mut guard = self.lock()?;
         let state = &mut *guard;
-        let started = Instant::now();
         let watermark_us = state.watermark_ms.saturating_mul(1000);
         let late_us = state.late_events_ms.saturating_mul(1000);
         let left = concat_batches(&self.left_schema, &left)?;
         let right = concat_batches(&self.right_schema, &right)?;
         let (left, left_dropped) = self.drop_late(left, self.left_time, late_us)?;
         let (right, right_dropped) = self.drop_late(right, self.right_time, late_us)?;
-        state.left_metrics = SideMetrics {
+        // The watermark moved since the last eviction: every partition evicts.
+        let evict_all = state.watermark_ms > state.evicted_at_ms;
+        let partitions = state.sides.len();
+        let work = left.num_rows()
+            + right.num_rows()
+            + state
+                .sides
+                .iter()
+                .map(|s| s.left.len() + s.right.len())
+                .sum::<usize>();
+        let inputs: Vec<(RecordBatch, RecordBatch)> = if partitions <= 1 {
+            vec![(left, right)]
+        } else {
+            self.route(left, &self.left_keys, partitions)?
+                .into_iter()
+                .zip(self.route(right, &self.right_keys, partitions)?)
+                .collect()
+        };
+        let outputs = for_each_partition(&mut state.sides, inputs, work, |sides, (l, r)| {
+            self.process_partition(sides, l, r, watermark_us, evict_all)
+        })?;
+        let mut left_metrics = SideMetrics {
             dropped_by_watermark: left_dropped,
             ..Default::default()
         };
-        state.right_metrics = SideMetrics {
+        let mut right_metrics = SideMetrics {
             dropped_by_watermark: right_dropped,
             ..Default::default()
         };
+        let (mut updates, mut removals) = (std::time::Duration::ZERO, std::time::Duration::ZERO);
+        let mut batches = Vec::new();
+        for output in outputs {
+            batches.extend(output.batches);
+            left_metrics.appended += output.left.appended;
+            left_metrics.removed += output.left.removed;
+            right_metrics.appended += output.right.appended;
+            right_metrics.removed += output.right.removed;
+            updates += output.updates;
+            removals += output.removals;
+        }
+        state.left_metrics = left_metrics;
+        state.right_metrics = right_metrics;
+        state.updates_ms = updates.as_millis() as u64;
+        state.removals_ms = removals.as_millis() as u64;
+        if evict_all {
+            state.evicted_at_ms = state.watermark_ms;
+        }
+        self.account(state, ctx)?;
+
+        let batch = concat_batches(&self.join_schema, &batches)?;
+        Ok(match &self.projection {
+            Some(p) => batch.project(p)?,
+            None => batch,
+        })
+    }
+
+    /// `batch` (rows of one side, joined on `keys`) split by key partition; rows whose key
+    /// has a null go to the first partition.
+    fn route(
+        &self,
+        batch: RecordBatch,
+        keys: &[Arc<dyn PhysicalExpr>],
+        partitions: usize,
+    ) -> Result<Vec<RecordBatch>> {
+        let columns = keys
+            .iter()
+            .map(|e| evaluate(e, &batch))
+            .collect::<datafusion::error::Result<Vec<ArrayRef>>>()?;
+        let rows = self.converter.convert_columns(&columns)?;
+        let nulls = columns.iter().fold(None, |acc: Option<NullBuffer>, c| {
+            NullBuffer::union(acc.as_ref(), c.logical_nulls().as_ref())
+        });
+        let mut routed = vec![Vec::new(); partitions];
+        for (row, key) in rows.iter().enumerate() {
+            let partition = match &nulls {
+                Some(n) if n.is_null(row) => 0,
+                _ => partition_of(key.data(), partitions),
+            };
+            routed[partition].push(row as u32);
+        }
+        routed
+            .into_iter()
+            .map(|positions| {
+                Ok(datafusion::arrow::compute::take_record_batch(
+                    &batch,
+                    &UInt32Array::from(positions),
+                )?)
+            })
+            .collect()
+    }
+
+    /// One key partition's part of a batch: its new rows of both sides joined with its
+    /// buffered rows, then its eviction (`evict_all`: the watermark moved).
+    fn process_partition(
+        &self,
+        sides: &mut Sides,
+        left: RecordBatch,
+        right: RecordBatch,
+        watermark_us: i64,
+        evict_all: bool,
+    ) -> Result<PartitionOutput> {
+        let started = Instant::now();
+        let mut left_metrics = SideMetrics::default();
+        let mut right_metrics = SideMetrics::default();
         let mut out = Output {
             schema: Arc::clone(&self.join_schema),
             batches: Vec::new(),
         };
-        let left = state.left.keyed(left, &self.converter)?;
-        let right = state.right.keyed(right, &self.converter)?;
+        let left = sides.left.keyed(left, &self.converter)?;
+        let right = sides.right.keyed(right, &self.converter)?;
 
         // New left rows with the buffered right rows, a chunk of candidate pairs at a time
         // (a busy key would otherwise gather every pair at once).
@@ -520,12 +657,12 @@ impl Core {
         let mut right_matched_seqs = Vec::new();
         let mut start = 0;
         while start < left.batch.num_rows() {
-            let (positions, seqs, next) = state.right.candidates(&left, start, MAX_CANDIDATE_PAIRS);
+            let (positions, seqs, next) = sides.right.candidates(&left, start, MAX_CANDIDATE_PAIRS);
             start = next;
             if positions.is_empty() {
                 continue;
             }
-            let buffered = state.right.gather(&seqs)?;
+            let buffered = sides.right.gather(&seqs)?;
             let left_columns = take(left.batch.columns(), &positions)?;
             let mask = self.condition(&left_columns, &buffered.columns, positions.len())?;
             let pairs = selected(mask.as_ref(), positions.len());
@@ -548,24 +685,24 @@ impl Core {
             out.push(take(left.batch.columns(), &first)?, first.len())?;
         }
         if self.preserves_right() {
-            state.right.set_matched(&right_matched_seqs)?;
+            sides.right.set_matched(&right_matched_seqs)?;
         }
         // Buffer the new left rows (a semi join's matched rows are done).
         let left = if self.semi() && left_matched.iter().any(|m| *m) {
             let keep: BooleanArray = left_matched.iter().map(|m| Some(!m)).collect();
             left_matched.retain(|m| !m);
             let kept = datafusion::arrow::compute::filter_record_batch(&left.batch, &keep)?;
-            state.left.keyed(kept, &self.converter)?
+            sides.left.keyed(kept, &self.converter)?
         } else {
             left
         };
         let (left, left_matched) = if self.preserves_left() {
             (left, left_matched)
         } else {
-            without_null_keys(&state.left, left, left_matched, &self.converter)?
+            without_null_keys(&sides.left, left, left_matched, &self.converter)?
         };
-        state.left_metrics.appended = left.batch.num_rows() as u64;
-        state.left.append(&left, left_matched)?;
+        left_metrics.appended = left.batch.num_rows() as u64;
+        sides.left.append(&left, left_matched)?;
 
         // New right rows with the buffered left rows (the new ones included).
         let mut right_matched = vec![false; right.batch.num_rows()];
@@ -574,12 +711,12 @@ impl Core {
         let mut emitted = std::collections::HashSet::new();
         let mut start = 0;
         while start < right.batch.num_rows() {
-            let (positions, seqs, next) = state.left.candidates(&right, start, MAX_CANDIDATE_PAIRS);
+            let (positions, seqs, next) = sides.left.candidates(&right, start, MAX_CANDIDATE_PAIRS);
             start = next;
             if positions.is_empty() {
                 continue;
             }
-            let buffered = state.left.gather(&seqs)?;
+            let buffered = sides.left.gather(&seqs)?;
             let right_columns = take(right.batch.columns(), &positions)?;
             let mask = self.condition(&buffered.columns, &right_columns, positions.len())?;
             let pairs = selected(mask.as_ref(), positions.len());
@@ -607,14 +744,14 @@ impl Core {
             }
         }
         if self.preserves_left() || self.semi() {
-            state.left.set_matched(&left_matched_seqs)?;
+            sides.left.set_matched(&left_matched_seqs)?;
         }
         let (right, right_matched) = if self.preserves_right() {
             (right, right_matched)
         } else {
-            without_null_keys(&state.right, right, right_matched, &self.converter)?
+            without_null_keys(&sides.right, right, right_matched, &self.converter)?
         };
-        state.right_metrics.appended = right.batch.num_rows() as u64;
+        right_metrics.appended = right.batch.num_rows() as u64;
         let new_right_expire = match self.state_watermarks.right {
             Some((time, offset)) => {
                 SideState::any_below(&right.batch, time, watermark_us.saturating_add(offset))?
@@ -627,19 +764,19 @@ impl Core {
             }
             None => false,
         };
-        state.right.append(&right, right_matched)?;
-        state.updates_ms = started.elapsed().as_millis() as u64;
+        sides.right.append(&right, right_matched)?;
+        let updates = started.elapsed();
 
         // Evict what no future row can match; outer rows that never matched are emitted.
         let removal = Instant::now();
-        let due = state.watermark_ms > state.evicted_at_ms || new_left_expire || new_right_expire;
+        let due = evict_all || new_left_expire || new_right_expire;
         if due {
             if let Some((time, offset)) = self.state_watermarks.left {
                 let gone =
-                    state
+                    sides
                         .left
                         .evict(time, watermark_us.saturating_add(offset), &self.converter)?;
-                state.left_metrics.removed = gone.matched.len() as u64;
+                left_metrics.removed = gone.matched.len() as u64;
                 if self.preserves_left() {
                     let unmatched = unmatched(&gone);
                     let mut columns = take(&gone.columns, &unmatched)?;
@@ -648,12 +785,12 @@ impl Core {
                 }
             }
             if let Some((time, offset)) = self.state_watermarks.right {
-                let gone = state.right.evict(
+                let gone = sides.right.evict(
                     time,
                     watermark_us.saturating_add(offset),
                     &self.converter,
                 )?;
-                state.right_metrics.removed = gone.matched.len() as u64;
+                right_metrics.removed = gone.matched.len() as u64;
                 if self.preserves_right() {
                     let unmatched = unmatched(&gone);
                     let mut columns = nulls(&self.left_schema, unmatched.len());
@@ -661,26 +798,28 @@ impl Core {
                     out.push(columns, unmatched.len())?;
                 }
             }
-            state.evicted_at_ms = state.watermark_ms;
         }
-        state.removals_ms = removal.elapsed().as_millis() as u64;
-        self.account(state, ctx)?;
-
-        let batch = concat_batches(&self.join_schema, &out.batches)?;
-        Ok(match &self.projection {
-            Some(p) => batch.project(p)?,
-            None => batch,
+        Ok(PartitionOutput {
+            batches: out.batches,
+            left: left_metrics,
+            right: right_metrics,
+            updates,
+            removals: removal.elapsed(),
         })
     }
 
-    /// Charges both sides' state to the session's memory pool.
+    /// Charges both sides' state, every partition's, to the session's memory pool.
     fn account(&self, state: &mut JoinState, ctx: &TaskContext) -> Result<()> {
-        let bytes = state.left.memory_bytes() + state.right.memory_bytes();
-        let rows = state.left.len() + state.right.len();
-        state
-            .left
-            .store_mut()
-            .reserve(ctx, "stream-stream join", bytes, rows)
+        let (left, right) = state.totals();
+        let bytes = left.1 + right.1;
+        let rows = left.0 + right.0;
+        match state.sides.first_mut() {
+            Some(first) => first
+                .left
+                .store_mut()
+                .reserve(ctx, "stream-stream join", bytes, rows),
+            None => Ok(()),
+        }
     }
 
     fn progress(&self) -> StateOperatorProgress {
@@ -688,14 +827,14 @@ impl Core {
             return StateOperatorProgress::default();
         };
         let (l, r) = (&state.left_metrics, &state.right_metrics);
-        let (left_bytes, right_bytes) = (
-            state.left.memory_bytes() as u64,
-            state.right.memory_bytes() as u64,
-        );
+        let ((left_rows, left_bytes), (right_rows, right_bytes)) = state.totals();
+        let (left_rows, left_bytes) = (left_rows as u64, left_bytes as u64);
+        let (right_rows, right_bytes) = (right_rows as u64, right_bytes as u64);
+        let partitions = state.sides.len().max(1) as u64;
         let mut custom = std::collections::BTreeMap::new();
         for (side, rows, bytes, m) in [
-            ("left", state.left.len() as u64, left_bytes, l),
-            ("right", state.right.len() as u64, right_bytes, r),
+            ("left", left_rows, left_bytes, l),
+            ("right", right_rows, right_bytes, r),
         ] {
             custom.insert(format!("{side}.numRowsTotal"), rows);
             custom.insert(format!("{side}.memoryUsedBytes"), bytes);
@@ -708,7 +847,7 @@ impl Core {
         custom.insert("stateOnCurrentVersionSizeBytes".into(), state.written_bytes);
         StateOperatorProgress {
             operator_name: OPERATOR_NAME.into(),
-            num_rows_total: (state.left.len() + state.right.len()) as u64,
+            num_rows_total: left_rows + right_rows,
             num_rows_updated: l.appended + r.appended,
             all_updates_time_ms: state.updates_ms,
             num_rows_removed: l.removed + r.removed,
@@ -716,8 +855,8 @@ impl Core {
             commit_time_ms: state.commit_ms,
             memory_used_bytes: left_bytes + right_bytes,
             num_rows_dropped_by_watermark: l.dropped_by_watermark + r.dropped_by_watermark,
-            num_shuffle_partitions: 1,
-            num_state_store_instances: 2,
+            num_shuffle_partitions: partitions,
+            num_state_store_instances: 2 * partitions,
             custom_metrics: custom,
             warnings: self.unbounded.iter().cloned().collect(),
         }
@@ -791,33 +930,52 @@ fn without_null_keys(
 struct JoinHandle(Arc<Core>);
 
 impl JoinHandle {
-    fn side_dirs(dirs: &[PathBuf]) -> Result<(PathBuf, PathBuf)> {
-        let dir = dirs.first().ok_or_else(|| {
-            FlumenError::IllegalState(
-                "no state directory for the join; this is a bug in Flumen, please report it".into(),
-            )
-        })?;
-        Ok((dir.join("left"), dir.join("right")))
+    /// The `left` and `right` directories of the partitions in `dirs` (the first
+    /// `partitions` of them).
+    fn side_dirs(dirs: &[PathBuf], partitions: usize) -> Result<Vec<(PathBuf, PathBuf)>> {
+        if dirs.len() < partitions {
+            return Err(FlumenError::IllegalState(format!(
+                "{partitions} join state partitions but {} state directories; this is a bug in Flumen, please report it",
+                dirs.len()
+            )));
+        }
+        Ok(dirs[..partitions]
+            .iter()
+            .map(|d| (d.join("left"), d.join("right")))
+            .collect())
     }
 }
 
 impl StatefulOperator for JoinHandle {
-    fn set_partitions(&self, _partitions: usize) -> Result<()> {
-        // One key partition whatever the count (see the module docs): empty the state.
+    fn set_partitions(&self, partitions: usize) -> Result<()> {
         let core = &self.0;
-        let mut state = core.lock()?;
-        state.left = SideState::new(Arc::clone(&core.left_schema), core.left_keys.clone())?;
-        state.right = SideState::new(Arc::clone(&core.right_schema), core.right_keys.clone())?;
+        let sides = (0..partitions.max(1))
+            .map(|_| Sides::new(core))
+            .collect::<Result<Vec<_>>>()?;
+        core.lock()?.sides = sides;
         Ok(())
     }
 
     fn restore(&self, dirs: &[PathBuf], version: u64) -> Result<()> {
-        let (left_dir, right_dir) = Self::side_dirs(dirs)?;
-        let mut state = self.0.lock()?;
-        state.left.restore(&left_dir, version, &self.0.converter)?;
-        state
-            .right
-            .restore(&right_dir, version, &self.0.converter)?;
+        let core = &self.0;
+        let mut state = core.lock()?;
+        // Join state was one partition before it was key-partitioned: such a checkpoint
+        // holds `0/left` only, and resumes with one partition.
+        if version > 0
+            && state.sides.len() > 1
+            && dirs.get(1).is_some_and(|d| !d.join("left").exists())
+        {
+            tracing::info!(
+                "this checkpoint's join state is one partition (written before join state was key-partitioned); it resumes with one"
+            );
+            state.sides = vec![Sides::new(core)?];
+        }
+        let partitions = state.sides.len();
+        let dirs = Self::side_dirs(dirs, partitions)?;
+        for (sides, (left_dir, right_dir)) in state.sides.iter_mut().zip(&dirs) {
+            sides.left.restore(left_dir, version, &core.converter)?;
+            sides.right.restore(right_dir, version, &core.converter)?;
+        }
         state.evicted_at_ms = i64::MIN;
         Ok(())
     }
@@ -846,19 +1004,22 @@ impl StatefulOperator for JoinHandle {
     }
 
     fn commit(&self, dirs: &[PathBuf], version: u64) -> Result<()> {
-        let (left_dir, right_dir) = Self::side_dirs(dirs)?;
         let mut state = self.0.lock()?;
+        let dirs = Self::side_dirs(dirs, state.sides.len())?;
         let started = Instant::now();
-        let written =
-            state.left.commit(&left_dir, version)? + state.right.commit(&right_dir, version)?;
+        // The partitions in parallel: their fsyncs overlap.
+        let written = for_each_partition(&mut state.sides, dirs, usize::MAX, |sides, dirs| {
+            Ok(sides.left.commit(&dirs.0, version)? + sides.right.commit(&dirs.1, version)?)
+        })?;
         state.commit_ms = started.elapsed().as_millis() as u64;
-        state.written_bytes = written;
+        state.written_bytes = written.iter().sum();
         Ok(())
     }
 
     fn store_dirs(&self, dirs: &[PathBuf]) -> Vec<PathBuf> {
-        Self::side_dirs(dirs)
-            .map(|(l, r)| vec![l, r])
+        let partitions = self.0.state.lock().map_or(1, |s| s.sides.len());
+        Self::side_dirs(dirs, partitions)
+            .map(|d| d.into_iter().flat_map(|(l, r)| [l, r]).collect())
             .unwrap_or_default()
     }
 
