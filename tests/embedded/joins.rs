@@ -1092,6 +1092,8 @@ async fn join_state_split_into_key_partitions_gives_the_same_rows_in_every_join_
                 );
             }
         }
+        // The mark that tells this state from one written before joins were partitioned.
+        assert!(four.path().join("state/0/0/partitioned").exists(), "{how}");
     }
 }
 
@@ -1138,4 +1140,39 @@ async fn a_join_checkpoint_from_before_partitioned_join_state_resumes_with_one_p
     let state = &resumed.progress.last().unwrap().state_operators[0];
     assert_eq!(state.num_shuffle_partitions, 1);
     assert!(!checkpoint.path().join("state/0/1").exists());
+    assert!(!checkpoint.path().join("state/0/0/partitioned").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_checkpoint_missing_some_partitions_state_is_refused_not_half_restored() {
+    let build = guide_join(JoinType::Inner);
+    let checkpoint = temp_dir();
+    run_in(
+        session_with_partitions(2),
+        &build,
+        &GUIDE[..2],
+        0,
+        checkpoint.path(),
+        fresh(),
+    )
+    .await
+    .unwrap();
+    std::fs::remove_dir_all(checkpoint.path().join("state/0/1/left")).unwrap();
+    let error = run_in(
+        session_with_partitions(2),
+        &build,
+        GUIDE,
+        2,
+        checkpoint.path(),
+        fresh(),
+    )
+    .await
+    .err()
+    .expect("a half-present join state is refused")
+    .to_string();
+    assert!(
+        error.contains("holds the join state of some key partitions but not of")
+            && error.contains("state/0/1/left"),
+        "{error}"
+    );
 }

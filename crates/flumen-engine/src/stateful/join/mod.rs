@@ -20,7 +20,7 @@ pub(crate) mod condition;
 mod side;
 
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -655,8 +655,8 @@ impl Core {
         // (a busy key would otherwise gather every pair at once).
         let mut left_matched = vec![false; left.batch.num_rows()];
         let mut right_matched_seqs = Vec::new();
-        let mut start = 0;
-        while start < left.batch.num_rows() {
+        let mut start = (0, 0);
+        while start.0 < left.batch.num_rows() {
             let (positions, seqs, next) = sides.right.candidates(&left, start, MAX_CANDIDATE_PAIRS);
             start = next;
             if positions.is_empty() {
@@ -709,8 +709,8 @@ impl Core {
         let mut left_matched_seqs = Vec::new();
         // A semi join emits each left row once: at its first match.
         let mut emitted = std::collections::HashSet::new();
-        let mut start = 0;
-        while start < right.batch.num_rows() {
+        let mut start = (0, 0);
+        while start.0 < right.batch.num_rows() {
             let (positions, seqs, next) = sides.left.candidates(&right, start, MAX_CANDIDATE_PAIRS);
             start = next;
             if positions.is_empty() {
@@ -946,6 +946,43 @@ impl JoinHandle {
     }
 }
 
+impl JoinHandle {
+    /// Whether a checkpoint's join state is in its first partition only (written before join
+    /// state was key-partitioned: no [`PARTITIONED_MARKER`] and nothing beyond `0/`). Fails
+    /// when some partitions are missing: restoring the others would silently lose rows.
+    fn holds_one_partition(dirs: &[PathBuf]) -> Result<bool> {
+        let exists = |path: &Path| path.try_exists().map_err(|e| FlumenError::io(path, e));
+        let Some(first) = dirs.first() else {
+            return Ok(false);
+        };
+        let marked = exists(&first.join(PARTITIONED_MARKER))?;
+        let mut missing = Vec::new();
+        for dir in dirs {
+            let left = dir.join("left");
+            if !exists(&left)? {
+                missing.push(left.display().to_string());
+            }
+        }
+        if missing.is_empty() {
+            return Ok(false);
+        }
+        if !marked && missing.len() == dirs.len() - 1 && exists(&first.join("left"))? {
+            return Ok(true);
+        }
+        Err(FlumenError::checkpoint(
+            first.parent().unwrap_or(first),
+            format!(
+                "holds the join state of some key partitions but not of {}; restore the missing directories or start a new checkpoint location",
+                missing.join(", ")
+            ),
+        ))
+    }
+}
+
+/// A file in the first partition's directory of a key-partitioned join's state (absent from
+/// checkpoints written when join state was one partition).
+const PARTITIONED_MARKER: &str = "partitioned";
+
 impl StatefulOperator for JoinHandle {
     fn set_partitions(&self, partitions: usize) -> Result<()> {
         let core = &self.0;
@@ -961,10 +998,7 @@ impl StatefulOperator for JoinHandle {
         let mut state = core.lock()?;
         // Join state was one partition before it was key-partitioned: such a checkpoint
         // holds `0/left` only, and resumes with one partition.
-        if version > 0
-            && state.sides.len() > 1
-            && dirs.get(1).is_some_and(|d| !d.join("left").exists())
-        {
+        if version > 0 && state.sides.len() > 1 && Self::holds_one_partition(dirs)? {
             tracing::info!(
                 "this checkpoint's join state is one partition (written before join state was key-partitioned); it resumes with one"
             );
@@ -1005,6 +1039,18 @@ impl StatefulOperator for JoinHandle {
 
     fn commit(&self, dirs: &[PathBuf], version: u64) -> Result<()> {
         let mut state = self.0.lock()?;
+        if state.sides.len() > 1
+            && let Some(first) = dirs.first()
+        {
+            // Before any partition's state: a restart must never take a partitioned state
+            // for one written when join state was one partition.
+            let marker = first.join(PARTITIONED_MARKER);
+            if !marker.exists() {
+                std::fs::create_dir_all(first).map_err(|e| FlumenError::io(first, e))?;
+                crate::checkpoint::write_durably(&marker, b"")
+                    .map_err(|e| FlumenError::io(&marker, e))?;
+            }
+        }
         let dirs = Self::side_dirs(dirs, state.sides.len())?;
         let started = Instant::now();
         // The partitions in parallel: their fsyncs overlap.

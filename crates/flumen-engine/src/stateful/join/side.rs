@@ -6,7 +6,7 @@
 //! each join key (Arrow row format) to the sequence numbers of its rows; it is rebuilt from the
 //! store on restore.
 
-use std::collections::{HashMap, HashSet};
+use datafusion::common::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -49,13 +49,52 @@ pub(super) struct Gathered {
     pub matched: BooleanArray,
 }
 
+/// The sequence numbers of one join key's buffered rows: most keys have one, kept inline.
+#[derive(Debug)]
+enum Seqs {
+    One(u64),
+    Many(Vec<u64>),
+}
+
+impl Seqs {
+    fn as_slice(&self) -> &[u64] {
+        match self {
+            Seqs::One(seq) => std::slice::from_ref(seq),
+            Seqs::Many(seqs) => seqs,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.as_slice().len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn push(&mut self, seq: u64) {
+        match self {
+            Seqs::One(first) => *self = Seqs::Many(vec![*first, seq]),
+            Seqs::Many(seqs) => seqs.push(seq),
+        }
+    }
+
+    fn retain(&mut self, keep: impl Fn(&u64) -> bool) {
+        match self {
+            Seqs::One(seq) if !keep(seq) => *self = Seqs::Many(Vec::new()),
+            Seqs::One(_) => {}
+            Seqs::Many(seqs) => seqs.retain(|s| keep(s)),
+        }
+    }
+}
+
 /// One side's buffered rows.
 pub(super) struct SideState {
     schema: SchemaRef,
     key_exprs: Vec<Arc<dyn PhysicalExpr>>,
     store: StateStore,
     /// Join key (row format) -> sequence numbers of the rows with that key.
-    index: HashMap<Box<[u8]>, Vec<u64>>,
+    index: HashMap<Box<[u8]>, Seqs>,
     index_bytes: usize,
     next_seq: u64,
 }
@@ -79,7 +118,7 @@ impl SideState {
             schema,
             key_exprs,
             store,
-            index: HashMap::new(),
+            index: HashMap::default(),
             index_bytes: 0,
             next_seq: 0,
         })
@@ -94,7 +133,7 @@ impl SideState {
     pub fn memory_bytes(&self) -> usize {
         self.store.memory_bytes()
             + self.index_bytes
-            + self.index.capacity() * size_of::<(Box<[u8]>, Vec<u64>)>()
+            + self.index.capacity() * size_of::<(Box<[u8]>, Seqs)>()
     }
 
     /// The store (for the memory reservation).
@@ -121,32 +160,42 @@ impl SideState {
         })
     }
 
-    /// The pairs (row of `probe`, buffered row) with equal join keys, for the probe rows from
-    /// `start` until at least `max_pairs` pairs are found: positions in `probe`, sequence
-    /// numbers here, and the probe row to continue from.
+    /// The pairs (row of `probe`, buffered row) with equal join keys, from `start` (a probe
+    /// row and how many of its matches were already handed out) until `max_pairs` pairs are
+    /// found: positions in `probe`, sequence numbers here, and where to continue.
     pub fn candidates(
         &self,
         probe: &Keyed,
-        start: usize,
+        start: (usize, usize),
         max_pairs: usize,
-    ) -> (Vec<u32>, Vec<u64>, usize) {
+    ) -> (Vec<u32>, Vec<u64>, (usize, usize)) {
         let rows = probe.batch.num_rows();
         let mut positions = Vec::new();
         let mut seqs = Vec::new();
         if self.index.is_empty() {
-            return (positions, seqs, rows);
+            return (positions, seqs, (rows, 0));
         }
-        let mut row = start;
+        let (mut row, mut skip) = start;
         while row < rows && positions.len() < max_pairs {
             if probe.key_valid(row)
                 && let Some(found) = self.index.get(probe.keys.row(row).data())
             {
-                positions.extend(std::iter::repeat_n(row as u32, found.len()));
-                seqs.extend_from_slice(found);
+                let found = found.as_slice();
+                let rest = &found[skip.min(found.len())..];
+                let room = max_pairs - positions.len();
+                if rest.len() > room {
+                    // A busy key: the rest of its matches in the next chunk.
+                    positions.extend(std::iter::repeat_n(row as u32, room));
+                    seqs.extend_from_slice(&rest[..room]);
+                    return (positions, seqs, (row, skip + room));
+                }
+                positions.extend(std::iter::repeat_n(row as u32, rest.len()));
+                seqs.extend_from_slice(rest);
             }
             row += 1;
+            skip = 0;
         }
-        (positions, seqs, row)
+        (positions, seqs, (row, 0))
     }
 
     fn locate(&self, seqs: &[u64]) -> Result<Vec<Loc>> {
@@ -213,7 +262,7 @@ impl SideState {
             }
             None => {
                 self.index_bytes += key.len() + size_of::<u64>();
-                self.index.insert(key.into(), vec![seq]);
+                self.index.insert(key.into(), Seqs::One(seq));
             }
         }
     }
@@ -276,13 +325,21 @@ impl SideState {
             .unwrap_or_else(|| UInt64Array::from(Vec::<u64>::new()));
         // Each key's list once, however many of its rows go (a busy key would otherwise be
         // scanned once per evicted row).
-        let mut gone_by_key: HashMap<&[u8], HashSet<u64>> = HashMap::new();
+        // A key with one row (the common case) goes at once.
+        let mut gone_by_key: HashMap<&[u8], HashSet<u64>> = HashMap::default();
         for row in 0..keyed.batch.num_rows() {
-            if keyed.key_valid(row) {
-                gone_by_key
-                    .entry(keyed.keys.row(row).data())
-                    .or_default()
-                    .insert(seqs.value(row));
+            if !keyed.key_valid(row) {
+                continue;
+            }
+            let key = keyed.keys.row(row).data();
+            let seq = seqs.value(row);
+            if matches!(self.index.get(key), Some(Seqs::One(only)) if *only == seq) {
+                self.index.remove(key);
+                self.index_bytes = self
+                    .index_bytes
+                    .saturating_sub(key.len() + size_of::<u64>());
+            } else {
+                gone_by_key.entry(key).or_default().insert(seq);
             }
         }
         for (key, gone) in gone_by_key {
