@@ -930,22 +930,9 @@ async fn a_deduplication_feeding_a_windowed_count_counts_each_event_once() {
         ]
     );
     let last = run.progress.last().unwrap();
-    let names: Vec<&str> = last
-        .state_operators
-        .iter()
-        .map(|s| s.operator_name.as_str())
-        .collect();
-    assert_eq!(names, ["stateStoreSave", "dedupe"]);
+    assert_eq!(operator_names(last), ["stateStoreSave", "dedupe"]);
     // donkey is dropped by the deduplication, the first operator to see it.
-    let dropped: Vec<u64> = (0..2)
-        .map(|i| {
-            run.progress
-                .iter()
-                .map(|p| p.state_operators[i].num_rows_dropped_by_watermark)
-                .sum()
-        })
-        .collect();
-    assert_eq!(dropped, [0, 1]);
+    assert_eq!(dropped_per_operator(&run.progress, 2), [0, 1]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1029,23 +1016,10 @@ async fn an_aggregation_over_an_aggregations_windows_closes_each_half_hour_once(
         vec![vec!["12:00-12:30 6"], vec!["12:30-13:00 2"]]
     );
     let last = run.progress.last().unwrap();
-    let names: Vec<&str> = last
-        .state_operators
-        .iter()
-        .map(|s| s.operator_name.as_str())
-        .collect();
-    assert_eq!(names, ["stateStoreSave", "stateStoreSave"]);
+    assert_eq!(operator_names(last), ["stateStoreSave", "stateStoreSave"]);
     // donkey is late for the 10-minute counts; no window they emit is late for the sums,
     // although each is behind the watermark that closed it.
-    let dropped: Vec<u64> = (0..2)
-        .map(|i| {
-            run.progress
-                .iter()
-                .map(|p| p.state_operators[i].num_rows_dropped_by_watermark)
-                .sum()
-        })
-        .collect();
-    assert_eq!(dropped, [0, 1]);
+    assert_eq!(dropped_per_operator(&run.progress, 2), [0, 1]);
     // Grouping by the window column itself (Spark's `window(window, ..)`) is the same query.
     let by_window = run_in(
         StreamSession::new(),

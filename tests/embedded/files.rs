@@ -1350,80 +1350,68 @@ async fn the_file_sink_refuses_other_modes_and_missing_settings_with_sparks_mess
     let stream = session.stream(input.clone()).unwrap();
     let out = temp_dir();
     let checkpoint = temp_dir();
-    let error = stream
-        .write_stream()
-        .format("json")
-        .path(out.path())
-        .checkpoint_location(checkpoint.path())
-        .output_mode(OutputMode::Update)
-        .start()
-        .await
-        .unwrap_err()
-        .to_string();
+    let error = start_error(
+        stream
+            .write_stream()
+            .format("json")
+            .path(out.path())
+            .checkpoint_location(checkpoint.path())
+            .output_mode(OutputMode::Update),
+    )
+    .await;
     assert_eq!(
         error,
         "Data source json does not support Update output mode"
     );
     let counts = stream.group_by([col("city")]).count().unwrap();
-    let error = counts
-        .write_stream()
-        .format("parquet")
-        .path(out.path())
-        .checkpoint_location(checkpoint.path())
-        .output_mode(OutputMode::Complete)
-        .start()
-        .await
-        .unwrap_err()
-        .to_string();
+    let error = start_error(
+        counts
+            .write_stream()
+            .format("parquet")
+            .path(out.path())
+            .checkpoint_location(checkpoint.path())
+            .output_mode(OutputMode::Complete),
+    )
+    .await;
     assert_eq!(
         error,
         "Data source parquet does not support Complete output mode"
     );
-    let error = stream
-        .write_stream()
-        .format("csv")
-        .path(out.path())
-        .start()
-        .await
-        .unwrap_err()
-        .to_string();
+    let error = start_error(stream.write_stream().format("csv").path(out.path())).await;
     assert!(
         error.contains("checkpointLocation must be specified"),
         "{error}"
     );
-    let error = stream
-        .write_stream()
-        .format("json")
-        .checkpoint_location(checkpoint.path())
-        .start()
-        .await
-        .unwrap_err()
-        .to_string();
+    let error = start_error(
+        stream
+            .write_stream()
+            .format("json")
+            .checkpoint_location(checkpoint.path()),
+    )
+    .await;
     assert!(error.contains("'path' is not specified"), "{error}");
-    let error = stream
-        .write_stream()
-        .format("json")
-        .path(out.path())
-        .partition_by(["country"])
-        .checkpoint_location(checkpoint.path())
-        .start()
-        .await
-        .unwrap_err()
-        .to_string();
+    let error = start_error(
+        stream
+            .write_stream()
+            .format("json")
+            .path(out.path())
+            .partition_by(["country"])
+            .checkpoint_location(checkpoint.path()),
+    )
+    .await;
     assert!(
         error.contains("Partition column `country` not found in schema (id, city)"),
         "{error}"
     );
-    let error = stream
-        .write_stream()
-        .format("json")
-        .path(out.path())
-        .partition_by(["city", "city"])
-        .checkpoint_location(checkpoint.path())
-        .start()
-        .await
-        .unwrap_err()
-        .to_string();
+    let error = start_error(
+        stream
+            .write_stream()
+            .format("json")
+            .path(out.path())
+            .partition_by(["city", "city"])
+            .checkpoint_location(checkpoint.path()),
+    )
+    .await;
     assert!(
         error.contains("Found duplicate column(s) in the partition schema: `city`"),
         "{error}"
@@ -1432,15 +1420,14 @@ async fn the_file_sink_refuses_other_modes_and_missing_settings_with_sparks_mess
     let nested = stream
         .select([col("id"), struct_(vec![col("city")]).alias("place")])
         .unwrap();
-    let error = nested
-        .write_stream()
-        .format("csv")
-        .path(out.path())
-        .checkpoint_location(checkpoint.path())
-        .start()
-        .await
-        .unwrap_err()
-        .to_string();
+    let error = start_error(
+        nested
+            .write_stream()
+            .format("csv")
+            .path(out.path())
+            .checkpoint_location(checkpoint.path()),
+    )
+    .await;
     assert!(
         error.contains("The CSV datasource doesn't support the column `place` of the type Struct("),
         "{error}"

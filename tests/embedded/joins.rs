@@ -441,12 +441,10 @@ async fn an_aggregation_over_a_join_emits_an_hour_once_the_joins_output_watermar
         ]
     );
     let last = run.progress.last().unwrap();
-    let names: Vec<&str> = last
-        .state_operators
-        .iter()
-        .map(|s| s.operator_name.as_str())
-        .collect();
-    assert_eq!(names, ["stateStoreSave", "symmetricHashJoin"]);
+    assert_eq!(
+        operator_names(last),
+        ["stateStoreSave", "symmetricHashJoin"]
+    );
     // Hours 17:00 and 21:00 wait in the aggregation's state.
     assert_eq!(last.state_operators[0].num_rows_total, 2);
     // Nothing the join emitted was late for the aggregation.
@@ -814,6 +812,33 @@ async fn a_union_of_two_streams_reads_each_from_its_own_offsets_across_a_restart
     );
 }
 
+/// Impressions left outer joined with their clicks in the same hour window (`window(..)`
+/// columns equal), each side with a 10-minute watermark; `keep_times` keeps each side's time
+/// column next to its window.
+fn hourly_window_join(keep_times: bool) -> Build {
+    Arc::new(move |impressions, clicks| {
+        let side = |frame: StreamFrame, id: &str, time: &str, window_name: &str| {
+            let mut columns = vec![col(id), window(col(time), "1 hour").alias(window_name)];
+            if keep_times {
+                columns.push(col(time));
+            }
+            frame.with_watermark(time, "10 minutes")?.select(columns)
+        };
+        let impressions = side(
+            impressions,
+            "impressionAdId",
+            "impressionTime",
+            "impressionWindow",
+        )?;
+        let clicks = side(clicks, "clickAdId", "clickTime", "clickWindow")?;
+        impressions.join_expr(
+            clicks.dataframe().clone(),
+            JoinType::Left,
+            "impressionAdId = clickAdId AND impressionWindow = clickWindow",
+        )
+    })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn left_outer_join_on_equal_event_time_windows_emits_unclicked_impressions_when_the_window_closes()
  {
@@ -822,23 +847,7 @@ async fn left_outer_join_on_equal_event_time_windows_emits_unclicked_impressions
         // Ad 2's click falls in the next hour's window: no match.
         (&[(3, "14:05")], &[(3, "14:30"), (2, "13:10")]),
     ];
-    let build: Build = Arc::new(|impressions, clicks| {
-        let impressions = impressions
-            .with_watermark("impressionTime", "10 minutes")?
-            .select([
-                col("impressionAdId"),
-                window(col("impressionTime"), "1 hour").alias("impressionWindow"),
-            ])?;
-        let clicks = clicks.with_watermark("clickTime", "10 minutes")?.select([
-            col("clickAdId"),
-            window(col("clickTime"), "1 hour").alias("clickWindow"),
-        ])?;
-        impressions.join_expr(
-            clicks.dataframe().clone(),
-            JoinType::Left,
-            "impressionAdId = clickAdId AND impressionWindow = clickWindow",
-        )
-    });
+    let build = hourly_window_join(false);
     let checkpoint = temp_dir();
     let windows_only = run(&build, HOURLY, 0, checkpoint.path(), fresh())
         .await
@@ -854,25 +863,7 @@ async fn left_outer_join_on_equal_event_time_windows_emits_unclicked_impressions
     );
     // The same join with each side's time column kept next to its window: rows are late by
     // their time, and leave the state when their window closes.
-    let keeping_times: Build = Arc::new(|impressions, clicks| {
-        let impressions = impressions
-            .with_watermark("impressionTime", "10 minutes")?
-            .select([
-                col("impressionAdId"),
-                window(col("impressionTime"), "1 hour").alias("impressionWindow"),
-                col("impressionTime"),
-            ])?;
-        let clicks = clicks.with_watermark("clickTime", "10 minutes")?.select([
-            col("clickAdId"),
-            window(col("clickTime"), "1 hour").alias("clickWindow"),
-            col("clickTime"),
-        ])?;
-        impressions.join_expr(
-            clicks.dataframe().clone(),
-            JoinType::Left,
-            "impressionAdId = clickAdId AND impressionWindow = clickWindow",
-        )
-    });
+    let keeping_times = hourly_window_join(true);
     let checkpoint = temp_dir();
     let kept = run(&keeping_times, HOURLY, 0, checkpoint.path(), fresh())
         .await

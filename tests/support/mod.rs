@@ -411,3 +411,36 @@ pub fn record_rows(
         })
     }
 }
+
+/// The error `start()` fails with for `writer` (panics when the query starts).
+pub async fn start_error(writer: flumen::DataStreamWriter) -> String {
+    match writer.start().await {
+        Ok(_) => panic!("the query started, but it should have been refused"),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// The operator names of a progress report's `stateOperators`, output side first.
+pub fn operator_names(progress: &flumen::StreamingQueryProgress) -> Vec<String> {
+    progress
+        .state_operators
+        .iter()
+        .map(|s| s.operator_name.clone())
+        .collect()
+}
+
+/// Rows each of the first `operators` stateful operators dropped as late over `progress`.
+pub fn dropped_per_operator(
+    progress: &[flumen::StreamingQueryProgress],
+    operators: usize,
+) -> Vec<u64> {
+    (0..operators)
+        .map(|i| {
+            progress
+                .iter()
+                .filter_map(|p| p.state_operators.get(i))
+                .map(|s| s.num_rows_dropped_by_watermark)
+                .sum()
+        })
+        .collect()
+}
