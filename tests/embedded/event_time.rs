@@ -935,37 +935,36 @@ async fn a_deduplication_feeding_a_windowed_count_counts_each_event_once() {
     assert_eq!(dropped_per_operator(&run.progress, 2), [0, 1]);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_chained_query_restarted_anywhere_equals_an_uninterrupted_run() {
-    let straight = run(
-        deduplicated_counts,
-        OutputMode::Append,
-        GUIDE_WITH_DUPLICATES,
-        None,
-        fresh(),
-    )
-    .await
-    .unwrap();
-    for cut in 1..GUIDE_WITH_DUPLICATES.len() {
+/// Stops `build`'s append-mode query after each prefix of `batches` and restarts it on the
+/// same checkpoint: every restart gives the uninterrupted run's batches; `state_dirs` of the
+/// checkpoint must exist at the stop.
+async fn assert_restarts_anywhere_equal_a_straight_run(
+    build: fn(StreamFrame) -> flumen::Result<StreamFrame>,
+    batches: &[&[(&str, i64)]],
+    state_dirs: &[&str],
+) {
+    let straight = run(build, OutputMode::Append, batches, None, fresh())
+        .await
+        .unwrap();
+    for cut in 1..batches.len() {
         let checkpoint = temp_dir();
         let outputs = fresh();
         run(
-            deduplicated_counts,
+            build,
             OutputMode::Append,
-            &GUIDE_WITH_DUPLICATES[..cut],
+            &batches[..cut],
             Some(checkpoint.path()),
             Arc::clone(&outputs),
         )
         .await
         .unwrap();
-        // Both operators keep their state: state/0 the count, state/1 the seen events.
-        for operator in ["0", "1"] {
-            assert!(checkpoint.path().join("state").join(operator).is_dir());
+        for dir in state_dirs {
+            assert!(checkpoint.path().join(dir).is_dir(), "{dir}");
         }
         let resumed = run_from(
-            deduplicated_counts,
+            build,
             OutputMode::Append,
-            GUIDE_WITH_DUPLICATES,
+            batches,
             cut,
             Some(checkpoint.path()),
             outputs,
@@ -977,6 +976,17 @@ async fn a_chained_query_restarted_anywhere_equals_an_uninterrupted_run() {
             "restarted after {cut} batches"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chained_query_restarted_anywhere_equals_an_uninterrupted_run() {
+    // Both operators keep their state: state/0 the count, state/1 the seen events.
+    assert_restarts_anywhere_equal_a_straight_run(
+        deduplicated_counts,
+        GUIDE_WITH_DUPLICATES,
+        &["state/0", "state/1"],
+    )
+    .await;
 }
 
 /// The guide's stream and two more events that move the watermark past 12:30 and 13:00.
@@ -1041,40 +1051,10 @@ async fn an_aggregation_over_an_aggregations_windows_closes_each_half_hour_once(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chained_windows_restarted_anywhere_equal_an_uninterrupted_run() {
-    let straight = run(
+    assert_restarts_anywhere_equal_a_straight_run(
         half_hour_totals,
-        OutputMode::Append,
         GUIDE_LONGER,
-        None,
-        fresh(),
+        &["state/0", "state/1"],
     )
-    .await
-    .unwrap();
-    for cut in 1..GUIDE_LONGER.len() {
-        let checkpoint = temp_dir();
-        let outputs = fresh();
-        run(
-            half_hour_totals,
-            OutputMode::Append,
-            &GUIDE_LONGER[..cut],
-            Some(checkpoint.path()),
-            Arc::clone(&outputs),
-        )
-        .await
-        .unwrap();
-        let resumed = run_from(
-            half_hour_totals,
-            OutputMode::Append,
-            GUIDE_LONGER,
-            cut,
-            Some(checkpoint.path()),
-            outputs,
-        )
-        .await
-        .unwrap();
-        assert_eq!(
-            resumed.outputs, straight.outputs,
-            "restarted after {cut} batches"
-        );
-    }
+    .await;
 }

@@ -847,35 +847,35 @@ async fn left_outer_join_on_equal_event_time_windows_emits_unclicked_impressions
         // Ad 2's click falls in the next hour's window: no match.
         (&[(3, "14:05")], &[(3, "14:30"), (2, "13:10")]),
     ];
-    let build = hourly_window_join(false);
-    let checkpoint = temp_dir();
-    let windows_only = run(&build, HOURLY, 0, checkpoint.path(), fresh())
-        .await
-        .unwrap();
-    assert_eq!(
-        windows_only.non_empty(),
+    // Joined on the windows alone, and (the second time) with each side's time column kept
+    // next to its window: rows are late by their time, and leave the state when their window
+    // closes.
+    let expected = [
         vec![
             lines(&["1 12:00-13:00 1 12:00-13:00"]),
             lines(&["3 14:00-15:00 3 14:00-15:00"]),
             // Watermark 13:55: the 12:00 window has closed.
             lines(&["2 12:00-13:00 null null"]),
-        ]
-    );
-    // The same join with each side's time column kept next to its window: rows are late by
-    // their time, and leave the state when their window closes.
-    let keeping_times = hourly_window_join(true);
-    let checkpoint = temp_dir();
-    let kept = run(&keeping_times, HOURLY, 0, checkpoint.path(), fresh())
-        .await
-        .unwrap();
-    assert_eq!(
-        kept.non_empty(),
+        ],
         vec![
             lines(&["1 12:00-13:00 12:10 1 12:00-13:00 12:50"]),
             lines(&["3 14:00-15:00 14:05 3 14:00-15:00 14:30"]),
             lines(&["2 12:00-13:00 12:20 null null null"]),
-        ]
-    );
+        ],
+    ];
+    for (keep_times, expected) in [false, true].into_iter().zip(expected) {
+        let checkpoint = temp_dir();
+        let joined = run(
+            &hourly_window_join(keep_times),
+            HOURLY,
+            0,
+            checkpoint.path(),
+            fresh(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(joined.non_empty(), expected, "keep_times: {keep_times}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
