@@ -376,8 +376,8 @@ impl Execution {
         Ok(offsets)
     }
 
-    /// Where batch `n` starts: the end of batch n-1, or the sources' initial offsets.
-    /// Where batch `n` starts, and the watermark the batch before it ran with.
+    /// Where batch `n` starts (the end of batch n-1, or the sources' initial offsets), and the
+    /// watermark batch n-1 ran with (0 for batch 0).
     fn batch_start(&self, n: u64) -> Result<(Vec<SourceOffset>, i64)> {
         if n == 0 {
             let start = (0..self.plan.sources.len())

@@ -11,8 +11,8 @@
 //!
 //! The state is split into key partitions, as other operators' (`state/<op>/<p>/left` and
 //! `.../right`): each batch routes both sides' rows to the partition of their join key (rows
-//! whose key has a null, which match nothing, go to the first), and the partitions join in
-//! parallel once a batch is big enough. The state is written to the checkpoint each batch and
+//! whose key has a null, which match nothing, go to the first), and the partitions join and
+//! evict in parallel once the batch's rows and the buffered rows are many enough (8,192). The state is written to the checkpoint each batch and
 //! restored on restart; a checkpoint written when join state was one partition (only
 //! `state/<op>/0/`) resumes with one.
 
@@ -1004,12 +1004,17 @@ impl StatefulOperator for JoinHandle {
             );
             state.sides = vec![Sides::new(core)?];
         }
-        let partitions = state.sides.len();
-        let dirs = Self::side_dirs(dirs, partitions)?;
-        for (sides, (left_dir, right_dir)) in state.sides.iter_mut().zip(&dirs) {
-            sides.left.restore(left_dir, version, &core.converter)?;
-            sides.right.restore(right_dir, version, &core.converter)?;
-        }
+        let dirs = Self::side_dirs(dirs, state.sides.len())?;
+        // The partitions in parallel, as other operators restore theirs.
+        for_each_partition(
+            &mut state.sides,
+            dirs,
+            usize::MAX,
+            |sides, (left, right)| {
+                sides.left.restore(&left, version, &core.converter)?;
+                sides.right.restore(&right, version, &core.converter)
+            },
+        )?;
         state.evicted_at_ms = i64::MIN;
         Ok(())
     }
