@@ -285,7 +285,9 @@ fn decode_counting_malformed(
 ) -> DFResult<(StructArray, usize)> {
     let texts = string_values(input)?;
     let (corrupt_index, decode_schema) = split_corrupt_record_field(fields, options);
-    let decoded = match decode_all_at_once(&texts, &decode_schema, present)? {
+    let guarded = guard_decimal_exponents(&texts, &decode_schema);
+    let decode_texts = guarded.as_deref().unwrap_or(&texts);
+    let decoded = match decode_all_at_once(decode_texts, &decode_schema, present)? {
         Some(batch) => Decoded {
             batch,
             row_of_input: texts
@@ -299,7 +301,7 @@ fn decode_counting_malformed(
                 .collect(),
             malformed: vec![false; texts.len()],
         },
-        None => decode_skipping_malformed(&texts, &decode_schema, present)?,
+        None => decode_skipping_malformed(decode_texts, &decode_schema, present)?,
     };
 
     if options.mode == ParseMode::FailFast
@@ -327,21 +329,179 @@ pub(crate) fn malformed_records(
 ) -> DFResult<Vec<(usize, String)>> {
     let texts = string_values(input)?;
     let (_, decode_schema) = split_corrupt_record_field(fields, options);
+    if let Some(guarded) = guard_decimal_exponents(&texts, &decode_schema) {
+        let mut found = malformed_in(&guarded, &decode_schema)?;
+        for (i, reason) in found.iter_mut() {
+            if guarded[*i] == Some(EXPONENT_GUARD) {
+                *reason = EXPONENT_REASON.to_string();
+            }
+        }
+        return Ok(found);
+    }
+    malformed_in(&texts, &decode_schema)
+}
+
+/// [`malformed_records`] of `texts` decoded into `decode_schema`.
+fn malformed_in(
+    texts: &[Option<&str>],
+    decode_schema: &SchemaRef,
+) -> DFResult<Vec<(usize, String)>> {
     // Found in bulk, as the query found them; only the bad records are decoded alone, to say why.
     let records: Vec<usize> = (0..texts.len()).filter(|i| present(&texts[*i])).collect();
     let (mut runs, mut bad) = (Vec::new(), Vec::new());
-    decode_runs(&texts, &records, &decode_schema, &mut runs, &mut bad)?;
+    decode_runs(texts, &records, decode_schema, &mut runs, &mut bad)?;
     bad.sort_unstable();
     Ok(bad
         .into_iter()
         .map(|i| {
-            let reason = match decode_one(texts[i].unwrap_or_default(), &decode_schema) {
+            let reason = match decode_one(texts[i].unwrap_or_default(), decode_schema) {
                 Err(reason) => reason,
                 Ok(_) => "the record cannot be decoded with the records around it".to_string(),
             };
             (i, reason)
         })
         .collect())
+}
+
+/// What a record whose decimal exponent arrow cannot parse is decoded as: a syntax error, so
+/// it is malformed (the corrupt-record column still gets the original text).
+const EXPONENT_GUARD: &str = "{";
+
+/// Why such a record is malformed.
+const EXPONENT_REASON: &str =
+    "a number has an exponent of five or more digits, beyond what a decimal field can hold";
+
+/// `texts` with every record that gives a decimal field a number in e-notation with an
+/// exponent of five or more digits replaced by [`EXPONENT_GUARD`] (`None` when nothing was
+/// replaced). Arrow's decimal parser keeps the exponent in an `i16` that such an exponent
+/// overflows (a panic in a debug build, a wrong value in a release build), so those records
+/// never reach it. A decimal field is recognised by its name, at any depth.
+fn guard_decimal_exponents<'a>(
+    texts: &[Option<&'a str>],
+    schema: &SchemaRef,
+) -> Option<Vec<Option<&'a str>>> {
+    let mut names = Vec::new();
+    for field in schema.fields() {
+        decimal_names(field, &mut names);
+    }
+    if names.is_empty() {
+        return None;
+    }
+    let mut guarded: Option<Vec<Option<&'a str>>> = None;
+    for (i, text) in texts.iter().enumerate() {
+        if text.is_some_and(|t| has_long_decimal_exponent(t, &names)) {
+            guarded.get_or_insert_with(|| texts.to_vec())[i] = Some(EXPONENT_GUARD);
+        }
+    }
+    guarded
+}
+
+/// The names of the decimal fields in `field` (itself, or nested in it).
+fn decimal_names<'f>(field: &'f Field, names: &mut Vec<&'f str>) {
+    match field.data_type() {
+        DataType::Decimal32(_, _)
+        | DataType::Decimal64(_, _)
+        | DataType::Decimal128(_, _)
+        | DataType::Decimal256(_, _) => names.push(field.name()),
+        DataType::Struct(fields) => fields.iter().for_each(|f| decimal_names(f, names)),
+        DataType::List(f) | DataType::LargeList(f) | DataType::FixedSizeList(f, _) => {
+            if matches!(
+                f.data_type(),
+                DataType::Decimal32(_, _)
+                    | DataType::Decimal64(_, _)
+                    | DataType::Decimal128(_, _)
+                    | DataType::Decimal256(_, _)
+            ) {
+                names.push(field.name());
+            }
+            decimal_names(f, names)
+        }
+        DataType::Map(f, _) => decimal_names(f, names),
+        _ => {}
+    }
+}
+
+/// Whether `text` gives a key named in `names` a value (a number, or a string's contents,
+/// also inside an array) that reads as a mantissa (`[+-]?[0-9.]*`), `e`/`E`, an optional
+/// sign and five or more digits.
+fn has_long_decimal_exponent(text: &str, names: &[&str]) -> bool {
+    let bytes = text.as_bytes();
+    // Cheap first: no `e` followed (after an optional sign) by five digits, nothing to check.
+    let any = bytes.iter().enumerate().any(|(i, b)| {
+        matches!(b, b'e' | b'E') && {
+            let rest = &bytes[i + 1..];
+            let rest = rest
+                .strip_prefix(b"+")
+                .or_else(|| rest.strip_prefix(b"-"))
+                .unwrap_or(rest);
+            rest.len() >= 5 && rest[..5].iter().all(u8::is_ascii_digit)
+        }
+    });
+    if !any {
+        return false;
+    }
+    let is_delimiter = |b: u8| {
+        matches!(b, b'"' | b',' | b':' | b'[' | b']' | b'{' | b'}') || b.is_ascii_whitespace()
+    };
+    let mut key: &[u8] = b"";
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'"' {
+            // A string: a key when a colon follows, a value otherwise.
+            let start = i + 1;
+            let mut end = start;
+            while end < bytes.len() && bytes[end] != b'"' {
+                end += if bytes[end] == b'\\' { 2 } else { 1 };
+            }
+            let token = &bytes[start..end.min(bytes.len())];
+            let mut next = end + 1;
+            while next < bytes.len() && bytes[next].is_ascii_whitespace() {
+                next += 1;
+            }
+            if bytes.get(next) == Some(&b':') {
+                key = token;
+            } else if names.iter().any(|n| n.as_bytes() == key) && token_has_long_exponent(token) {
+                return true;
+            }
+            i = end + 1;
+        } else if is_delimiter(bytes[i]) {
+            i += 1;
+        } else {
+            let start = i;
+            while i < bytes.len() && !is_delimiter(bytes[i]) {
+                i += 1;
+            }
+            if names.iter().any(|n| n.as_bytes() == key)
+                && token_has_long_exponent(&bytes[start..i])
+            {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+/// See [`has_long_decimal_exponent`]: one value.
+fn token_has_long_exponent(token: &[u8]) -> bool {
+    let token = token
+        .strip_prefix(b"+")
+        .or_else(|| token.strip_prefix(b"-"))
+        .unwrap_or(token);
+    let mantissa = token
+        .iter()
+        .take_while(|b| b.is_ascii_digit() || **b == b'.')
+        .count();
+    let Some(rest) = token[mantissa..]
+        .strip_prefix(b"e")
+        .or_else(|| token[mantissa..].strip_prefix(b"E"))
+    else {
+        return false;
+    };
+    let rest = rest
+        .strip_prefix(b"+")
+        .or_else(|| rest.strip_prefix(b"-"))
+        .unwrap_or(rest);
+    rest.iter().take_while(|b| b.is_ascii_digit()).count() >= 5
 }
 
 /// Decodes one record alone: its row, or why it is malformed.
@@ -835,5 +995,39 @@ mod tests {
         let json = encode_json_column(&decoded).unwrap();
         assert_eq!(json.value(0), r#"{"id":1}"#);
         assert!(json.is_null(1));
+    }
+
+    #[test]
+    fn a_decimal_with_an_exponent_arrow_cannot_hold_is_a_malformed_record() {
+        // Found by the from_json fuzz target: arrow's decimal parser overflows on it.
+        let fields = Fields::from(vec![
+            Field::new("amount", DataType::Decimal128(19, 10), true),
+            Field::new("id", DataType::Utf8, true),
+            Field::new("_corrupt_record", DataType::Utf8, true),
+        ]);
+        let input: ArrayRef = Arc::new(StringArray::from(vec![
+            r#"{"amount":"1234E567890.0123451234"}"#,
+            r#"{"amount":1e99999,"id":"a"}"#,
+            r#"{"amount":"1.5e3","id":"8e12345a-e89b"}"#,
+        ]));
+        let options = JsonOptions::default();
+        let decoded = decode_json_column(&input, &fields, &options).unwrap();
+        let corrupt = decoded.column(2).as_string::<i32>();
+        assert_eq!(corrupt.value(0), r#"{"amount":"1234E567890.0123451234"}"#);
+        assert_eq!(corrupt.value(1), r#"{"amount":1e99999,"id":"a"}"#);
+        // The same pattern in a string field is no decimal: the record decodes.
+        assert!(corrupt.is_null(2));
+        assert_eq!(
+            decoded.column(1).as_string::<i32>().value(2),
+            "8e12345a-e89b"
+        );
+        let reasons = malformed_records(&input, &fields, &options).unwrap();
+        assert_eq!(
+            reasons,
+            vec![
+                (0, EXPONENT_REASON.to_string()),
+                (1, EXPONENT_REASON.to_string())
+            ]
+        );
     }
 }
