@@ -40,19 +40,10 @@ use self::concat::ConcatPartitionsExec;
 use crate::error::{FlumenError, Result};
 use crate::progress::StateOperatorProgress;
 
-/// The `ExecutionPlan` methods every one-input Flumen operator (stateful or not) writes the same way:
-/// `properties`, `children` and `with_new_children` (which delegates to `replace_children`).
-/// Expects `properties` and `input` fields.
-macro_rules! unary_plan_methods {
+/// `with_new_children` as every Flumen plan node writes it: DataFusion's deprecated entry
+/// point, delegating to the node's `replace_children`.
+macro_rules! with_new_children_by_replace {
     () => {
-        fn properties(&self) -> &std::sync::Arc<datafusion::physical_plan::PlanProperties> {
-            &self.properties
-        }
-
-        fn children(&self) -> Vec<&std::sync::Arc<dyn datafusion::physical_plan::ExecutionPlan>> {
-            vec![&self.input]
-        }
-
         #[allow(deprecated)]
         fn with_new_children(
             self: std::sync::Arc<Self>,
@@ -66,6 +57,23 @@ macro_rules! unary_plan_methods {
                 ),
             )
         }
+    };
+}
+
+/// The `ExecutionPlan` methods every one-input Flumen operator (stateful or not) writes the same way:
+/// `properties`, `children` and `with_new_children` (which delegates to `replace_children`).
+/// Expects `properties` and `input` fields.
+macro_rules! unary_plan_methods {
+    () => {
+        fn properties(&self) -> &std::sync::Arc<datafusion::physical_plan::PlanProperties> {
+            &self.properties
+        }
+
+        fn children(&self) -> Vec<&std::sync::Arc<dyn datafusion::physical_plan::ExecutionPlan>> {
+            vec![&self.input]
+        }
+
+        $crate::stateful::with_new_children_by_replace!();
     };
 }
 /// [`unary_plan_methods`] plus `replace_children` for operators made of a shared `core`, an
@@ -93,6 +101,7 @@ macro_rules! unary_plan_methods_with_core {
 }
 pub(crate) use unary_plan_methods;
 pub(crate) use unary_plan_methods_with_core;
+pub(crate) use with_new_children_by_replace;
 
 /// A stateful operator keeps one state, so it reads its input as one partition: the plan
 /// below it (decode, projections, filters, joins) still runs on every core, and its
