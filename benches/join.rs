@@ -3,8 +3,8 @@
 //! watermark moves) against a hand-written hash join over the same batches, and the bytes of
 //! state per buffered row.
 
+use crate::pipeline::run_counting;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use flumen::datafusion::arrow::array::{Int64Array, RecordBatch, TimestampMillisecondArray};
 use flumen::datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
@@ -115,8 +115,6 @@ async fn engine(impressions: &[RecordBatch], clicks: &[RecordBatch]) -> (u64, u6
     for b in clicks {
         right.add_batch(b.clone()).expect("add");
     }
-    let emitted = Arc::new(AtomicU64::new(0));
-    let counter = Arc::clone(&emitted);
     let checkpoint = tempfile::tempdir().expect("checkpoint directory");
     let impressions = session
         .stream(left)
@@ -128,7 +126,7 @@ async fn engine(impressions: &[RecordBatch], clicks: &[RecordBatch]) -> (u64, u6
         .expect("stream")
         .with_watermark("clickTime", "1 second")
         .expect("watermark");
-    let query = impressions
+    let writer = impressions
         .join_expr(
             clicks.dataframe().clone(),
             JoinType::Inner,
@@ -136,32 +134,15 @@ async fn engine(impressions: &[RecordBatch], clicks: &[RecordBatch]) -> (u64, u6
         )
         .expect("join")
         .write_stream()
-        .checkpoint_location(checkpoint.path())
-        .foreach_batch(move |df, _| {
-            let counter = Arc::clone(&counter);
-            async move {
-                let rows: usize = df.collect().await?.iter().map(RecordBatch::num_rows).sum();
-                counter.fetch_add(rows as u64, Ordering::Relaxed);
-                Ok(())
-            }
-        })
-        .start()
-        .await
-        .expect("start");
-    query.process_all_available().await.expect("run");
-    let progress = query.recent_progress();
-    query.stop().await.expect("stop");
+        .checkpoint_location(checkpoint.path());
+    let (emitted, progress) = run_counting(writer).await;
     let state = |p: &StreamingQueryProgress| p.state_operators.first().cloned().unwrap_or_default();
     let peak = progress
         .iter()
         .map(state)
         .max_by_key(|s| s.memory_used_bytes)
         .unwrap_or_default();
-    (
-        emitted.load(Ordering::Relaxed),
-        peak.memory_used_bytes,
-        peak.num_rows_total,
-    )
+    (emitted, peak.memory_used_bytes, peak.num_rows_total)
 }
 
 /// Runs (j) over `rows` impressions and as many clicks.

@@ -73,6 +73,29 @@ pub async fn run_to_noop_sink(frame: StreamFrame) -> u64 {
         .sum()
 }
 
+/// Runs `writer` into a `foreach_batch` sink that collects and counts every batch's rows, until
+/// the query has processed everything available; returns the rows and the progress reports.
+pub async fn run_counting(writer: DataStreamWriter) -> (u64, Vec<StreamingQueryProgress>) {
+    let emitted = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = Arc::clone(&emitted);
+    let query = writer
+        .foreach_batch(move |df, _| {
+            let counter = Arc::clone(&counter);
+            async move {
+                let rows: usize = df.collect().await?.iter().map(RecordBatch::num_rows).sum();
+                counter.fetch_add(rows as u64, std::sync::atomic::Ordering::Relaxed);
+                Ok(())
+            }
+        })
+        .start()
+        .await
+        .expect("start");
+    query.process_all_available().await.expect("run");
+    let progress = query.recent_progress();
+    query.stop().await.expect("stop");
+    (emitted.load(std::sync::atomic::Ordering::Relaxed), progress)
+}
+
 /// [`run_to_noop_sink`] with a dead-letter output that counts the records `from_json` could
 /// not parse; returns (rows the sink received, dead letters).
 pub async fn run_to_noop_sink_with_dead_letters(frame: StreamFrame) -> (u64, u64) {

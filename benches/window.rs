@@ -2,8 +2,8 @@
 //! the engine's streaming aggregation against a hand-written hash-map loop and DataFusion's
 //! batch aggregate over the same Arrow batches.
 
+use crate::pipeline::run_counting;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use flumen::datafusion::arrow::array::{Int64Array, RecordBatch, TimestampMillisecondArray};
 use flumen::datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
@@ -104,35 +104,20 @@ async fn engine(
     for b in batches {
         input.add_batch(b.clone()).expect("add");
     }
-    let emitted = Arc::new(AtomicU64::new(0));
-    let counter = Arc::clone(&emitted);
     let frame = session.stream(input).expect("stream");
     let frame = if mode == OutputMode::Append {
         frame.with_watermark("ts", "0 seconds").expect("watermark")
     } else {
         frame
     };
-    let query = frame
+    let writer = frame
         .group_by([window(col("ts"), "10 seconds"), col("key")])
         .count()
         .expect("count")
         .write_stream()
         .output_mode(mode)
-        .checkpoint_location(checkpoint)
-        .foreach_batch(move |df, _| {
-            let counter = Arc::clone(&counter);
-            async move {
-                let rows: usize = df.collect().await?.iter().map(RecordBatch::num_rows).sum();
-                counter.fetch_add(rows as u64, Ordering::Relaxed);
-                Ok(())
-            }
-        })
-        .start()
-        .await
-        .expect("start");
-    query.process_all_available().await.expect("run");
-    let progress = query.recent_progress();
-    query.stop().await.expect("stop");
+        .checkpoint_location(checkpoint);
+    let (emitted, progress) = run_counting(writer).await;
     let state = |p: &StreamingQueryProgress| p.state_operators.first().cloned().unwrap_or_default();
     let peak = progress
         .iter()
@@ -148,7 +133,7 @@ async fn engine(
         .last()
         .map(|p| state(p).memory_used_bytes)
         .unwrap_or(0);
-    (emitted.load(Ordering::Relaxed), peak, last, peak_keys)
+    (emitted, peak, last, peak_keys)
 }
 
 /// The engine's windowed count in update mode (for (e)); returns the groups emitted.
